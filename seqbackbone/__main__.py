@@ -1,0 +1,3 @@
+from seqbackbone.tasks.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training recipes and the command line (installed as `seqbackbone.tasks`)."""
