@@ -4,7 +4,7 @@ Each op has a readable PyTorch twin (`*_ref`) and a public function that dispatc
 elsewhere (`backend(tensor)` says which; `SEQBACKBONE_KERNELS=torch|triton` forces one).
 """
 
-from .conv import causal_conv1d, causal_conv1d_ref
+from .conv import causal_conv1d, causal_conv1d_ref, causal_conv1d_update
 from .dispatch import backend
 from .norm import rms_norm, rms_norm_ref
 from .scan import selective_scan
@@ -15,6 +15,7 @@ __all__ = [
     "backend",
     "causal_conv1d",
     "causal_conv1d_ref",
+    "causal_conv1d_update",
     "rms_norm",
     "rms_norm_ref",
     "selective_scan",

@@ -1,0 +1,112 @@
+"""One decoding step of the selective scan: `selective_state_update` (dispatching) and its PyTorch twin.
+
+Dimensions: batch (b), dim = channels (d), N = states (n), groups of B/C (g), dim // groups (k).
+
+    dt = softplus(dt + dt_bias);  state = exp(dt A) state + dt B x;  out = (C . state + D x) * silu(z)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import backend
+from .validate import check_optional, check_tensor, grouped
+
+
+def _check_step(
+    state: object, x: object, dt: object, A: object, B: object, C: object, D: object, z: object, dt_bias: object
+) -> tuple[torch.Tensor, ...]:
+    state = check_tensor("state", state, shape=(None, None, None))
+    batch, dim, n_state = state.shape
+    dev = state.device
+    x = check_tensor("x", x, shape=(batch, dim), device=dev)
+    dt = check_tensor("dt", dt, shape=(batch, dim), device=dev)
+    if isinstance(A, torch.Tensor) and A.is_complex():
+        raise TypeError(f"A must be real (dim, N); complex A is not supported, got {A.dtype}")
+    A = check_tensor("A", A, shape=(dim, n_state), device=dev)
+    B = grouped("B", B, batch, dim, None, dev)
+    C = grouped("C", C, batch, dim, None, dev)
+    for name, t in (("B", B), ("C", C)):
+        if t.shape[2] != n_state:
+            raise ValueError(
+                f"{name} must have N = {n_state} states (state is {tuple(state.shape)}), got shape {tuple(t.shape)}"
+            )
+    D = check_optional("D", D, shape=(dim,), device=dev)
+    z = check_optional("z", z, shape=(batch, dim), device=dev)
+    dt_bias = check_optional("dt_bias", dt_bias, shape=(dim,), device=dev)
+    return state, x, dt, A, B, C, D, z, dt_bias
+
+
+def _state_update_torch(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+) -> torch.Tensor:
+    """B, C: (batch, groups, N). Arithmetic in the state's precision, at least fp32."""
+    cdt = torch.promote_types(state.dtype, torch.float32)
+    batch, dim, n_state = state.shape
+    groups = B.shape[1]
+    dt = dt.to(cdt)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(cdt)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    xs = x.to(cdt)
+    Bd = B.to(cdt).repeat_interleave(dim // groups, dim=1)  # (b, d, n)
+    Cd = C.to(cdt).repeat_interleave(dim // groups, dim=1)  # (b, d, n)
+    new_state = torch.exp(dt[..., None] * A.to(cdt)) * state.to(cdt) + (dt * xs)[..., None] * Bd
+    state.copy_(new_state)
+    out = (new_state * Cd).sum(-1)  # (b, d)
+    if D is not None:
+        out = out + D.to(cdt) * xs
+    if z is not None:
+        out = out * F.silu(z.to(cdt))
+    return out.to(x.dtype)
+
+
+def selective_state_update_ref(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """One step of the scan in plain PyTorch. state: (batch, dim, N), fp32 (or fp64), updated in place;
+    x, dt, z: (batch, dim); A: (dim, N); B, C: (batch, N) or (batch, groups, N); D, dt_bias: (dim,).
+    Returns (batch, dim) in x's dtype."""
+    args = _check_step(state, x, dt, A, B, C, D, z, dt_bias)
+    return _state_update_torch(*args, dt_softplus)
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """One decoding step; same contract as `selective_state_update_ref`, Triton on CUDA tensors."""
+    state, x, dt, A, B, C, D, z, dt_bias = _check_step(state, x, dt, A, B, C, D, z, dt_bias)
+    if backend(state) == "triton":
+        from .step_triton import selective_state_update_triton
+
+        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
