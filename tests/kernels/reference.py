@@ -89,13 +89,16 @@ def random_scan_inputs(
     delta_bias=True,
     mask=False,
     initial_state=False,
+    delta_softplus=True,
     dtype=torch.float32,
     seed=None,
     generator=None,
 ):
-    """Fresh random inputs in the ranges a Mamba layer produces: dict of keyword arguments for the scan.
+    """Fresh random inputs in the ranges a Mamba layer produces: dict of keyword arguments for the scan
+    (delta_softplus included).
 
-    A = -exp(A_log) with A_log = log(1..N) + noise; delta around softplus^-1 of dt in [1e-3, 1e-1] scale.
+    A = -exp(A_log) with A_log = log(1..N) + noise. With delta_softplus, delta + delta_bias is spread around
+    softplus^-1(0.05); without, delta + delta_bias is positive (0.01 to 0.6), as a step size must be.
     groups=None gives shared (batch, N, L) B/C, an int gives (batch, groups, N, L).
     """
     g = generator or torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
@@ -103,7 +106,11 @@ def random_scan_inputs(
     bc = (batch, n_state, length) if groups is None else (batch, groups, n_state, length)
     args = dict(
         u=r(batch, dim, length),
-        delta=0.5 * r(batch, dim, length) - 1.0,
+        delta=(
+            0.5 * r(batch, dim, length) - 1.0
+            if delta_softplus
+            else 0.01 + 0.5 * torch.rand(batch, dim, length, generator=g, dtype=torch.float64)
+        ),
         A=-torch.exp(torch.log(torch.arange(1, n_state + 1, dtype=torch.float64)) + 0.3 * r(dim, n_state)),
         B=r(*bc),
         C=r(*bc),
@@ -113,11 +120,17 @@ def random_scan_inputs(
     if z:
         args["z"] = r(batch, dim, length)
     if delta_bias:
-        args["delta_bias"] = 0.3 * r(dim) + math.log(math.expm1(0.05))
+        args["delta_bias"] = (
+            0.3 * r(dim) + math.log(math.expm1(0.05))
+            if delta_softplus
+            else 0.1 * torch.rand(dim, generator=g, dtype=torch.float64)
+        )
     if mask:
         m = torch.rand(batch, length, generator=g) > 0.3
         m[:, 0] = True
         args["mask"] = m
     if initial_state:
         args["initial_state"] = r(batch, dim, n_state)
-    return {k: (v.to(dtype) if v.dtype == torch.float64 else v) for k, v in args.items()}
+    args = {k: (v.to(dtype) if v.dtype == torch.float64 else v) for k, v in args.items()}
+    args["delta_softplus"] = delta_softplus
+    return args
