@@ -325,12 +325,16 @@ def selective_scan_chunked(
     mask: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     return_last_state: bool = False,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The fast PyTorch scan on validated inputs (B, C as (batch, groups, N, L)); same contract as the reference.
 
-    Memory: besides inputs and output, the forward keeps one (batch, dim, N) state per `chunk_size` steps.
+    Memory: besides inputs and output, the forward keeps one (batch, dim, N) state per `chunk_size` steps
+    (default `CHUNK_SIZE`).
     """
+    chunk_size = CHUNK_SIZE if chunk_size is None else chunk_size
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of steps, got {chunk_size}")
     out, last = _ChunkedScan.apply(
         u, delta, A, B, C, D, z, delta_bias, initial_state, mask, delta_softplus, reverse, chunk_size
     )

@@ -9,6 +9,12 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def _shape_str(shape: tuple[int | None, ...]) -> str:
+    """(2, *, 7): the expected shape, * where any size goes."""
+    parts = ["*" if e is None else str(e) for e in shape]
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
 def check_tensor(
     name: str,
     value: object,
@@ -27,8 +33,7 @@ def check_tensor(
         if value.dim() != len(expected) or any(
             e is not None and e != s for e, s in zip(expected, value.shape, strict=True)
         ):
-            shown = tuple("*" if e is None else e for e in expected)
-            raise ValueError(f"{name} must have shape {shown}, got {tuple(value.shape)}")
+            raise ValueError(f"{name} must have shape {_shape_str(expected)}, got {tuple(value.shape)}")
     if device is not None and value.device != device:
         raise ValueError(f"{name} must be on device {device} (like the first input), got {value.device}")
     return value
