@@ -1,0 +1,63 @@
+"""DNA encoder: token ids (B, L) from `DnaTokenizer` -> embeddings (B, L, d_model) and a mask.
+
+When no mask is given it is derived from the ids ([PAD] = 0 is padding). `embed(ids)` and `embedding.weight` are the
+hooks a tied language-model head and a generation loop use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..tokenizer import PAD_ID, VOCAB_SIZE, DnaTokenizer, rc_augment, reverse_complement_ids
+
+__all__ = ["DnaEncoder", "DnaTokenizer", "check_token_ids", "rc_augment", "reverse_complement_ids"]
+
+
+def check_token_ids(x: torch.Tensor, vocab_size: int, what: str = "DNA models") -> torch.Tensor:
+    """Validate token ids (B, L): an integer tensor; returns it as long."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} take token ids (B, L) long, got {type(x).__name__}")
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(
+            f"{what} take token ids (B, L) long (from DnaTokenizer.batch_encode), got dtype {x.dtype}; "
+            "float waveforms belong to an audio model"
+        )
+    if x.ndim != 2:
+        raise ValueError(f"{what} take token ids of shape (B, L), got shape {tuple(x.shape)}")
+    return x.long()
+
+
+class DnaEncoder(nn.Module):
+    """Token embedding for DNA: ids (B, L) long -> (B, L, D); mask defaults to ids != pad_id."""
+
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int = VOCAB_SIZE,
+        pad_id: int = PAD_ID,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+        self.embedding = nn.Embedding(vocab_size, d_model, device=device, dtype=dtype)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L) long -> (B, L, D), no checks (the generation hot path)."""
+        return self.embedding(ids)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = check_token_ids(x, self.vocab_size)
+        if mask is None:
+            pad = x == self.pad_id
+            # Only pass a mask when there is padding: the unmasked path of the backbone is the faster one.
+            mask = ~pad if bool(pad.any()) else None
+        elif mask.shape != x.shape:
+            raise ValueError(f"mask must have the shape of the ids {tuple(x.shape)}, got {tuple(mask.shape)}")
+        else:
+            mask = mask.bool()
+        return self.embedding(x), mask
