@@ -73,9 +73,16 @@ OPTIONS = list(itertools.product([None, 2], [False, True], [False, True], [False
 @pytest.mark.parametrize("groups,mask,initial_state,reverse,softplus", OPTIONS)
 def test_matches_fp64_loop(impl, groups, mask, initial_state, reverse, softplus):
     args = random_scan_inputs(
-        batch=2, dim=4, length=11, n_state=3, groups=groups, mask=mask, initial_state=initial_state,
-        delta_softplus=softplus, dtype=torch.float64,
-    )  # fmt: skip
+        batch=2,
+        dim=4,
+        length=11,
+        n_state=3,
+        groups=groups,
+        mask=mask,
+        initial_state=initial_state,
+        delta_softplus=softplus,
+        dtype=torch.float64,
+    )
     names = leaves(args)
     want_out, want_last, weights, want_grads = truth(args, names, reverse=reverse)
     out, last, grads = out_and_grads(IMPLS[impl], dict(args, reverse=reverse), names, weights)
@@ -89,8 +96,7 @@ def test_matches_fp64_loop(impl, groups, mask, initial_state, reverse, softplus)
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("D,z,delta_bias", [(False, False, False), (True, False, False), (False, True, True)])
 def test_optional_inputs_absent(impl, D, z, delta_bias):
-    args = random_scan_inputs(batch=1, dim=2, length=6, n_state=2, D=D, z=z, delta_bias=delta_bias,
-                              dtype=torch.float64)  # fmt: skip
+    args = random_scan_inputs(batch=1, dim=2, length=6, n_state=2, D=D, z=z, delta_bias=delta_bias, dtype=torch.float64)
     names = leaves(args)
     want_out, want_last, weights, want = truth(args, names)
     out, last, grads = out_and_grads(IMPLS[impl], args, names, weights)
@@ -118,8 +124,9 @@ def test_output_only_and_last_state_only_losses():
 @pytest.mark.parametrize("reverse,groups", [(False, None), (True, 2)])
 def test_gradcheck(impl, reverse, groups):
     fn = selective_scan_ref if impl == "ref" else chunked(2)
-    args = random_scan_inputs(batch=1, dim=2, length=5, n_state=2, groups=groups, mask=True, initial_state=True,
-                              dtype=torch.float64)  # fmt: skip
+    args = random_scan_inputs(
+        batch=1, dim=2, length=5, n_state=2, groups=groups, mask=True, initial_state=True, dtype=torch.float64
+    )
     args["mask"][0, 2] = False
     names = leaves(args)
     rest = {k: v for k, v in args.items() if k not in names}
@@ -145,9 +152,19 @@ def test_property_random_shapes(batch, groups, per_group, length, n_state, chunk
     mask, initial_state, reverse, softplus, D, z = flags
     dim = (groups or 1) * per_group
     args = random_scan_inputs(
-        batch=batch, dim=dim, length=length, n_state=n_state, groups=groups, mask=mask, initial_state=initial_state,
-        delta_softplus=softplus, D=D, z=z, dtype=torch.float64, seed=seed,
-    )  # fmt: skip
+        batch=batch,
+        dim=dim,
+        length=length,
+        n_state=n_state,
+        groups=groups,
+        mask=mask,
+        initial_state=initial_state,
+        delta_softplus=softplus,
+        D=D,
+        z=z,
+        dtype=torch.float64,
+        seed=seed,
+    )
     names = leaves(args)
     want_out, want_last, weights, want = truth(args, names, reverse=reverse)
     for fn in (selective_scan_ref, chunked(chunk)):
@@ -161,8 +178,7 @@ def test_property_random_shapes(batch, groups, per_group, length, n_state, chunk
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("reverse", [False, True])
 def test_mask_passes_state_through_and_zeroes_output(impl, reverse):
-    args = random_scan_inputs(batch=2, dim=4, length=10, n_state=3, mask=True, initial_state=True,
-                              dtype=torch.float64)  # fmt: skip
+    args = random_scan_inputs(batch=2, dim=4, length=10, n_state=3, mask=True, initial_state=True, dtype=torch.float64)
     mask = args["mask"]
     mask[0] = torch.tensor([1, 1, 0, 0, 1, 0, 1, 1, 0, 0], dtype=torch.bool)
     mask[1] = torch.tensor([1, 0, 1, 1, 1, 1, 0, 1, 1, 1], dtype=torch.bool)
@@ -209,8 +225,9 @@ def test_padding_content_does_not_matter(impl):
 
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_reverse_is_flipped_forward(impl):
-    args = random_scan_inputs(batch=2, dim=4, length=8, n_state=3, groups=2, mask=True, initial_state=True,
-                              dtype=torch.float64)  # fmt: skip
+    args = random_scan_inputs(
+        batch=2, dim=4, length=8, n_state=3, groups=2, mask=True, initial_state=True, dtype=torch.float64
+    )
     out, last = IMPLS[impl](**args, reverse=True, return_last_state=True)
     flipped = dict(args)
     for k in ("u", "delta", "z", "B", "C", "mask"):
@@ -223,8 +240,9 @@ def test_reverse_is_flipped_forward(impl):
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_groups_equal_per_group_shared_scans(impl):
     groups, per_group = 3, 2
-    args = random_scan_inputs(batch=2, dim=groups * per_group, length=7, n_state=3, groups=groups,
-                              initial_state=True, dtype=torch.float64)  # fmt: skip
+    args = random_scan_inputs(
+        batch=2, dim=groups * per_group, length=7, n_state=3, groups=groups, initial_state=True, dtype=torch.float64
+    )
     out, last = IMPLS[impl](**args, return_last_state=True)
     for g in range(groups):
         ch = slice(g * per_group, (g + 1) * per_group)
@@ -246,8 +264,9 @@ def test_groups_equal_per_group_shared_scans(impl):
 @pytest.mark.parametrize("impl", list(IMPLS))
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 2e-2), (torch.float16, 4e-3), (torch.float32, 1e-5)])
 def test_low_precision_inputs(impl, dtype, tol):
-    args = random_scan_inputs(batch=2, dim=8, length=40, n_state=4, groups=2, mask=True, initial_state=True,
-                              dtype=dtype)  # fmt: skip
+    args = random_scan_inputs(
+        batch=2, dim=8, length=40, n_state=4, groups=2, mask=True, initial_state=True, dtype=dtype
+    )
     args["A"] = args["A"].float()  # A is kept in fp32 by the layer
     names = leaves(args)
     out, last = IMPLS[impl](**args, return_last_state=True)
