@@ -1,0 +1,464 @@
+"""Selective scan in Triton: chunked forward and backward kernels and their autograd Function.
+
+Dimensions: b batch, d dim (channels), n N (states), l L (time), g groups of B/C, c chunks of BLOCK_T steps.
+
+One program owns (one batch row, BLOCK_D channels) and walks over L in chunks of BLOCK_T steps, in scan order.
+Per chunk it loads (BLOCK_D, BLOCK_T) tiles of u, delta, z once, computes softplus and delta * u once per element,
+then for each state n (a static loop) runs `tl.associative_scan` along time on (exp2(delta A_n log2 e), delta u B_n),
+with the state entering the chunk folded into the first step, and accumulates y += h C_n. The state lives in
+registers as a (BLOCK_D, N) fp32 tile between chunks; nothing per step is written to memory.
+
+The forward saves the state entering each chunk, (b, c, d, n) fp32; the backward walks the chunks in the opposite
+order, recomputes the chunk's states from that saved state, and runs the adjoint scan
+g_t = a_{t+1} g_{t+1} + dy_t C_t (a_{t+1} from a shifted load of delta, so no register shift is needed). The term
+a_t h_{t-1} equals h_t - b_t, which gives dA and ddelta without the previous state. dB and dC are written as partial
+sums per channel block and reduced by `torch.sum`, so the backward is deterministic (no atomics).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+# Tile configuration: (BLOCK_D, BLOCK_T, num_warps) for the forward and backward kernels.
+FWD_CONFIG = (32, 64, 4)
+BWD_CONFIG = (16, 64, 4)
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 (a1 h + b1) + b2
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # log(1 + e^x) for x <= 20, x above (as upstream); exp/log2 forms keep it to two special functions.
+    return tl.where(x <= 20.0, tl.log2(1.0 + tl.exp2(x * 1.4426950408889634)) * 0.6931471805599453, x)
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, mask_ptr, h0_ptr,
+    out_ptr, hlast_ptr, hsave_ptr,
+    dim, L, n_chunks, dim_per_group,
+    s_u_b, s_u_d, s_dl_b, s_dl_d, s_z_b, s_z_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    s_o_b, s_o_d, s_m_b,
+    N: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_H0: tl.constexpr, SAVE_H: tl.constexpr,
+    WRITE_LAST: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < dim
+    offs_d64 = offs_d.to(tl.int64)
+    # every channel of a block shares one B/C group (the wrapper picks BLOCK_D so)
+    grp = ((pid_d * BLOCK_D) // dim_per_group).to(tl.int64)
+    offs_n = tl.arange(0, N_P2)
+    n_ok = offs_n < N
+    loc = tl.arange(0, BLOCK_T)
+    FIRST: tl.constexpr = BLOCK_T - 1 if REVERSE else 0
+    LAST: tl.constexpr = 0 if REVERSE else BLOCK_T - 1
+    is_first = (loc == FIRST)[None, :]
+    is_last = (loc == LAST)[None, :]
+
+    state_offs = (pid_b * dim + offs_d64)[:, None] * N + offs_n[None, :]
+    dn_ok = d_ok[:, None] & n_ok[None, :]
+    if HAS_H0:
+        H = tl.load(h0_ptr + state_offs, mask=dn_ok, other=0.0).to(tl.float32)
+    else:
+        H = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+
+    u_row = u_ptr + pid_b * s_u_b + offs_d64[:, None] * s_u_d
+    dl_row = delta_ptr + pid_b * s_dl_b + offs_d64[:, None] * s_dl_d
+    z_row = z_ptr + pid_b * s_z_b + offs_d64[:, None] * s_z_d
+    o_row = out_ptr + pid_b * s_o_b + offs_d64[:, None] * s_o_d
+    B_row = B_ptr + pid_b * s_B_b + grp * s_B_g
+    C_row = C_ptr + pid_b * s_C_b + grp * s_C_g
+
+    for ci in range(n_chunks):
+        if REVERSE:
+            c = n_chunks - 1 - ci
+        else:
+            c = ci
+        if SAVE_H:
+            save_offs = ((pid_b * n_chunks + c) * dim + offs_d64)[:, None] * N + offs_n[None, :]
+            tl.store(hsave_ptr + save_offs, H, mask=dn_ok)
+        offs_t = c * BLOCK_T + loc
+        t_ok = offs_t < L
+        valid = t_ok
+        if HAS_MASK:
+            mk = tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=t_ok, other=0)
+            valid = valid & (mk != 0)
+        m2 = d_ok[:, None] & t_ok[None, :]
+        ok2 = d_ok[:, None] & valid[None, :]
+        u = tl.load(u_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)
+        dt = tl.load(dl_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        # padded and out-of-range steps: delta = 0 and u = 0, so the state passes untouched
+        dt = tl.where(ok2, dt, 0.0)
+        u = tl.where(ok2, u, 0.0)
+        du = dt * u
+        y = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        for n in tl.static_range(N):
+            A2n = tl.load(A_ptr + offs_d * N + n, mask=d_ok, other=0.0) * 1.4426950408889634
+            # masked loads (not products) keep whatever padded steps hold, even inf or nan, out of the sums
+            Bn = tl.load(B_row + n * s_B_n + offs_t, mask=valid, other=0.0).to(tl.float32)
+            Cn = tl.load(C_row + n * s_C_n + offs_t, mask=valid, other=0.0).to(tl.float32)
+            a = tl.exp2(dt * A2n[:, None])
+            b = du * Bn[None, :]
+            hn = tl.sum(tl.where(offs_n[None, :] == n, H, 0.0), axis=1)
+            b = tl.where(is_first, a * hn[:, None] + b, b)
+            _, h = tl.associative_scan((a, b), 1, _combine, reverse=REVERSE)
+            y += h * Cn[None, :]
+            h_end = tl.sum(tl.where(is_last, h, 0.0), axis=1)
+            H = tl.where(offs_n[None, :] == n, h_end[:, None], H)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)
+            y = y * zz / (1.0 + tl.exp2(-zz * 1.4426950408889634))
+        y = tl.where(ok2, y, 0.0)
+        tl.store(o_row + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+
+    if WRITE_LAST:
+        tl.store(hlast_ptr + state_offs, H, mask=dn_ok)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, mask_ptr, hsave_ptr, dout_ptr, dlast_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbiasp_ptr, dh0_ptr,
+    dim, L, n_chunks, dim_per_group, n_dblocks,
+    s_u_b, s_u_d, s_dl_b, s_dl_d, s_z_b, s_z_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    s_do_b, s_do_d, s_m_b,
+    N: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DLAST: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_d = tl.program_id(1)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_ok = offs_d < dim
+    offs_d64 = offs_d.to(tl.int64)
+    grp = ((pid_d * BLOCK_D) // dim_per_group).to(tl.int64)
+    offs_n = tl.arange(0, N_P2)
+    n_ok = offs_n < N
+    loc = tl.arange(0, BLOCK_T)
+    # FIRST / LAST in the scan's own order
+    FIRST: tl.constexpr = BLOCK_T - 1 if REVERSE else 0
+    LAST: tl.constexpr = 0 if REVERSE else BLOCK_T - 1
+    STEP: tl.constexpr = -1 if REVERSE else 1
+    is_first = (loc == FIRST)[None, :]
+    is_last = (loc == LAST)[None, :]
+
+    state_offs = (pid_b * dim + offs_d64)[:, None] * N + offs_n[None, :]
+    dn_ok = d_ok[:, None] & n_ok[None, :]
+    # G: gradient flowing into the state that leaves the chunk (scan order), i.e. into h entering the next chunk
+    if HAS_DLAST:
+        G = tl.load(dlast_ptr + state_offs, mask=dn_ok, other=0.0).to(tl.float32)
+    else:
+        G = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+
+    u_row = u_ptr + pid_b * s_u_b + offs_d64[:, None] * s_u_d
+    dl_row = delta_ptr + pid_b * s_dl_b + offs_d64[:, None] * s_dl_d
+    z_row = z_ptr + pid_b * s_z_b + offs_d64[:, None] * s_z_d
+    do_row = dout_ptr + pid_b * s_do_b + offs_d64[:, None] * s_do_d
+    # gradient outputs are contiguous (b, d, l)
+    g_row = (pid_b * dim + offs_d64)[:, None] * L
+    B_row = B_ptr + pid_b * s_B_b + grp * s_B_g
+    C_row = C_ptr + pid_b * s_C_b + grp * s_C_g
+    part_row = (pid_b * n_dblocks + pid_d) * N * L
+
+    for ci in range(n_chunks):
+        # chunks in the opposite order of the forward scan
+        if REVERSE:
+            c = ci
+        else:
+            c = n_chunks - 1 - ci
+        offs_t = c * BLOCK_T + loc
+        t_ok = offs_t < L
+        valid = t_ok
+        if HAS_MASK:
+            mk = tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=t_ok, other=0)
+            valid = valid & (mk != 0)
+        m2 = d_ok[:, None] & t_ok[None, :]
+        ok2 = d_ok[:, None] & valid[None, :]
+        u = tl.load(u_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dl_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt_raw)
+        else:
+            dt = dt_raw
+        dt = tl.where(ok2, dt, 0.0)
+        u = tl.where(ok2, u, 0.0)
+        du = dt * u
+        # delta of the step after t in scan order (a_{t+1}); 0 outside [0, L) or on padded steps
+        offs_s = offs_t + STEP
+        s_ok = (offs_s >= 0) & (offs_s < L)
+        s_valid = s_ok
+        if HAS_MASK:
+            mks = tl.load(mask_ptr + pid_b * s_m_b + offs_s, mask=s_ok, other=0)
+            s_valid = s_valid & (mks != 0)
+        ms2 = d_ok[:, None] & s_valid[None, :]
+        dts = tl.load(dl_row + offs_s[None, :], mask=ms2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dts = dts + bias[:, None]
+        if SOFTPLUS:
+            dts = _softplus(dts)
+        dts = tl.where(ms2, dts, 0.0)
+
+        dout = tl.load(do_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)
+            sig = 1.0 / (1.0 + tl.exp2(-zz * 1.4426950408889634))
+            dy = dout * zz * sig
+        else:
+            dy = dout
+
+        y = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        acc_gB = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        acc_dA = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+        for n in tl.static_range(N):
+            An = tl.load(A_ptr + offs_d * N + n, mask=d_ok, other=0.0)
+            A2n = An * 1.4426950408889634
+            # masked loads (not products) keep whatever padded steps hold, even inf or nan, out of the sums
+            Bn = tl.load(B_row + n * s_B_n + offs_t, mask=valid, other=0.0).to(tl.float32)
+            Cn = tl.load(C_row + n * s_C_n + offs_t, mask=valid, other=0.0).to(tl.float32)
+            # recompute the chunk's states from the saved state entering it
+            hn = tl.load(hsave_ptr + ((pid_b * n_chunks + c) * dim + offs_d64) * N + n, mask=d_ok, other=0.0)
+            a = tl.exp2(dt * A2n[:, None])
+            b = du * Bn[None, :]
+            b0 = tl.where(is_first, a * hn[:, None] + b, b)
+            _, h = tl.associative_scan((a, b0), 1, _combine, reverse=REVERSE)
+            y += h * Cn[None, :]
+            # adjoint: g_t = a_{t+1} g_{t+1} + dy_t C_t, scanned against the forward order
+            a_s = tl.exp2(dts * A2n[:, None])
+            cc = dy * Cn[None, :]
+            Gn = tl.sum(tl.where(offs_n[None, :] == n, G, 0.0), axis=1)
+            cc = tl.where(is_last, cc + Gn[:, None], cc)
+            _, g = tl.associative_scan((a_s, cc), 1, _combine, reverse=not REVERSE)
+            G_new = tl.sum(tl.where(is_first, a * g, 0.0), axis=1)
+            G = tl.where(offs_n[None, :] == n, G_new[:, None], G)
+            # dB_t = sum_d g du, dC_t = sum_d dy h (partial over this channel block)
+            dBn = tl.sum(g * du, axis=0)
+            dCn = tl.sum(dy * h, axis=0)
+            tl.store(dBp_ptr + part_row + n * L + offs_t, dBn, mask=t_ok)
+            tl.store(dCp_ptr + part_row + n * L + offs_t, dCn, mask=t_ok)
+            acc_gB += g * Bn[None, :]
+            # a_t h_{t-1} = h_t - b_t
+            hg = (h - b) * g
+            acc_dA += hg * An[:, None]
+            dA_n = tl.sum(hg * dt, axis=1)
+            dA_acc = tl.where(offs_n[None, :] == n, dA_acc + dA_n[:, None], dA_acc)
+
+        ddt = acc_gB * u + acc_dA
+        dug = acc_gB * dt
+        if HAS_D:
+            dug += dy * Dv[:, None]
+            dD_acc += tl.sum(dy * u, axis=1)
+            y += Dv[:, None] * u
+        if SOFTPLUS:
+            ddt = ddt / (1.0 + tl.exp2(-dt_raw * 1.4426950408889634))
+        ddt = tl.where(ok2, ddt, 0.0)
+        dug = tl.where(ok2, dug, 0.0)
+        if HAS_BIAS:
+            dbias_acc += tl.sum(ddt, axis=1)
+        tl.store(du_ptr + g_row + offs_t[None, :], dug.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddelta_ptr + g_row + offs_t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
+        if HAS_Z:
+            dz = dout * y * sig * (1.0 + zz * (1.0 - sig))
+            tl.store(dz_ptr + g_row + offs_t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=m2)
+
+    tl.store(dAp_ptr + state_offs, dA_acc, mask=dn_ok)
+    tl.store(dh0_ptr + state_offs, G, mask=dn_ok)
+    if HAS_D:
+        tl.store(dDp_ptr + pid_b * dim + offs_d, dD_acc, mask=d_ok)
+    if HAS_BIAS:
+        tl.store(dbiasp_ptr + pid_b * dim + offs_d, dbias_acc, mask=d_ok)
+
+
+def _block_d(dim: int, groups: int, want: int) -> int:
+    """Largest power of two <= want such that each channel block lies inside one B/C group."""
+    if groups == 1:
+        return max(1, min(want, triton.next_power_of_2(dim)))
+    per = dim // groups
+    bd = 1
+    while bd * 2 <= want and per % (bd * 2) == 0:
+        bd *= 2
+    return bd
+
+
+def _last_contig(x: torch.Tensor | None) -> torch.Tensor | None:
+    if x is None or x.stride(-1) == 1:
+        return x
+    return x.contiguous()
+
+
+def _poison() -> bool:
+    # tests set this to fill outputs with NaN before the kernels write them (unwritten elements then show)
+    return _POISON[0]
+
+
+_POISON = [False]
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    if _poison():
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask, initial_state, save_states,
+             write_last, config=None):
+    """Launch the forward kernel. Returns (out, last_state or None, saved chunk states or None, block_t)."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    groups = B.shape[1]
+    bd_want, block_t, num_warps = config or FWD_CONFIG
+    if save_states:
+        # the backward kernel recomputes chunk by chunk from these; both must use the same chunk length
+        block_t = BWD_CONFIG[1]
+    block_d = _block_d(dim, groups, bd_want)
+    n_chunks = triton.cdiv(L, block_t)
+    dev = u.device
+    out = _empty((batch, dim, L), u.dtype, dev)
+    hlast = _empty((batch, dim, N), torch.float32, dev) if write_last else out
+    hsave = _empty((batch, n_chunks, dim, N), torch.float32, dev) if save_states else out
+    zt = z if z is not None else u
+    mk = mask.view(torch.uint8) if mask is not None else u
+    grid = (batch, triton.cdiv(dim, block_d))
+    _scan_fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk,
+        initial_state if initial_state is not None else A,
+        out, hlast, hsave,
+        dim, L, n_chunks, dim // groups,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        out.stride(0), out.stride(1), mk.stride(0) if mask is not None else 0,
+        N=N, N_P2=triton.next_power_of_2(N), BLOCK_D=block_d, BLOCK_T=block_t,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        REVERSE=bool(reverse), HAS_MASK=mask is not None, HAS_H0=initial_state is not None, SAVE_H=save_states,
+        WRITE_LAST=write_last, num_warps=num_warps,
+    )
+    return out, (hlast if write_last else None), (hsave if save_states else None), block_t
+
+
+def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask, hsave, config=None):
+    """Launch the backward kernel and reduce its partial sums. Returns the gradients of every input."""
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    groups = B.shape[1]
+    bd_want, block_t, num_warps = config or BWD_CONFIG
+    block_d = _block_d(dim, groups, bd_want)
+    n_chunks = hsave.shape[1]
+    assert triton.cdiv(L, block_t) == n_chunks
+    n_dblocks = triton.cdiv(dim, block_d)
+    dev = u.device
+    f32 = torch.float32
+    du = _empty((batch, dim, L), u.dtype, dev)
+    ddelta = _empty((batch, dim, L), delta.dtype, dev)
+    dz = _empty((batch, dim, L), z.dtype, dev) if z is not None else du
+    dBp = _empty((batch, n_dblocks, N, L), f32, dev)
+    dCp = _empty((batch, n_dblocks, N, L), f32, dev)
+    dAp = _empty((batch, dim, N), f32, dev)
+    dDp = _empty((batch, dim), f32, dev) if D is not None else dAp
+    dbiasp = _empty((batch, dim), f32, dev) if delta_bias is not None else dAp
+    dh0 = _empty((batch, dim, N), f32, dev)
+    zt = z if z is not None else u
+    mk = mask.view(torch.uint8) if mask is not None else u
+    grid = (batch, n_dblocks)
+    _scan_bwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk, hsave,
+        dout, dlast if dlast is not None else A,
+        du, ddelta, dz, dBp, dCp, dAp, dDp, dbiasp, dh0,
+        dim, L, n_chunks, dim // groups, n_dblocks,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        dout.stride(0), dout.stride(1), mk.stride(0) if mask is not None else 0,
+        N=N, N_P2=triton.next_power_of_2(N), BLOCK_D=block_d, BLOCK_T=block_t,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        REVERSE=bool(reverse), HAS_MASK=mask is not None, HAS_DLAST=dlast is not None, num_warps=num_warps,
+    )
+    # channel blocks of one group are consecutive: (b, groups, blocks per group, n, l) -> sum over the blocks
+    dB = dBp.view(batch, groups, n_dblocks // groups, N, L).sum(2) if groups > 1 else dBp.sum(1, keepdim=True)
+    dC = dCp.view(batch, groups, n_dblocks // groups, N, L).sum(2) if groups > 1 else dCp.sum(1, keepdim=True)
+    dA = dAp.sum(0)
+    dD = dDp.sum(0) if D is not None else None
+    dbias = dbiasp.sum(0) if delta_bias is not None else None
+    return du, ddelta, dA, dB, dC, dD, (dz if z is not None else None), dbias, dh0
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False,
+                          mask=None, initial_state=None, return_last_state=False):
+    """Selective scan through the Triton kernels (inputs already validated by `selective_scan`).
+
+    u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, groups, N, L); D, delta_bias: (dim,);
+    mask: bool (batch, L) or None; initial_state: (batch, dim, N) or None.
+    Returns out (batch, dim, L) in u's dtype, and the last state (batch, dim, N) fp32 when return_last_state.
+    """
+    if u.dtype == torch.float64:
+        raise TypeError("selective_scan_triton: u has dtype float64; the Triton scan supports fp32/bf16/fp16 "
+                        "(the fp64 path runs in PyTorch)")
+    u, delta, z, B, C = (_last_contig(t) for t in (u, delta, z, B, C))
+    A32 = A.float().contiguous()
+    D32 = D.float().contiguous() if D is not None else None
+    bias32 = delta_bias.float().contiguous() if delta_bias is not None else None
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    mask = mask.contiguous() if mask is not None else None
+    out, last = _ScanApply.apply(u, delta, A, B, C, D, z, delta_bias, mask, initial_state, A32, D32, bias32, h0,
+                                 bool(delta_softplus), bool(reverse))
+    return (out, last) if return_last_state else out
+
+
+class _ScanApply(torch.autograd.Function):
+    """Autograd entry: keeps the caller's parameter dtypes for the gradients, runs the kernels on fp32 copies."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, mask, initial_state, A32, D32, bias32, h0,
+                delta_softplus, reverse):
+        needs_grad = any(ctx.needs_input_grad[:10])
+        out, last, hsave, _ = scan_fwd(u, delta, A32, B, C, D32, z, bias32, delta_softplus, reverse, mask, h0,
+                                       save_states=needs_grad, write_last=True)
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, mask, hsave)
+        ctx.meta = (delta_softplus, reverse, A.dtype, B.dtype, C.dtype,
+                    D.dtype if D is not None else None, delta_bias.dtype if delta_bias is not None else None,
+                    initial_state.dtype if initial_state is not None else None)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A32, B, C, D32, z, bias32, mask, hsave = ctx.saved_tensors
+        softplus, reverse, A_dt, B_dt, C_dt, D_dt, bias_dt, h0_dt = ctx.meta
+        if dout is None:
+            dout = torch.zeros_like(u)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = scan_bwd(
+            _last_contig(dout), dlast.contiguous() if dlast is not None else None, u, delta, A32, B, C, D32, z,
+            bias32, softplus, reverse, mask, hsave)
+        return (du, ddelta, dA.to(A_dt), dB.to(B_dt), dC.to(C_dt), dD.to(D_dt) if dD is not None else None, dz,
+                dbias.to(bias_dt) if dbias is not None else None, None,
+                dh0.to(h0_dt) if h0_dt is not None else None, None, None, None, None, None, None)
