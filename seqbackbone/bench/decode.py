@@ -1,0 +1,195 @@
+"""Decoding speed of a language model on the recurrent state, against the weight-read floor.
+
+    python -m seqbackbone.bench.decode --out decode.md                 # ~90M-parameter LM, bf16, on CUDA
+    python -m seqbackbone.bench.decode --device cpu --d-model 64 --n-layer 2 --steps 16 --out /tmp/decode.md
+
+For each batch size and with / without CUDA graphs, greedy `generate` is timed at two lengths after a warm-up call
+(which also captures the graph); the difference divided by the extra tokens is the steady per-step time, free of the
+prefill and the capture. The floor is one read of every weight per step: 2 bytes x parameters / copy bandwidth,
+where the bandwidth is a device-to-device copy measured in the same run (bytes read + written per second).
+A configuration that fails is reported as such and the rest still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Row:
+    batch: int
+    cuda_graph: bool
+    step_us: float | None = None
+    tokens_per_s: float | None = None
+    floor_ratio: float | None = None
+    error: str | None = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30, reps: int = 20) -> float:
+    """Device-to-device copy bandwidth in bytes per second, counting bytes read plus bytes written (median)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":  # event timing is finer than the host clock for a ~0.5 ms copy
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            dst.copy_(src)
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            start = time.perf_counter()
+            dst.copy_(src)
+            times.append(time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / statistics.median(times)
+
+
+def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    from seqbackbone import create_model
+
+    overrides = {}
+    if args.d_model is not None:
+        overrides["d_model"] = args.d_model
+    if args.n_layer is not None:
+        overrides["n_layer"] = args.n_layer
+    model = create_model(args.model, **overrides)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def prompt_for(model: torch.nn.Module, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    from seqbackbone.generation import _lm_parts
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    if _lm_parts(model).waveform:
+        return (torch.rand(batch, length, generator=gen) * 2 - 1).to(device)
+    return torch.randint(0, _lm_parts(model).vocab_size, (batch, length), generator=gen).to(device)
+
+
+def time_generate(
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, cuda_graph: bool, repeats: int
+) -> float:
+    """Median wall time of greedy generate(prompt, new_tokens), in seconds."""
+    from seqbackbone.generation import generate
+
+    device = prompt.device
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        generate(model, prompt, new_tokens, temperature=0.0, cuda_graph=cuda_graph)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(
+    model: torch.nn.Module, batch: int, cuda_graph: bool, args: argparse.Namespace, device: torch.device,
+    floor_s: float | None,
+) -> Row:
+    row = Row(batch, cuda_graph)
+    try:
+        prompt = prompt_for(model, batch, args.prompt_len, device)
+        time_generate(model, prompt, args.steps, cuda_graph, 1)  # warm-up: compile, capture
+        short = time_generate(model, prompt, args.steps, cuda_graph, args.repeats)
+        long = time_generate(model, prompt, 2 * args.steps, cuda_graph, args.repeats)
+        step = max(long - short, 1e-9) / args.steps
+        row.step_us = step * 1e6
+        row.tokens_per_s = batch / step
+        if floor_s:
+            row.floor_ratio = step / floor_s
+    except Exception as err:  # one failing configuration must not hide the others
+        row.error = f"{type(err).__name__}: {err}".splitlines()[0][:200]
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def markdown(rows: list[Row], header: dict[str, str]) -> str:
+    lines = [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", "| batch | CUDA graph | us per step | tokens/s | x floor |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if r.error is not None:
+            lines.append(f"| {r.batch} | {'yes' if r.cuda_graph else 'no'} | failed: {r.error} | | |")
+            continue
+        ratio = f"{r.floor_ratio:.1f}" if r.floor_ratio is not None else "n/a"
+        lines.append(
+            f"| {r.batch} | {'yes' if r.cuda_graph else 'no'} | {r.step_us:,.0f} | {r.tokens_per_s:,.0f} | {ratio} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m seqbackbone.bench.decode", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="mamba_wave_lm_base", help="registered language model to build")
+    p.add_argument("--d-model", type=int, default=768)
+    p.add_argument("--n-layer", type=int, default=24)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--steps", type=int, default=256, help="extra tokens between the two timed lengths")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--out", type=Path, default=None, help="markdown file for the table")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    model = build_model(args, device, dtype)
+    n_params = sum(p.numel() for p in model.parameters())
+    header = {
+        "model": f"{args.model} (d_model {args.d_model}, {args.n_layer} layers), {n_params / 1e6:.1f}M parameters, "
+                 f"{str(dtype).replace('torch.', '')}",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "timing": f"greedy generate, prompt {args.prompt_len}, per-step time = (time of {2 * args.steps} new tokens "
+                  f"- time of {args.steps}) / {args.steps}, median of {args.repeats}",
+    }
+    floor_s = None
+    try:
+        bandwidth = copy_bandwidth(device)
+        floor_s = 2 * n_params / bandwidth
+        shown = f"{bandwidth / 1e12:.2f} TB/s" if bandwidth >= 1e11 else f"{bandwidth / 1e9:.1f} GB/s"
+        header["copy bandwidth"] = f"{shown} (device-to-device copy, bytes read + written)"
+        header["weight-read floor"] = f"{floor_s * 1e6:.1f} us per step (2 bytes x parameters / copy bandwidth)"
+    except Exception as err:
+        header["copy bandwidth"] = f"failed: {type(err).__name__}: {err}"
+
+    graph_modes = [True, False] if device.type == "cuda" else [False]
+    rows = []
+    for batch in args.batch_sizes:
+        for cuda_graph in graph_modes:
+            row = measure(model, batch, cuda_graph, args, device, floor_s)
+            rows.append(row)
+            status = row.error or f"{row.step_us:,.0f} us/step, {row.tokens_per_s:,.0f} tokens/s"
+            print(f"batch {batch:>3} graph {'yes' if cuda_graph else 'no ':<3} {status}", file=sys.stderr, flush=True)
+    table = markdown(rows, header)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("# Decoding speed\n\n" + table)
+    return 0 if all(r.error is None for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
