@@ -1,0 +1,237 @@
+"""CPU benchmark of the selective scan: `selective_scan` (chunked PyTorch path) against mambapy's parallel scan.
+
+    python -m seqbackbone.bench.cpu_scan                      # batch 2, dim 256, L 2048, N 16, fp32
+    python -m seqbackbone.bench.cpu_scan --update BENCHMARKS.md
+
+Both compute out = scan(exp(delta A), delta B u) . C + D u on the same data (same seed, each in its native layout:
+ours (batch, dim, L), mambapy's (batch, L, dim)), then backpropagate the same random output gradient to every input.
+Each implementation runs in a fresh subprocess so its peak memory is its own: peak RSS growth is the process's
+maximum resident size during the first forward + backward minus its resident size just before (inputs already
+allocated). Times are the median of the timed repeats after that first, untimed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+IMPLS = ("seqbackbone", "mambapy")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def make_inputs(batch: int, dim: int, length: int, n_state: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """fp32 inputs in a Mamba layer's ranges, in (batch, dim, L) layout; delta already positive (post-softplus)."""
+    g = torch.Generator().manual_seed(seed)
+    return dict(
+        u=torch.randn(batch, dim, length, generator=g),
+        delta=torch.nn.functional.softplus(0.5 * torch.randn(batch, dim, length, generator=g) - 3.0),
+        A=-torch.arange(1, n_state + 1, dtype=torch.float32).repeat(dim, 1),
+        B=torch.randn(batch, n_state, length, generator=g),
+        C=torch.randn(batch, n_state, length, generator=g),
+        D=torch.ones(dim),
+        grad=torch.randn(batch, dim, length, generator=g),
+    )
+
+
+def _runner(impl: str, data: dict[str, torch.Tensor]):
+    """Returns (leaves, forward) where forward() -> output in (batch, dim, L) layout."""
+    if impl == "seqbackbone":
+        from seqbackbone.kernels import selective_scan
+
+        leaves = {k: data[k].clone().requires_grad_(True) for k in ("u", "delta", "A", "B", "C", "D")}
+        return leaves, lambda: selective_scan(**leaves)
+    if impl == "mambapy":
+        from mambapy.mamba import MambaBlock
+
+        # mambapy's layout: x, delta (batch, L, dim); B, C (batch, L, N)
+        leaves = {k: data[k].transpose(1, 2).contiguous().requires_grad_(True) for k in ("u", "delta", "B", "C")}
+        leaves.update({k: data[k].clone().requires_grad_(True) for k in ("A", "D")})
+
+        def forward():
+            # selective_scan does not touch `self`; pscan is the Blelloch scan with its own backward
+            y = MambaBlock.selective_scan(
+                None, leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"]
+            )
+            return y.transpose(1, 2)
+
+        return leaves, forward
+    raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+def worker(impl: str, batch: int, dim: int, length: int, n_state: int, repeats: int) -> dict:
+    """Runs in a fresh process: one untimed run that measures peak memory, then `repeats` timed runs."""
+    data = make_inputs(batch, dim, length, n_state)
+    grad = data.pop("grad")
+    leaves, forward = _runner(impl, data)
+    rss_before, max_before = _rss_bytes(), _max_rss_bytes()
+    out = forward()
+    out.backward(grad)
+    peak = _max_rss_bytes() - rss_before
+    checksum = {"out": out.detach().double().abs().sum().item()}
+    checksum.update({k: v.grad.double().abs().sum().item() for k, v in leaves.items()})
+    del out
+    fwd, bwd = [], []
+    for _ in range(repeats):
+        for v in leaves.values():
+            v.grad = None
+        t0 = time.perf_counter()
+        out = forward()
+        t1 = time.perf_counter()
+        out.backward(grad)
+        t2 = time.perf_counter()
+        fwd.append(t1 - t0)
+        bwd.append(t2 - t1)
+        del out
+    return dict(
+        impl=impl,
+        fwd=fwd,
+        bwd=bwd,
+        peak_rss_growth=peak,
+        peak_reliable=max_before < rss_before + peak,
+        inputs_bytes=sum(v.numel() * v.element_size() for v in data.values()),
+        threads=torch.get_num_threads(),
+        checksum=checksum,
+    )
+
+
+def run_in_subprocess(impl: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "seqbackbone.bench.cpu_scan", "--worker", impl]
+    cmd += ["--batch", str(args.batch), "--dim", str(args.dim), "--length", str(args.length)]
+    cmd += ["--state", str(args.state), "--repeats", str(args.repeats)]
+    env = dict(os.environ, SEQBACKBONE_KERNELS="torch")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{impl} worker failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_agreement(n: int = 3) -> float:
+    """Max relative difference of output and gradients between the two, at a small size, in one process."""
+    data = make_inputs(2, 16, 128, 4, seed=1)
+    grad = data.pop("grad")
+    results = []
+    for impl in IMPLS:
+        leaves, forward = _runner(impl, data)
+        out = forward()
+        out.backward(grad)
+        gs = {k: v.grad.transpose(1, 2) if impl == "mambapy" and v.dim() == 3 else v.grad for k, v in leaves.items()}
+        results.append((out.detach(), gs))
+    (o1, g1), (o2, g2) = results
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
+    return max([rel(o1, o2)] + [rel(g1[k], g2[k]) for k in g1])
+
+
+def markdown(results: dict[str, dict], args: argparse.Namespace, agreement: float) -> str:
+    med = {k: (statistics.median(r["fwd"]), statistics.median(r["bwd"])) for k, r in results.items()}
+    ours, theirs = med["seqbackbone"], med["mambapy"]
+    ratio = sum(theirs) / sum(ours)
+    mib = lambda b: f"{b / 2**20:,.1f} MiB"
+    cpu = _cpu_name()
+    anchor = (args.batch, args.dim, args.length, args.state) == (2, 256, 2048, 16)
+    lines = [
+        "## CPU",
+        "",
+        f"Selective scan forward + backward, fp32, batch {args.batch}, dim {args.dim}, L {args.length}, "
+        f"N {args.state}, with D, no z{' (the shape of the CPU anchor in ANCHORS.md)' if anchor else ''}. Measured "
+        f"{datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores, {results['seqbackbone']['threads']} "
+        f"torch threads), torch {torch.__version__}, Python {platform.python_version()}, by "
+        "`python -m seqbackbone.bench.cpu_scan`.",
+        "",
+        "| implementation | forward | backward | forward + backward | peak RSS growth |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    names = {
+        "seqbackbone": "`seqbackbone.kernels.selective_scan` (chunked, recomputing backward)",
+        "mambapy": "mambapy 1.2.0 `MambaBlock.selective_scan` (`pscan`)",
+    }
+    for impl in IMPLS:
+        f, b = med[impl]
+        lines.append(
+            f"| {names[impl]} | {f:.3f} s | {b:.3f} s | {f + b:.3f} s | {mib(results[impl]['peak_rss_growth'])} |"
+        )
+    lines += [
+        "",
+        f"Forward + backward speed-up over mambapy: **{ratio:.1f}x**; peak memory growth "
+        f"{mib(results['seqbackbone']['peak_rss_growth'])} against {mib(results['mambapy']['peak_rss_growth'])} "
+        f"(inputs: {mib(results['seqbackbone']['inputs_bytes'])}). Times are medians of {args.repeats} runs after "
+        "a first run, each implementation in its own fresh process; peak RSS growth is the process's maximum "
+        "resident size during that first forward + backward minus its resident size just before it. Outputs and "
+        f"all gradients of the two agree to {agreement:.1e} relative error (checked at a small size).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _cpu_name() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"model name\s*:\s*(.+)", text)
+        if found:
+            return found.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def update_section(path: Path, section: str) -> None:
+    """Replaces the `## CPU` section of `path` (up to the next `## ` heading), or appends it."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(r"^## CPU\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section, text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--length", type=int, default=2048)
+    p.add_argument("--state", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the workers (0: torch's default)")
+    p.add_argument("--update", type=Path, default=None, help="rewrite the '## CPU' section of this markdown file")
+    p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.batch, args.dim, args.length, args.state, args.repeats)))
+        return
+    agreement = check_agreement()
+    results = {impl: run_in_subprocess(impl, args) for impl in IMPLS}
+    print(f"{'implementation':<14} {'forward':>9} {'backward':>9} {'total':>9} {'peak RSS growth':>16}")
+    for impl, r in results.items():
+        f, b = statistics.median(r["fwd"]), statistics.median(r["bwd"])
+        note = "" if r["peak_reliable"] else " (peak before the run was higher: growth is a lower bound)"
+        print(f"{impl:<14} {f:8.3f}s {b:8.3f}s {f + b:8.3f}s {r['peak_rss_growth'] / 2**20:12.0f} MiB{note}")
+    print(f"checksums: {json.dumps({k: r['checksum'] for k, r in results.items()})}")
+    section = markdown(results, args, agreement)
+    print()
+    print(section)
+    if args.update is not None:
+        update_section(args.update, section)
+        print(f"updated {args.update}")
+
+
+if __name__ == "__main__":
+    main()
