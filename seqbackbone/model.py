@@ -151,8 +151,8 @@ class SequenceModelConfig:
                 "rc_aug applies to DNA sequence classification only; for DNA language models call "
                 "seqbackbone.encoders.rc_augment(ids, mask) on the batch before computing targets"
             )
-        if self.rc_conjoin and (self.modality != "dna" or self.task == "token_classification"):
-            raise ValueError("rc_conjoin applies to DNA models with sequence-level outputs")
+        if self.rc_conjoin and (self.modality != "dna" or self.task != "classification"):
+            raise ValueError("rc_conjoin applies to DNA sequence classification only (it averages sequence outputs)")
         if self.encoder == "mulaw":
             self.vocab_size = self.vocab_size or 256
         elif self.encoder == "dna":
