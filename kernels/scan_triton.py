@@ -23,9 +23,23 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 
-# Tile configuration: (BLOCK_D, BLOCK_T, num_warps) for the forward and backward kernels.
-FWD_CONFIG = (32, 64, 4)
-BWD_CONFIG = (16, 64, 4)
+# Tile configuration (BLOCK_D, BLOCK_T, num_warps); None picks by shape (`fwd_config`, `bwd_config`).
+FWD_CONFIG: tuple[int, int, int] | None = None
+BWD_CONFIG: tuple[int, int, int] | None = None
+
+
+def fwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
+    """Forward tiles: enough programs to fill the GPU, the rest of the parallelism along time."""
+    if FWD_CONFIG is not None:
+        return FWD_CONFIG
+    return (16, 64, 4) if batch * dim >= 4096 else (4, 256, 4)
+
+
+def bwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
+    """Backward tiles: channel blocks of 16+ keep the dB/dC partial sums (one per block) small."""
+    if BWD_CONFIG is not None:
+        return BWD_CONFIG
+    return (16, 64, 4)
 
 
 @triton.jit
@@ -51,7 +65,7 @@ def _scan_fwd_kernel(
     N: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_H0: tl.constexpr, SAVE_H: tl.constexpr,
-    WRITE_LAST: tl.constexpr,
+    WRITE_LAST: tl.constexpr, SAVE_EVERY: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
@@ -92,8 +106,16 @@ def _scan_fwd_kernel(
         else:
             c = ci
         if SAVE_H:
-            save_offs = ((pid_b * n_chunks + c) * dim + offs_d64)[:, None] * N + offs_n[None, :]
-            tl.store(hsave_ptr + save_offs, H, mask=dn_ok)
+            # the state entering each backward chunk (SAVE_EVERY forward chunks); in reverse order a backward
+            # chunk is entered at its last forward chunk (or at the sequence's last one)
+            if REVERSE:
+                do_save = ((c + 1) % SAVE_EVERY == 0) | (c == n_chunks - 1)
+            else:
+                do_save = c % SAVE_EVERY == 0
+            if do_save:
+                n_saved = (n_chunks + SAVE_EVERY - 1) // SAVE_EVERY
+                save_offs = ((pid_b * n_saved + c // SAVE_EVERY) * dim + offs_d64)[:, None] * N + offs_n[None, :]
+                tl.store(hsave_ptr + save_offs, H, mask=dn_ok)
         offs_t = c * BLOCK_T + loc
         t_ok = offs_t < L
         valid = t_ok
@@ -113,7 +135,7 @@ def _scan_fwd_kernel(
         u = tl.where(ok2, u, 0.0)
         du = dt * u
         y = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
-        for n in tl.static_range(N):
+        for n in range(N):
             A2n = tl.load(A_ptr + offs_d * N + n, mask=d_ok, other=0.0) * 1.4426950408889634
             # masked loads (not products) keep whatever padded steps hold, even inf or nan, out of the sums
             Bn = tl.load(B_row + n * s_B_n + offs_t, mask=valid, other=0.0).to(tl.float32)
@@ -242,7 +264,7 @@ def _scan_bwd_kernel(
         y = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
         acc_gB = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
         acc_dA = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
-        for n in tl.static_range(N):
+        for n in range(N):
             An = tl.load(A_ptr + offs_d * N + n, mask=d_ok, other=0.0)
             A2n = An * 1.4426950408889634
             # masked loads (not products) keep whatever padded steps hold, even inf or nan, out of the sums
@@ -333,21 +355,27 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask, initial_state, save_states,
-             write_last, config=None):
-    """Launch the forward kernel. Returns (out, last_state or None, saved chunk states or None, block_t)."""
+             write_last, config=None, save_block_t=None):
+    """Launch the forward kernel. Returns (out, last_state or None, states entering each backward chunk of
+    save_block_t steps (b, chunks, d, n) or None)."""
     batch, dim, L = u.shape
     N = A.shape[1]
     groups = B.shape[1]
-    bd_want, block_t, num_warps = config or FWD_CONFIG
+    bd_want, block_t, num_warps = config or fwd_config(batch, dim, L)
+    save_every = 1
     if save_states:
-        # the backward kernel recomputes chunk by chunk from these; both must use the same chunk length
-        block_t = BWD_CONFIG[1]
+        # the backward recomputes chunks of save_block_t steps from the states saved here
+        save_block_t = save_block_t or bwd_config(batch, dim, L)[1]
+        if save_block_t % block_t == 0:
+            save_every = save_block_t // block_t
+        else:
+            block_t = save_block_t
     block_d = _block_d(dim, groups, bd_want)
     n_chunks = triton.cdiv(L, block_t)
     dev = u.device
     out = _empty((batch, dim, L), u.dtype, dev)
     hlast = _empty((batch, dim, N), torch.float32, dev) if write_last else out
-    hsave = _empty((batch, n_chunks, dim, N), torch.float32, dev) if save_states else out
+    hsave = _empty((batch, triton.cdiv(n_chunks, save_every), dim, N), torch.float32, dev) if save_states else out
     zt = z if z is not None else u
     mk = mask.view(torch.uint8) if mask is not None else u
     grid = (batch, triton.cdiv(dim, block_d))
@@ -362,9 +390,9 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
         N=N, N_P2=triton.next_power_of_2(N), BLOCK_D=block_d, BLOCK_T=block_t,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         REVERSE=bool(reverse), HAS_MASK=mask is not None, HAS_H0=initial_state is not None, SAVE_H=save_states,
-        WRITE_LAST=write_last, num_warps=num_warps,
+        WRITE_LAST=write_last, SAVE_EVERY=save_every, num_warps=num_warps,
     )
-    return out, (hlast if write_last else None), (hsave if save_states else None), block_t
+    return out, (hlast if write_last else None), (hsave if save_states else None)
 
 
 def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask, hsave, config=None):
@@ -372,7 +400,7 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, r
     batch, dim, L = u.shape
     N = A.shape[1]
     groups = B.shape[1]
-    bd_want, block_t, num_warps = config or BWD_CONFIG
+    bd_want, block_t, num_warps = config or bwd_config(batch, dim, L)
     block_d = _block_d(dim, groups, bd_want)
     n_chunks = hsave.shape[1]
     assert triton.cdiv(L, block_t) == n_chunks
@@ -441,7 +469,7 @@ class _ScanApply(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, mask, initial_state, A32, D32, bias32, h0,
                 delta_softplus, reverse):
         needs_grad = any(ctx.needs_input_grad[:10])
-        out, last, hsave, _ = scan_fwd(u, delta, A32, B, C, D32, z, bias32, delta_softplus, reverse, mask, h0,
+        out, last, hsave = scan_fwd(u, delta, A32, B, C, D32, z, bias32, delta_softplus, reverse, mask, h0,
                                        save_states=needs_grad, write_last=True)
         if needs_grad:
             ctx.save_for_backward(u, delta, A32, B, C, D32, z, bias32, mask, hsave)
