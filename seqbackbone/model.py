@@ -341,6 +341,7 @@ class SequenceModel(nn.Module):
             self.config.num_classes = num_classes
             if isinstance(self.head, TokenClassifierHead) and self.config.task == "lm":
                 self.config.task = "token_classification"
+                self.pretrained_cfg["task"] = "token_classification"
             if pooling is not None:
                 self.config.pooling = pooling
 
@@ -381,6 +382,23 @@ class SequenceModel(nn.Module):
         """Raw input -> (hidden (B, L, D), token mask (B, L) bool or None)."""
         tokens, tmask = self._encode(x, mask, sample_rate)
         return self.backbone(tokens, tmask), tmask
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+        sample_rate: int | None = None,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm-style per-layer features (B, L, D) of the backbone on the encoded input (see
+        MambaBackbone.forward_intermediates for indices / norm / stop_early)."""
+        tokens, tmask = self._encode(x, mask, sample_rate)
+        return self.backbone.forward_intermediates(
+            tokens, tmask, indices=indices, norm=norm, stop_early=stop_early, intermediates_only=intermediates_only
+        )
 
     def forward_head(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, pre_logits: bool = False

@@ -156,7 +156,7 @@ class FrameEncoder(_WaveformEncoder):
         T = x.shape[-1]
         n_frames = math.ceil(T / self.frame_size)
         pad = n_frames * self.frame_size - T
-        x = F.pad(x, (0, pad))  # a partial last frame is completed with silence
+        x = F.pad(x.to(self.frame.weight.dtype), (0, pad))  # a partial last frame is completed with silence
         h = F.gelu(self.frame(x[:, None, :]))  # (B, D, F)
         frame_mask = None
         if mask is not None:

@@ -166,3 +166,18 @@ def test_forward_intermediates_and_grad_checkpointing_reach_backbone():
     m.train()
     m(x, mask).sum().backward()
     assert m.backbone.layers[0].mixer.A_log.grad is not None
+    m.eval()
+    with torch.no_grad():
+        final, inter = m.forward_intermediates(x, mask, indices=[0, 1], norm=True)
+        hidden, _ = m.forward_features(x, mask)
+    assert len(inter) == 2 and inter[0].shape == hidden.shape
+    torch.testing.assert_close(inter[1], hidden)
+    torch.testing.assert_close(final, hidden)
+
+
+def test_bfloat16_model_takes_float_waveforms():
+    m = sb.create_model("mamba_audio_cls_tiny", n_layer=1, d_model=32, dtype=torch.bfloat16).eval()
+    assert next(m.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        out = m(torch.rand(2, 200) * 2 - 1)
+    assert out.shape == (2, 10) and torch.isfinite(out.float()).all()
