@@ -323,6 +323,10 @@ def _scan_bwd_kernel(
         tl.store(dbiasp_ptr + pid_b * dim + offs_d, dbias_acc, mask=d_ok)
 
 
+# the compiled kernels launched last (their n_regs / n_spills are read by the benchmark)
+LAST_KERNEL: dict = {}
+
+
 def _block_d(dim: int, groups: int, want: int) -> int:
     """Largest power of two <= want such that each channel block lies inside one B/C group."""
     if groups == 1:
@@ -379,7 +383,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
     zt = z if z is not None else u
     mk = mask.view(torch.uint8) if mask is not None else u
     grid = (batch, triton.cdiv(dim, block_d))
-    _scan_fwd_kernel[grid](
+    LAST_KERNEL["fwd"] = _scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk,
         initial_state if initial_state is not None else A,
         out, hlast, hsave,
@@ -419,7 +423,7 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, r
     zt = z if z is not None else u
     mk = mask.view(torch.uint8) if mask is not None else u
     grid = (batch, n_dblocks)
-    _scan_bwd_kernel[grid](
+    LAST_KERNEL["bwd"] = _scan_bwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk, hsave,
         dout, dlast if dlast is not None else A,
         du, ddelta, dz, dBp, dCp, dAp, dDp, dbiasp, dh0,
