@@ -5,7 +5,11 @@ set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-pip install --no-deps --no-build-isolation -e . -q 2>&1 | tail -2
+pip install --no-deps --no-build-isolation -e . -q --root-user-action=ignore 2>&1 | tail -2
+# an older setuptools there installs a plain path entry without the package-dir mapping: link the two folders in
+python3 -c "import seqbackbone.kernels" 2>/dev/null || {
+    python3 -c "import setuptools; print('setuptools', setuptools.__version__, '(no package-dir mapping: linking)')"
+    ln -sfn ../kernels seqbackbone/kernels; ln -sfn ../tasks seqbackbone/tasks; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 K=${1:-}
 shift || true
