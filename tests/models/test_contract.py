@@ -56,15 +56,17 @@ def test_forward_shape_and_cfg(name):
 def test_reset_classifier_zero_gives_features(name):
     model = small_model(name)
     x, mask = make_input(model)
+    per_token = model.pretrained_cfg["task"] == "lm"
     model.reset_classifier(0)
     assert model.num_classes == 0
     with torch.no_grad():
         out = model(x, mask)
-    if model.pretrained_cfg["task"] == "lm":  # per-token model: (B, L, num_features)
+    if per_token:  # (B, L, num_features)
         assert out.shape == (x.shape[0], x.shape[1], model.num_features)
+        with pytest.raises(ValueError, match="tied"):
+            small_model(model.pretrained_cfg["architecture"]).reset_classifier(5)
     else:
         assert out.shape == (x.shape[0], model.num_features)
-    if not model.pretrained_cfg["task"] == "lm":
         model.reset_classifier(5)
         with torch.no_grad():
             assert model(x, mask).shape == (x.shape[0], 5)
