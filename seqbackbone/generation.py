@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .cache import InferenceCache, MambaCache
+
 __all__ = [
     "StepDecoder",
     "generate",
@@ -95,7 +97,10 @@ def sample_next_token(
     if top_p is not None:
         scores = top_p_filter(scores, top_p)
     probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+    # argmax(p / E) with E ~ Exp(1) draws index i with probability p_i (what torch.multinomial does for one sample),
+    # with no validity check that would wait for the device every token
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / noise).argmax(dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------------- model adapter
@@ -135,6 +140,23 @@ def _param_key(model: nn.Module) -> tuple:
     return tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
 
 
+def _step_logits(
+    embed: Callable[[torch.Tensor], torch.Tensor],
+    backbone: nn.Module,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    token: torch.Tensor,
+    conv_states: list[torch.Tensor],
+    ssm_states: list[torch.Tensor],
+) -> torch.Tensor:
+    """One token per row through the model: token (B,) long -> logits (B, V) fp32; the states advance in place.
+
+    Takes the state tensors rather than the cache object so that a compiled version does not guard on the cache's
+    token count (which changes every step)."""
+    cache = InferenceCache([MambaCache(c, s) for c, s in zip(conv_states, ssm_states, strict=True)])
+    x_t = embed(token[:, None])[:, 0]  # (B, d_model)
+    return head(backbone.step(x_t, cache)).float()  # (B, V)
+
+
 class StepDecoder:
     """One decoding step of a language model on static buffers, captured as a CUDA graph when `cuda_graph`.
 
@@ -148,6 +170,7 @@ class StepDecoder:
         model: nn.Module,
         batch_size: int,
         cuda_graph: bool = False,
+        compile: bool = False,
         dtype: torch.dtype | None = None,
         warmup_steps: int = 2,
     ) -> None:
@@ -156,11 +179,18 @@ class StepDecoder:
         self.device = param.device
         self.dtype = dtype or param.dtype
         self.batch_size = batch_size
-        self.key = (batch_size, self.dtype, cuda_graph, _param_key(model))
+        self.key = _decoder_key(model, batch_size, cuda_graph, compile)
         if cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs a model on a CUDA device, got {self.device}")
+        # torch.compile only fuses the step's many small element-wise kernels; the graph (if any) is captured around
+        # the compiled code, so graph breaks cost nothing at replay.
+        self._fn = torch.compile(_step_logits, dynamic=False) if compile else _step_logits
         with torch.inference_mode():
             self.cache = self.parts.backbone.allocate_inference_cache(batch_size, dtype=self.dtype)
+            self._states = (
+                [layer.conv_state for layer in self.cache.layers],
+                [layer.ssm_state for layer in self.cache.layers],
+            )
             self.token = torch.zeros(batch_size, dtype=torch.long, device=self.device)
             self.logits: torch.Tensor | None = None
             self.graph: torch.cuda.CUDAGraph | None = None
@@ -171,9 +201,8 @@ class StepDecoder:
         return [t.data_ptr() for layer in self.cache.layers for t in (layer.conv_state, layer.ssm_state)]
 
     def _run_step(self) -> None:
-        x_t = self.parts.embed(self.token[:, None])[:, 0]  # (B, d_model)
-        hidden = self.parts.backbone.step(x_t, self.cache)  # (B, d_model)
-        self.logits = self.parts.head(hidden).float()  # (B, V)
+        parts = self.parts
+        self.logits = self._fn(parts.embed, parts.backbone, parts.head, self.token, *self._states)
 
     def _capture(self, warmup_steps: int) -> None:
         # Warm up on a side stream (Triton compiles, allocator settles), then capture one step. Both touch the cache,
@@ -208,9 +237,9 @@ class StepDecoder:
         self.token.copy_(tokens)
         if self.graph is not None:
             self.graph.replay()
-            self.cache.seqlen_offset += 1
         else:
             self._run_step()
+        self.cache.seqlen_offset += 1
         assert self.logits is not None
         return self.logits
 
@@ -219,13 +248,15 @@ class StepDecoder:
 _DECODERS: weakref.WeakKeyDictionary[nn.Module, StepDecoder] = weakref.WeakKeyDictionary()
 
 
-def _decoder_for(model: nn.Module, batch_size: int, cuda_graph: bool) -> StepDecoder:
-    param = next(model.parameters())
-    key = (batch_size, param.dtype, cuda_graph, _param_key(model))
+def _decoder_key(model: nn.Module, batch_size: int, cuda_graph: bool, compile: bool) -> tuple:
+    return (batch_size, cuda_graph, compile, _param_key(model))
+
+
+def _decoder_for(model: nn.Module, batch_size: int, cuda_graph: bool, compile: bool = False) -> StepDecoder:
     decoder = _DECODERS.get(model)
-    if decoder is None or decoder.key != key:
+    if decoder is None or decoder.key != _decoder_key(model, batch_size, cuda_graph, compile):
         _DECODERS.pop(model, None)  # free the old graph's memory before capturing a new one
-        decoder = StepDecoder(model, batch_size, cuda_graph=cuda_graph)
+        decoder = StepDecoder(model, batch_size, cuda_graph=cuda_graph, compile=compile)
         _DECODERS[model] = decoder
     return decoder
 
@@ -280,6 +311,7 @@ def generate(
     cuda_graph: bool | None = None,
     return_logits: bool = False,
     suppress_tokens: Sequence[int] | None = None,
+    compile: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Continues each prompt row by `max_new_tokens` tokens (samples for waveform models).
 
@@ -288,6 +320,7 @@ def generate(
     top-k and top-p (nucleus) filters, with `generator` as the source of randomness (on the model's device).
     cuda_graph: replay a captured CUDA graph per step (None = on for CUDA models).
     suppress_tokens: ids never to generate (e.g. the special tokens of a DNA model), greedy or sampled.
+    compile: run the step through torch.compile (fewer, fused kernels; the first call compiles for a while).
     Returns prompt + new tokens: (B, L + max_new_tokens) long, or for waveform models (B, T + max_new_tokens)
     float (the prompt as given, then the decoded new samples). With return_logits, also the fp32 logits that each
     new token was drawn from (before temperature and filters): (B, max_new_tokens, V).
@@ -306,7 +339,7 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        decoder = _decoder_for(model, batch, bool(cuda_graph))
+        decoder = _decoder_for(model, batch, bool(cuda_graph), bool(compile))
         with torch.inference_mode():
             new = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
             all_logits = (

@@ -3,11 +3,12 @@
     python -m seqbackbone.bench.decode --out decode.md                 # ~90M-parameter LM, bf16, on CUDA
     python -m seqbackbone.bench.decode --device cpu --d-model 64 --n-layer 2 --steps 16 --out /tmp/decode.md
 
-For each batch size and with / without CUDA graphs, greedy `generate` is timed at two lengths after a warm-up call
+For each batch size, with and without CUDA graphs (and with the step through torch.compile inside the graph, last,
+since compiling takes a while), greedy `generate` is timed at two lengths after a warm-up call
 (which also captures the graph); the difference divided by the extra tokens is the steady per-step time, free of the
 prefill and the capture. The floor is one read of every weight per step: 2 bytes x parameters / copy bandwidth,
 where the bandwidth is a device-to-device copy measured in the same run (bytes read + written per second).
-A configuration that fails is reported as such and the rest still run.
+A configuration that fails is reported as such and the rest still run; the table file is rewritten after every row.
 """
 
 from __future__ import annotations
@@ -27,10 +28,16 @@ import torch
 class Row:
     batch: int
     cuda_graph: bool
+    compile: bool = False
     step_us: float | None = None
     tokens_per_s: float | None = None
     floor_ratio: float | None = None
     error: str | None = None
+
+    @property
+    def mode(self) -> str:
+        how = "CUDA graph" if self.cuda_graph else "eager"
+        return how + (" + torch.compile" if self.compile else "")
 
 
 def _sync(device: torch.device) -> None:
@@ -81,7 +88,7 @@ def prompt_for(model: torch.nn.Module, batch: int, length: int, device: torch.de
 
 
 def time_generate(
-    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, cuda_graph: bool, repeats: int
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, cuda_graph: bool, compile: bool, repeats: int
 ) -> float:
     """Median wall time of greedy generate(prompt, new_tokens), in seconds."""
     from seqbackbone.generation import generate
@@ -91,22 +98,22 @@ def time_generate(
     for _ in range(repeats):
         _sync(device)
         start = time.perf_counter()
-        generate(model, prompt, new_tokens, temperature=0.0, cuda_graph=cuda_graph)
+        generate(model, prompt, new_tokens, temperature=0.0, cuda_graph=cuda_graph, compile=compile)
         _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def measure(
-    model: torch.nn.Module, batch: int, cuda_graph: bool, args: argparse.Namespace, device: torch.device,
-    floor_s: float | None,
+    model: torch.nn.Module, batch: int, cuda_graph: bool, compile: bool, args: argparse.Namespace,
+    device: torch.device, floor_s: float | None,
 ) -> Row:
-    row = Row(batch, cuda_graph)
+    row = Row(batch, cuda_graph, compile)
     try:
         prompt = prompt_for(model, batch, args.prompt_len, device)
-        time_generate(model, prompt, args.steps, cuda_graph, 1)  # warm-up: compile, capture
-        short = time_generate(model, prompt, args.steps, cuda_graph, args.repeats)
-        long = time_generate(model, prompt, 2 * args.steps, cuda_graph, args.repeats)
+        time_generate(model, prompt, args.steps, cuda_graph, compile, 1)  # warm-up: compile, capture
+        short = time_generate(model, prompt, args.steps, cuda_graph, compile, args.repeats)
+        long = time_generate(model, prompt, 2 * args.steps, cuda_graph, compile, args.repeats)
         step = max(long - short, 1e-9) / args.steps
         row.step_us = step * 1e6
         row.tokens_per_s = batch / step
@@ -123,15 +130,13 @@ def measure(
 
 def markdown(rows: list[Row], header: dict[str, str]) -> str:
     lines = [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "| batch | CUDA graph | us per step | tokens/s | x floor |", "| --- | --- | --- | --- | --- |"]
+    lines += ["", "| batch | step runs as | us per step | tokens/s | x floor |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         if r.error is not None:
-            lines.append(f"| {r.batch} | {'yes' if r.cuda_graph else 'no'} | failed: {r.error} | | |")
+            lines.append(f"| {r.batch} | {r.mode} | failed: {r.error} | | |")
             continue
         ratio = f"{r.floor_ratio:.1f}" if r.floor_ratio is not None else "n/a"
-        lines.append(
-            f"| {r.batch} | {'yes' if r.cuda_graph else 'no'} | {r.step_us:,.0f} | {r.tokens_per_s:,.0f} | {ratio} |"
-        )
+        lines.append(f"| {r.batch} | {r.mode} | {r.step_us:,.0f} | {r.tokens_per_s:,.0f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip the rows with the step through torch.compile")
     p.add_argument("--out", type=Path, default=None, help="markdown file for the table")
     return p.parse_args(argv)
 
@@ -175,19 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         header["copy bandwidth"] = f"failed: {type(err).__name__}: {err}"
 
-    graph_modes = [True, False] if device.type == "cuda" else [False]
+    # (cuda_graph, compile); compiled rows last, so a slow compile cannot hold up the plain ones
+    modes = [(True, False), (False, False)] if device.type == "cuda" else [(False, False)]
+    if args.compile:
+        modes += [(True, True)] if device.type == "cuda" else [(False, True)]
     rows = []
-    for batch in args.batch_sizes:
-        for cuda_graph in graph_modes:
-            row = measure(model, batch, cuda_graph, args, device, floor_s)
+    for cuda_graph, compile in modes:
+        for batch in args.batch_sizes:
+            row = measure(model, batch, cuda_graph, compile, args, device, floor_s)
             rows.append(row)
             status = row.error or f"{row.step_us:,.0f} us/step, {row.tokens_per_s:,.0f} tokens/s"
-            print(f"batch {batch:>3} graph {'yes' if cuda_graph else 'no ':<3} {status}", file=sys.stderr, flush=True)
-    table = markdown(rows, header)
-    print(table)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("# Decoding speed\n\n" + table)
+            print(f"batch {batch:>3} {row.mode}: {status}", file=sys.stderr, flush=True)
+            if args.out is not None:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text("# Decoding speed\n\n" + markdown(rows, header))
+    print(markdown(rows, header))
     return 0 if all(r.error is None for r in rows) else 1
 
 
