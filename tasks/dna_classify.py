@@ -1,0 +1,99 @@
+"""dna-classify: labelled DNA sequences from a folder holding train.csv and test.csv (columns seq,label).
+
+Labels may be any strings (e.g. EI / IE / N); they are mapped to ids in sorted order (numerically when all are
+integers) and the mapping is stored in the run's config.json. Training flips each sequence to its reverse complement
+with probability 1/2; evaluation averages the logits of a sequence and of its reverse complement ("conjoin").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqbackbone.data import read_seq_csv
+
+from .base import ClassifyTask, TaskData, TaskInputError, register_task
+from .batching import ListDataset, pad_collate, split_indices
+
+
+def label_order(labels: list[str]) -> list[str]:
+    """Distinct labels, sorted numerically when all are integers, else alphabetically."""
+    distinct = set(labels)
+    try:
+        return sorted(distinct, key=int)
+    except ValueError:
+        return sorted(distinct)
+
+
+def encode_labels(labels: list[str], names: list[str], where: str) -> list[int]:
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise TaskInputError(f"{where} has labels {unknown} that the training data does not have ({names})")
+    return [index[x] for x in labels]
+
+
+def tokenize(seqs: list[str]) -> list[torch.Tensor]:
+    from seqbackbone.tokenizer import DnaTokenizer
+
+    tok = DnaTokenizer()
+    return [tok.encode(s) for s in seqs]
+
+
+def read_split(folder: Path, name: str) -> tuple[list[str], list[str]]:
+    path = folder / name
+    if not path.is_file():
+        raise TaskInputError(f"{folder} has no {name} (dna-classify expects train.csv and test.csv, columns seq,label)")
+    try:
+        table = read_seq_csv(path)
+    except ValueError as err:
+        raise TaskInputError(str(err)) from None
+    return table.seqs, table.labels
+
+
+@register_task
+class DnaClassify(ClassifyTask):
+    name = "dna-classify"
+    description = "DNA sequence classification from train.csv / test.csv (seq,label), RC augmentation and conjoin"
+    defaults: dict[str, Any] = {
+        "model": "mamba_dna_cls_small",
+        "model_kwargs": {},
+        "epochs": 30,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "weight_decay": 0.1,
+        "rc_augment": True,
+        "rc_conjoin": True,
+    }
+
+    def load_data(self, cfg: dict[str, Any]) -> TaskData:
+        folder = Path(cfg["data"])
+        if not folder.is_dir():
+            raise TaskInputError(f"data folder {folder} does not exist")
+        test_seqs, test_labels = read_split(folder, "test.csv")
+        names = (cfg.get("task_info") or {}).get("labels")
+        if cfg.get("evaluation_only") and names:
+            train_seqs, train_labels = [], []
+        else:
+            train_seqs, train_labels = read_split(folder, "train.csv")
+            names = names or label_order(train_labels)
+        if len(names) < 2:
+            raise TaskInputError(f"{folder / 'train.csv'} has a single label {names}; need at least two classes")
+        train_y = encode_labels(train_labels, names, str(folder / "train.csv"))
+        test_y = encode_labels(test_labels, names, str(folder / "test.csv"))
+        train_x = tokenize(train_seqs)
+        keep, held = split_indices(len(train_x), float(cfg.get("val_fraction", 0.1)), int(cfg.get("seed", 0)))
+        train = ListDataset([train_x[i] for i in keep], [train_y[i] for i in keep])
+        val = ListDataset([train_x[i] for i in held], [train_y[i] for i in held]) if held else None
+        test = ListDataset(tokenize(test_seqs), test_y)
+        info = {"labels": names, "n_train": len(train), "n_val": len(held), "n_test": len(test)}
+        return TaskData(train, val, test, pad_collate, train_lengths=train.lengths(),
+                        eval_lengths=lambda ds: ds.lengths(), info=info)
+
+    def model_overrides(self, cfg: dict[str, Any], data: TaskData) -> dict[str, Any]:
+        # The model flips sequences itself in training (rc_aug) and averages both strands in eval (rc_conjoin);
+        # the saved model keeps conjoining wherever it is used next.
+        return {**super().model_overrides(cfg, data), "rc_aug": bool(cfg["rc_augment"]),
+                "rc_conjoin": bool(cfg["rc_conjoin"])}
