@@ -32,7 +32,8 @@ def fwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
     """Forward tiles: enough programs to fill the GPU, the rest of the parallelism along time."""
     if FWD_CONFIG is not None:
         return FWD_CONFIG
-    return (16, 64, 4) if batch * dim >= 4096 else (4, 256, 4)
+    # BLOCK_T = 0: the sequential kernel (scan_seq_triton), one channel per thread, one warp per program
+    return (32, 0, 1)
 
 
 def bwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
@@ -366,6 +367,9 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
     N = A.shape[1]
     groups = B.shape[1]
     bd_want, block_t, num_warps = config or fwd_config(batch, dim, L)
+    seq = block_t == 0  # the sequential kernel: one channel per thread, register chunks of TR steps
+    if seq:
+        block_t = 8 if u.element_size() <= 2 else 4
     save_every = 1
     if save_states:
         # the backward recomputes chunks of save_block_t steps from the states saved here
@@ -373,7 +377,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
         if save_block_t % block_t == 0:
             save_every = save_block_t // block_t
         else:
-            block_t = save_block_t
+            seq, block_t = False, save_block_t
     block_d = _block_d(dim, groups, bd_want)
     n_chunks = triton.cdiv(L, block_t)
     dev = u.device
@@ -383,7 +387,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
     zt = z if z is not None else u
     mk = mask.view(torch.uint8) if mask is not None else u
     grid = (batch, triton.cdiv(dim, block_d))
-    LAST_KERNEL["fwd"] = _scan_fwd_kernel[grid](
+    args = (
         u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk,
         initial_state if initial_state is not None else A,
         out, hlast, hsave,
@@ -391,11 +395,20 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         out.stride(0), out.stride(1), mk.stride(0) if mask is not None else 0,
-        N=N, N_P2=triton.next_power_of_2(N), BLOCK_D=block_d, BLOCK_T=block_t,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        REVERSE=bool(reverse), HAS_MASK=mask is not None, HAS_H0=initial_state is not None, SAVE_H=save_states,
-        WRITE_LAST=write_last, SAVE_EVERY=save_every, num_warps=num_warps,
     )
+    flags = dict(
+        BLOCK_D=block_d, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), HAS_MASK=mask is not None,
+        HAS_H0=initial_state is not None, SAVE_H=save_states, WRITE_LAST=write_last, SAVE_EVERY=save_every,
+        num_warps=num_warps,
+    )
+    if seq:
+        from .scan_seq_triton import fwd_kernel
+
+        LAST_KERNEL["fwd"] = fwd_kernel(N, block_t)[grid](*args, **flags)
+    else:
+        LAST_KERNEL["fwd"] = _scan_fwd_kernel[grid](
+            *args, N=N, N_P2=triton.next_power_of_2(N), BLOCK_T=block_t, **flags)
     return out, (hlast if write_last else None), (hsave if save_states else None)
 
 

@@ -20,9 +20,9 @@ GRAD_TOL = {torch.float32: 2e-4, torch.bfloat16: 4e-2, torch.float16: 1e-2}
 
 @pytest.fixture
 def small_tiles(monkeypatch):
-    """Tiles of 4 channels x 8 steps (2 x 16 in the backward: the forward saves every other state); NaN outputs."""
+    """The sequential forward (4 channels, 8- or 4-step register chunks; the backward 2 x 16 tiles); NaN outputs."""
     if not torch.cuda.is_available():
-        monkeypatch.setattr(scan_triton, "FWD_CONFIG", (4, 8, 1))
+        monkeypatch.setattr(scan_triton, "FWD_CONFIG", (4, 0, 1))
         monkeypatch.setattr(scan_triton, "BWD_CONFIG", (2, 16, 1))
     monkeypatch.setattr(scan_triton, "_POISON", [True])
 
@@ -102,3 +102,14 @@ def test_scan_rejects_fp64():
     args.pop("delta_softplus")
     with pytest.raises(TypeError, match="float64"):
         selective_scan_triton(args["u"], args["delta"], args["A"], args["B"][:, None], args["C"][:, None])
+
+
+def test_scan_assoc_forward(small_tiles, monkeypatch):
+    """The forward kernel built on tl.associative_scan (4 x 8 tiles), reverse with mask, groups and states."""
+    monkeypatch.setattr(scan_triton, "FWD_CONFIG", (4, 8, 1))
+    args = random_scan_inputs(batch=2, dim=6, length=37, n_state=4, groups=3, mask=True, initial_state=True)
+    args.pop("delta_softplus")
+    args = {k: v.to(_device()) for k, v in args.items()}
+    out, last = selective_scan_triton(**args, delta_softplus=True, reverse=True, return_last_state=True)
+    ref, ref_last = scan_loop_fp64(**{k: v.cpu() for k, v in args.items()}, delta_softplus=True, reverse=True)
+    assert _rel(out, ref) < TOL[torch.float32] and _rel(last, ref_last) < TOL[torch.float32]
