@@ -178,6 +178,6 @@ def _compile_source(name: str, src: str):
     return triton.jit(scope[name])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fwd_kernel(N: int, TR: int):
     return _compile_source(*_fwd_source(N, TR))
