@@ -108,6 +108,7 @@ def test_factory_kwargs() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_matches_mambapy(mode: str | None) -> None:
+    pytest.importorskip("mambapy")  # an independent pure-PyTorch Mamba; skipped where not installed
     torch.manual_seed(1)
     layer = randomize_(Mamba(d_model=12, d_state=4, dt_rank=3, bidirectional=mode), seed=1)
     x = torch.randn(2, 11, 12)
@@ -115,6 +116,7 @@ def test_matches_mambapy(mode: str | None) -> None:
 
 
 def test_step_matches_mambapy_step() -> None:
+    pytest.importorskip("mambapy")
     torch.manual_seed(2)
     layer = randomize_(Mamba(d_model=8, d_state=4), seed=2)
     twin = mambapy_twin(layer)
