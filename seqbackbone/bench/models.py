@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=parse_variants, default=VARIANTS)
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (plus one to size the reps)")
     p.add_argument("--reps", type=int, default=10, help="most timed calls per measurement")
-    p.add_argument("--max-seconds", type=float, default=1.0, help="timed calls stop after about this long")
+    p.add_argument("--max-seconds", type=float, default=0.5,
+                   help="warm-up and timed calls each stop after about this long (at least 3 timed calls)")
     p.add_argument("--decode-reps", type=int, default=50, help="most timed decoding steps per context")
     p.add_argument("--budget-s", type=float, default=300.0,
                    help="stop starting new measurements after this many seconds (0: no limit)")
@@ -123,17 +124,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+MIN_REPS = 3
+
+
 def measure_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int, max_seconds: float) -> float:
-    """Median milliseconds of fn() over up to `reps` timed calls, after `warmup` untimed ones and one more that sizes
-    the repetitions so that the timed calls take about `max_seconds` (at least one timed call)."""
+    """Median milliseconds of fn() over 3 to `reps` timed calls (fewer only when reps < 3).
+
+    Up to `warmup` untimed calls come first, stopping early once they have taken `max_seconds` (the first call at a
+    new shape also pays for compilation); then one synchronised call sizes the repetitions so that the timed calls
+    take about `max_seconds`. A call slower than that counts as the first sample, so a slow configuration costs a
+    few calls, not a dozen. On CUDA each call is timed by events without synchronising in between (a throughput
+    figure: launch overhead shows only where it exceeds the GPU time).
+    """
+    started = time.perf_counter()
     for _ in range(warmup):
         fn()
-    _sync(device)
+        _sync(device)
+        if time.perf_counter() - started > max_seconds:
+            break
     start = time.perf_counter()
     fn()
     _sync(device)
     estimate = time.perf_counter() - start
-    n = max(1, min(reps, int(max_seconds / max(estimate, 1e-9))))
+    minimum = min(MIN_REPS, reps)
+    times = [estimate * 1e3] if estimate >= max_seconds else []
+    n = max(minimum - len(times), min(reps, int(max_seconds / max(estimate, 1e-9))) - len(times))
     if device.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
         for begin, end in events:
@@ -141,14 +156,21 @@ def measure_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps
             fn()
             end.record()
         _sync(device)
-        times = [begin.elapsed_time(end) for begin, end in events]
+        times += [begin.elapsed_time(end) for begin, end in events]
     else:
-        times = []
         for _ in range(n):
             start = time.perf_counter()
             fn()
             times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def copy_bandwidth_tbs(device: torch.device, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in TB/s, counting bytes read plus bytes written (as ANCHORS.md does)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = measure_ms(lambda: dst.copy_(src), device, 3, 20, 0.2)
+    return 2 * nbytes / (ms * 1e-3) / 1e12
 
 
 def _free_memory(device: torch.device, collect: bool = False) -> None:
@@ -349,14 +371,15 @@ def cache_mib(model: nn.Module, cache: object, context: int) -> float:
 def decode_row(variant: Variant, context: int, s: Settings, warmup: int) -> dict:
     """Prefill time of `context` tokens and the time of one eager decoding step after them, at batch 1."""
     row = {"variant": variant.name, "family": variant.family, "context": context, "prefill_ms": SKIPPED,
-           "decode_ms": SKIPPED, "decode_graph_ms": SKIPPED, "cache_mib": None}
+           "decode_ms": SKIPPED, "decode_graph_ms": SKIPPED, "cache_mib": None, "step_read_mib": None,
+           "gpu_ops": None}
     if s.over_budget():
         return row
     model = variant.get(s.device)
     if model is None:
         return {**row, "prefill_ms": variant.build_error, "decode_ms": variant.build_error,
                 "decode_graph_ms": variant.build_error}
-    extra = warmup + 1 + s.decode_reps + 8  # KV-cache room for every timed and untimed step
+    extra = warmup + 1 + max(s.decode_reps, MIN_REPS) + 8  # KV-cache room for every timed and untimed step
     state: dict = {}
 
     def prefill() -> float:
@@ -364,6 +387,10 @@ def decode_row(variant: Variant, context: int, s: Settings, warmup: int) -> dict
             x = torch.randn(1, context, model.d_model, device=s.device, dtype=s.dtype)
             cache = _allocate_cache(model, context, extra, s.dtype)
             row["cache_mib"] = cache_mib(model, cache, context)
+            # what one step must at least move: every weight once, plus the KV cache read (Transformer) or the
+            # recurrent state read and written back (Mamba)
+            state_traffic = row["cache_mib"] * (1 if isinstance(model, TransformerBackbone) else 2)
+            row["step_read_mib"] = weight_bytes(model) / 2**20 + state_traffic
             ms = measure_ms(lambda: _prefill(model, x, cache), s.device, s.warmup, s.reps, s.max_seconds)
             state["cache"] = cache  # only a completed prefill may be decoded from
             return ms
@@ -385,21 +412,41 @@ def decode_row(variant: Variant, context: int, s: Settings, warmup: int) -> dict
     return row
 
 
-def graph_decode_ms(variant: Variant, context: int, s: Settings) -> Cell:
-    """One decoding step after `context` tokens, captured as a CUDA graph and replayed (the KV cache write and the
-    attention length are fixed at capture: every replay is the step at that context)."""
+def _count_gpu_ops(fn: Callable[[], object], device: torch.device) -> int:
+    """GPU operations (kernels, memsets, copies) that one call of fn launches, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        _sync(device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def graph_decode(variant: Variant, row: dict, s: Settings) -> None:
+    """Fill row["decode_graph_ms"]: one decoding step after row["context"] tokens, captured as a CUDA graph and
+    replayed (the KV-cache write and the attention length are fixed at capture, so every replay is the step at that
+    context); and row["gpu_ops"]: how many GPU operations the eager step launches."""
     model = variant.get(s.device)
     if model is None:
-        return variant.build_error
+        row["decode_graph_ms"] = variant.build_error
+        return
+    context = row["context"]
+    label = f"{variant.name} context={fmt_length(context)}"
+    state: dict = {}
+
+    def prepare() -> int:
+        with torch.inference_mode():
+            x = torch.randn(1, context, model.d_model, device=s.device, dtype=s.dtype)
+            state["x_t"] = x_t = torch.randn(1, model.d_model, device=s.device, dtype=s.dtype)
+            state["cache"] = cache = _allocate_cache(model, context, 8, s.dtype)
+            _prefill(model, x, cache)
+            model.step(x_t, cache)  # compiled and warm before profiling
+            return _count_gpu_ops(lambda: model.step(x_t, cache), s.device)
 
     def run() -> float:
         with torch.inference_mode():
-            x = torch.randn(1, context, model.d_model, device=s.device, dtype=s.dtype)
-            x_t = torch.randn(1, model.d_model, device=s.device, dtype=s.dtype)
-            cache = _allocate_cache(model, context, 8, s.dtype)
-            _prefill(model, x, cache)
-            del x
-            # warm up on a side stream (compilation, allocator), then capture one step
+            x_t, cache = state["x_t"], state["cache"]
+            # warm up on a side stream (allocator, lazy init), then capture one step
             current = torch.cuda.current_stream(s.device)
             side = torch.cuda.Stream(device=s.device)
             side.wait_stream(current)
@@ -410,11 +457,15 @@ def graph_decode_ms(variant: Variant, context: int, s: Settings) -> Cell:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 model.step(x_t, cache)
-            ms = measure_ms(graph.replay, s.device, 3, s.decode_reps, s.max_seconds)
-            del graph, cache
-            return ms
+            return measure_ms(graph.replay, s.device, 3, s.decode_reps, s.max_seconds)
 
-    return guarded(run, s.device, f"{variant.name} context={fmt_length(context)} CUDA graph")
+    row["gpu_ops"] = guarded(prepare, s.device, label + " GPU operations")
+    if "cache" in state:
+        row["decode_graph_ms"] = guarded(run, s.device, label + " CUDA graph")
+    else:
+        row["decode_graph_ms"] = "needs prefill"
+    state.clear()
+    _free_memory(s.device)
 
 
 # ------------------------------------------------------------------------------------------------------ analysis
@@ -454,7 +505,8 @@ def crossover(rows: list[dict], causal: bool, key: str = "train_ms") -> dict:
     first = next((n for i, n in enumerate(known) if all(faster[m] for m in known[i:])), None)
     result["length"] = first
     if first is None:
-        text = f"Mamba's {what} is not faster than the Transformer's at the longest measured length"
+        last = fmt_length(known[-1])
+        text = f"Mamba's {what} is slower than the Transformer's at the longest measured length, {last}"
     elif first == known[0]:
         text = f"Mamba's {what} is faster than the Transformer's at every measured length (from {fmt_length(first)})"
     else:
@@ -484,6 +536,37 @@ def decode_summary(decode: list[dict], key: str) -> str:
     return f"decoding ({mode}), Transformer/Mamba time per token: " + ", ".join(parts)
 
 
+def read_floor_us(row: dict, bandwidth_tbs: Cell) -> float | None:
+    """Microseconds one decoding step needs at least to read its weights and decoding state at `bandwidth_tbs`."""
+    if not (_number(bandwidth_tbs) and _number(row.get("step_read_mib"))):
+        return None
+    return row["step_read_mib"] * 2**20 / (bandwidth_tbs * 1e12) * 1e6
+
+
+def decode_bounds(decode: list[dict], bandwidth_tbs: Cell) -> list[str]:
+    """For each causal model at its longest measured context: step time against GPU operations and the read floor,
+    which says whether a step is bound by memory traffic or by launching (and waiting on) many small kernels."""
+    lines = []
+    for variant in dict.fromkeys(r["variant"] for r in decode):
+        rows = [r for r in decode if r["variant"] == variant]
+        for key, mode in (("decode_graph_ms", "as a CUDA graph"), ("decode_ms", "eager")):
+            timed = [r for r in rows if _number(r[key])]
+            if not timed:
+                continue
+            r = max(timed, key=lambda r: r["context"])
+            us = r[key] * 1e3
+            text = f"{variant}, context {fmt_length(r['context'])}: {us:,.0f} us per step {mode}"
+            if _number(r.get("gpu_ops")) and r["gpu_ops"] > 0:
+                text += f" for {r['gpu_ops']} GPU operations ({us / r['gpu_ops']:.1f} us each)"
+            floor = read_floor_us(r, bandwidth_tbs)
+            if floor:
+                text += (f"; reading its weights and decoding state once ({r['step_read_mib']:,.0f} MiB) takes at "
+                         f"least {floor:,.0f} us at the measured copy bandwidth, {us / floor:.1f}x below the step")
+            lines.append(text)
+            break
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------------- reports
 def _cell(value: Cell, digits: int = 2) -> str:
     if value is None:
@@ -503,7 +586,10 @@ def render(result: dict) -> str:
         f"- device: {meta['device_name']}; torch {meta['torch']}, triton {meta['triton']}, kernels: {meta['kernels']}",
         f"- precision: {meta['precision']}",
         f"- tokens per batch: {meta['tokens']:,} (batch = tokens / L); timing: {meta['timing']}",
+        f"- run time: {_cell(meta.get('elapsed_s'), 0)} s (time budget {meta['budget']})",
         f"- peak memory: {meta['memory']}",
+        f"- device-to-device copy bandwidth (bytes read + written per second): "
+        f"{_cell(meta.get('copy_bandwidth_tbs'))} TB/s",
     ]
     for name, info in meta["variants"].items():
         count = f"{info['parameters'] / 1e6:.2f}M parameters" if info["parameters"] else "not built"
@@ -528,16 +614,23 @@ def render(result: dict) -> str:
             lines.append(f"| {fmt_length(n)} | " + " | ".join(_cell(v) for v in cells) + " |")
     if result["decode"]:
         lines += ["", "## Prefill and decoding at batch 1 (causal models)", "",
+                  "Read per step: every weight once plus the KV cache (Transformer) or the recurrent state read and "
+                  "written (Mamba); the floor is that amount at the measured device-to-device copy bandwidth.", "",
                   "| model | context | prefill (ms) | decode step, eager (ms) | decode step, CUDA graph (ms) | "
-                  "decoding state (MiB) |", "| --- | --- | --- | --- | --- | --- |"]
+                  "decoding state (MiB) | read per step (MiB) | read floor (us) | GPU ops per step |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        bandwidth = meta.get("copy_bandwidth_tbs")
         for r in result["decode"]:
             lines.append(
                 f"| {r['variant']} | {fmt_length(r['context'])} | {_cell(r['prefill_ms'])} | "
-                f"{_cell(r['decode_ms'], 3)} | {_cell(r['decode_graph_ms'], 3)} | {_cell(r['cache_mib'], 1)} |"
+                f"{_cell(r['decode_ms'], 3)} | {_cell(r['decode_graph_ms'], 3)} | {_cell(r['cache_mib'], 1)} | "
+                f"{_cell(r.get('step_read_mib'), 1)} | {_cell(read_floor_us(r, bandwidth), 1)} | "
+                f"{_cell(r.get('gpu_ops'), 0)} |"
             )
     lines += ["", "## Crossover", ""]
     lines += [f"- {c['text']}" for c in summaries] or ["- not computed"]
     lines += [f"- {text}" for text in result.get("decode_summaries", [])]
+    lines += [f"- {text}" for text in decode_bounds(result["decode"], meta.get("copy_bandwidth_tbs"))]
     if result.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in result["plots"]]
     if result.get("plot_error"):
@@ -590,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
     )
     if args.quick:
-        args.reps, args.max_seconds, args.decode_reps = min(args.reps, 5), min(args.max_seconds, 0.5), 20
+        args.reps, args.max_seconds, args.decode_reps = min(args.reps, 5), min(args.max_seconds, 0.25), 20
     lengths = args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
     for name in ("warmup", "reps", "decode_reps"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
@@ -605,12 +698,14 @@ def main(argv: list[str] | None = None) -> int:
         "meta": {
             **_environment(device, dtype),
             "tokens": args.tokens,
-            "timing": f"median of up to {args.reps} timed calls (about {args.max_seconds} s) after {args.warmup + 1} "
-                      f"warm-up calls; decoding: up to {args.decode_reps} steps",
+            "timing": f"median of {min(MIN_REPS, args.reps)} to {args.reps} timed calls (about {args.max_seconds} "
+                      f"s) after up to {args.warmup} warm-up calls and one sizing call; decoding: up to "
+                      f"{args.decode_reps} steps",
             "memory": "torch.cuda.max_memory_allocated during the measurement, reset per configuration, counting "
                       "this model's weights, inputs, activations, gradients and workspace (no optimizer state)",
             "command": "python -m seqbackbone.bench.models " + " ".join(argv if argv is not None else sys.argv[1:]),
             "lengths": list(lengths),
+            "budget": f"{args.budget_s:g} s" if args.budget_s > 0 else "none",
             "variants": {v.name: {"family": v.family, "causal": v.causal, "description": v.description,
                                   "parameters": None} for v in variants},
         },
@@ -624,9 +719,12 @@ def main(argv: list[str] | None = None) -> int:
         result["crossovers"] = [crossover(result["rows"], causal, key) for key in ("train_ms", "infer_ms")
                                 for causal in (True, False)]
         result["decode_summaries"] = [decode_summary(result["decode"], key) for key in ("decode_ms", "decode_graph_ms")]
+        result["meta"]["elapsed_s"] = round(time.perf_counter() - s.started, 1)
         _write(result, args.out)
 
     print(f"# {result['meta']['device_name']}, {result['meta']['precision']}", file=sys.stderr)
+    if device.type == "cuda":
+        result["meta"]["copy_bandwidth_tbs"] = guarded(lambda: copy_bandwidth_tbs(device), device, "bandwidth")
     causal = [v for v in variants if v.causal]
     contexts = [] if args.no_decode else list(args.decode_contexts)
     # Decoding first (cheap, and it warms the kernels up), then the length sweep, then CUDA graphs last, so that a
@@ -653,7 +751,11 @@ def main(argv: list[str] | None = None) -> int:
         elif s.over_budget():
             row["decode_graph_ms"] = SKIPPED
         else:
-            row["decode_graph_ms"] = graph_decode_ms(v, row["context"], s)
+            graph_decode(v, row, s)
+            print(f"decode {v.name} context={fmt_length(row['context'])}: CUDA-graph step "
+                  f"{_cell(row['decode_graph_ms'], 3)} ms, {_cell(row['gpu_ops'], 0)} GPU operations",
+                  file=sys.stderr, flush=True)
+        publish()
     publish()
 
     if args.out is not None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -44,13 +45,16 @@ def test_smoke_run_writes_table_and_plots(tmp_path, capsys):
         for r in sweep:
             assert float(r[3].replace(",", "")) > 0 and float(r[4].replace(",", "")) > 0
             assert r[5] == r[6] == "-"  # no CUDA memory counters on the CPU
-        decode = [r for r in rows if len(r) == 6]
+        decode = [r for r in rows if len(r) == 9]
         if variant.endswith("causal"):
             assert len(decode) == 1 and decode[0][1] == "24"
-            assert float(decode[0][2]) > 0 and float(decode[0][3]) > 0 and decode[0][4] == "-"
+            assert float(decode[0][2]) > 0 and float(decode[0][3]) > 0
+            assert decode[0][4] == decode[0][7] == decode[0][8] == "-"  # CUDA graphs, bandwidth, profiler: GPU only
         else:
             assert decode == []
     result = json.loads((out / "models.json").read_text())
+    for row in result["decode"]:
+        assert row["step_read_mib"] > row["cache_mib"] > 0  # weights + decoding state > state
     params = {name: v["parameters"] for name, v in result["meta"]["variants"].items()}
     assert all(p > 0 for p in params.values())
     assert params["mamba-bidirectional"] > params["mamba-causal"]  # the reverse SSM parameters
@@ -123,6 +127,33 @@ def test_crossover_from_the_first_length_mamba_stays_faster():
     rows = _rows({"mamba": [10.0, 10.0], "transformer": [2.0, 3.0]}, lengths[:2])
     assert bench.crossover(rows, causal=True)["length"] is None
     assert bench.crossover(rows, causal=False)["length"] is None  # no bidirectional rows at all
+
+
+def test_measure_ms_repetitions():
+    calls = []
+    fast = lambda: calls.append(1)
+    assert bench.measure_ms(fast, torch.device("cpu"), warmup=2, reps=10, max_seconds=5.0) >= 0
+    assert len(calls) == 2 + 1 + 10  # warm-up, sizing call, timed calls
+    calls.clear()
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.02)
+
+    assert bench.measure_ms(slow, torch.device("cpu"), warmup=5, reps=10, max_seconds=0.01) >= 20
+    assert len(calls) == 1 + 1 + 2  # warm-up stops at the time limit; the sizing call is the first of 3 samples
+
+
+def test_decode_bounds_text():
+    row = {"variant": "mamba-causal", "family": "mamba", "context": 65536, "decode_ms": 2.0,
+           "decode_graph_ms": 0.5, "step_read_mib": 200.0, "gpu_ops": 250}
+    floor = bench.read_floor_us(row, 4.0)
+    assert floor == pytest.approx(200 * 2**20 / 4e12 * 1e6)
+    (text,) = bench.decode_bounds([row, {**row, "context": 1024, "decode_graph_ms": 0.1}], 4.0)
+    assert text.startswith("mamba-causal, context 64K: 500 us per step as a CUDA graph for 250 GPU operations")
+    assert f"{500 / floor:.1f}x below the step" in text
+    (text,) = bench.decode_bounds([{**row, "decode_graph_ms": "OOM", "gpu_ops": None}], None)
+    assert text == "mamba-causal, context 64K: 2,000 us per step eager"
 
 
 def test_parse_lengths():
