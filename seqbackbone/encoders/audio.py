@@ -197,10 +197,11 @@ class MelEncoder(_WaveformEncoder):
         self.hop_length = hop_length
         self.patch_frames = patch_frames
         self.n_mels = n_mels
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, center=True,
-            pad_mode="constant",
-        )
+        with torch.device("cpu"):  # the filter bank is computed with .item(); build it on the CPU, then move it
+            self.mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, center=True,
+                pad_mode="constant",
+            )
         if device is not None:
             self.mel.to(device)
         self.proj = nn.Conv1d(n_mels, d_model, patch_frames, stride=patch_frames, **dd)

@@ -40,6 +40,10 @@ def test_forward_shape_and_cfg(name):
     assert cfg["modality"] in ("audio", "dna", "image", "features")
     assert cfg["task"] in ("classification", "lm")
     assert {"num_classes", "input_size"} <= set(cfg)
+    ndim = {"audio": 1, "dna": 1, "image": 3, "features": 2}[cfg["modality"]]  # (T,), (L,), (C, H, W), (L, C)
+    assert len(cfg["input_size"]) == ndim
+    needs = {"audio": "sample_rate", "dna": "tokenizer", "image": "mean", "features": "input_size"}[cfg["modality"]]
+    assert needs in cfg
     x, mask = make_input(model)
     with torch.no_grad():
         out = model(x, mask)
