@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+_VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {}  # recorded by build_variant
 _WITH_WEIGHTS: set[str] = set()  # names with published weights (none yet; pretrained=<folder> always works)
 
 
@@ -91,18 +92,38 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _build_on_meta(fn: Callable[..., nn.Module], **overrides: Any) -> nn.Module:
+    try:
+        with torch.device("meta"):
+            return fn(**overrides)
+    except Exception:  # an encoder whose construction needs real data falls back to the CPU
+        return fn(**overrides)
+
+
 def model_table(pattern: str = "*") -> list[tuple[str, int, dict[str, Any]]]:
-    """(name, parameter count, pretrained_cfg) of every registered model matching pattern. Models are built on the
-    meta device (no memory, no init cost) when possible."""
+    """(name, parameter count, pretrained_cfg) of every registered model matching pattern.
+
+    Models are built on the meta device (no memory). For the zoo's variants, whose layers are identical, the count
+    is taken from 1- and 2-layer builds (count = c1 + (n_layer - 1) * (c2 - c1)), which is exact and much faster
+    than building 24 layers."""
     rows = []
     for name in list_models(pattern):
         fn = _ENTRYPOINTS[name]
+        _VARIANT_DEFAULTS.pop(name, None)
         try:
-            with torch.device("meta"):
-                model = fn()
-        except Exception:  # an encoder whose construction needs real data falls back to the CPU
-            model = fn()
-        rows.append((name, count_parameters(model), dict(getattr(model, "pretrained_cfg", {}))))
+            one = _build_on_meta(fn, n_layer=1)
+        except Exception:  # an entry point that takes no n_layer
+            one = None
+        defaults = _VARIANT_DEFAULTS.get(name)  # set when fn went through build_variant
+        if one is not None and defaults is not None and "n_layer" in defaults:
+            c1 = count_parameters(one)
+            c2 = count_parameters(_build_on_meta(fn, n_layer=2))
+            n = c1 + (defaults["n_layer"] - 1) * (c2 - c1)
+            cfg = dict(getattr(one, "pretrained_cfg", {}))
+        else:
+            model = _build_on_meta(fn)
+            n, cfg = count_parameters(model), dict(getattr(model, "pretrained_cfg", {}))
+        rows.append((name, n, cfg))
     return rows
 
 
@@ -110,6 +131,7 @@ def build_variant(name: str, defaults: dict[str, Any], overrides: dict[str, Any]
     """Helper for registered entry points: config = defaults | overrides; device / dtype go to the modules."""
     from .model import SequenceModel, SequenceModelConfig
 
+    _VARIANT_DEFAULTS[name] = dict(defaults)
     overrides = dict(overrides)
     device = overrides.pop("device", None)
     dtype = overrides.pop("dtype", None)
