@@ -437,9 +437,10 @@ def graph_decode(variant: Variant, row: dict, s: Settings) -> None:
     def prepare() -> int:
         with torch.inference_mode():
             x = torch.randn(1, context, model.d_model, device=s.device, dtype=s.dtype)
-            state["x_t"] = x_t = torch.randn(1, model.d_model, device=s.device, dtype=s.dtype)
-            state["cache"] = cache = _allocate_cache(model, context, 8, s.dtype)
+            x_t = torch.randn(1, model.d_model, device=s.device, dtype=s.dtype)
+            cache = _allocate_cache(model, context, 8, s.dtype)
             _prefill(model, x, cache)
+            state["x_t"], state["cache"] = x_t, cache  # the graph may be captured from here even if profiling fails
             model.step(x_t, cache)  # compiled and warm before profiling
             return _count_gpu_ops(lambda: model.step(x_t, cache), s.device)
 
@@ -586,7 +587,7 @@ def render(result: dict) -> str:
         f"- device: {meta['device_name']}; torch {meta['torch']}, triton {meta['triton']}, kernels: {meta['kernels']}",
         f"- precision: {meta['precision']}",
         f"- tokens per batch: {meta['tokens']:,} (batch = tokens / L); timing: {meta['timing']}",
-        f"- run time: {_cell(meta.get('elapsed_s'), 0)} s (time budget {meta['budget']})",
+        f"- run time: {_cell(meta.get('elapsed_s'), 0)} s (time budget {meta.get('budget', '-')})",
         f"- peak memory: {meta['memory']}",
         f"- device-to-device copy bandwidth (bytes read + written per second): "
         f"{_cell(meta.get('copy_bandwidth_tbs'))} TB/s",
@@ -597,7 +598,8 @@ def render(result: dict) -> str:
     lines += [f"- command: `{meta['command']}`", "", "## Training step and inference forward", "",
               "| model | L | batch | train step (ms) | inference (ms) | train peak (GiB) | inference peak (GiB) |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in result["rows"]:
+    order = {name: i for i, name in enumerate(meta["variants"])}
+    for r in sorted(result["rows"], key=lambda r: (order.get(r["variant"], len(order)), r["length"])):
         lines.append(
             f"| {r['variant']} | {fmt_length(r['length'])} | {r['batch']} | {_cell(r['train_ms'])} | "
             f"{_cell(r['infer_ms'])} | {_cell(r['train_peak_gib'])} | {_cell(r['infer_peak_gib'])} |"
@@ -620,7 +622,7 @@ def render(result: dict) -> str:
                   "decoding state (MiB) | read per step (MiB) | read floor (us) | GPU ops per step |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         bandwidth = meta.get("copy_bandwidth_tbs")
-        for r in result["decode"]:
+        for r in sorted(result["decode"], key=lambda r: (order.get(r["variant"], len(order)), r["context"])):
             lines.append(
                 f"| {r['variant']} | {fmt_length(r['context'])} | {_cell(r['prefill_ms'])} | "
                 f"{_cell(r['decode_ms'], 3)} | {_cell(r['decode_graph_ms'], 3)} | {_cell(r['cache_mib'], 1)} | "

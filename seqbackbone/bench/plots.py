@@ -54,7 +54,9 @@ def _length_axis(ax: plt.Axes, lengths: list[int], xlabel: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _series(ax: plt.Axes, rows: list[dict], x_key: str, y_key: str, label_suffix: str = "", style: str = "") -> bool:
+def _series(
+    ax: plt.Axes, rows: list[dict], x_key: str, y_key: str, label_suffix: str = "", style: str | tuple = ""
+) -> bool:
     """One line per variant: y_key against x_key; OOM points become x markers at the top. True if anything drawn."""
     drawn = False
     for variant in dict.fromkeys(r["variant"] for r in rows):
@@ -129,6 +131,12 @@ def plot_models(result: dict, out_dir: Path | str) -> list[Path]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
         drawn = _series(axes[0], decode, "context", "decode_ms", " (eager)", "-")
         drawn |= _series(axes[0], decode, "context", "decode_graph_ms", " (CUDA graph)", ":")
+        bandwidth = meta.get("copy_bandwidth_tbs")
+        if _is_number(bandwidth) and bandwidth > 0:
+            # the least a step can take: its weights and decoding state read once at the measured bandwidth
+            floors = [{**r, "floor_ms": r["step_read_mib"] * 2**20 / (bandwidth * 1e12) * 1e3}
+                      for r in decode if _is_number(r.get("step_read_mib"))]
+            drawn |= _series(axes[0], floors, "context", "floor_ms", " (read floor)", (0, (1, 4)))
         _length_axis(axes[0], contexts, "context (tokens already seen)")
         axes[0].set_ylabel("time per decoded token (ms)")
         axes[0].set_title("Decoding one token, batch 1", fontsize=10)
