@@ -146,3 +146,13 @@ def test_linear_encoder_checks():
         enc(torch.randn(2, 5, 4))
     with pytest.raises(ValueError, match=r"\(B, L, C\)"):
         enc(torch.randn(2, 5))
+
+
+def test_unscaled_pcm_and_out_of_range_ids_raise():
+    with pytest.raises(ValueError, match="32768"):
+        FrameEncoder(8)(torch.randint(-32768, 32767, (1, 64)).float())
+    FrameEncoder(8)(torch.full((1, 64), 1.2))  # mild overshoot is accepted
+    with pytest.raises(ValueError, match=r"\[0, 9\)"):
+        DnaEncoder(8)(torch.tensor([[4, 5, 12]]))
+    with pytest.raises(ValueError, match=r"\[0, 9\)"):
+        DnaEncoder(8)(torch.tensor([[4, -1, 5]]))

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+PCM_PEAK_LIMIT = 4.0
+
 
 def check_waveform(x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Validate a waveform batch; returns x (B, T) and mask (B, T) bool or None."""
@@ -38,6 +40,13 @@ def check_waveform(x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[t
         if mask.shape != x.shape:
             raise ValueError(f"mask must have the waveform's shape {tuple(x.shape)}, got {tuple(mask.shape)}")
         mask = mask.bool()
+    if x.numel():
+        peak = float(x.detach().abs().amax())
+        if peak > PCM_PEAK_LIMIT:  # a little above 1 is gain headroom; far above is unscaled integer PCM
+            raise ValueError(
+                f"waveform values reach {peak:.4g}; audio models take floats in [-1, 1] "
+                "(divide 16-bit PCM by 32768)"
+            )
     return x, mask
 
 

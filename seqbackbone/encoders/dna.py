@@ -52,10 +52,15 @@ class DnaEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = check_token_ids(x, self.vocab_size)
+        pad = x == self.pad_id
+        # one host sync for both questions: any id out of range, any padding
+        out_of_range, has_pad = torch.stack([((x < 0) | (x >= self.vocab_size)).any(), pad.any()]).tolist()
+        if out_of_range:
+            lo, hi = int(x.min()), int(x.max())
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got values in [{lo}, {hi}]")
         if mask is None:
-            pad = x == self.pad_id
             # Only pass a mask when there is padding: the unmasked path of the backbone is the faster one.
-            mask = ~pad if bool(pad.any()) else None
+            mask = ~pad if has_pad else None
         elif mask.shape != x.shape:
             raise ValueError(f"mask must have the shape of the ids {tuple(x.shape)}, got {tuple(mask.shape)}")
         else:
