@@ -21,6 +21,7 @@ Language models expose what a decoding loop needs (seqbackbone.generation uses t
     model.head(hidden)           (..., D) -> logits (..., vocab_size)
     model.head.weight            the same Parameter as model.encoder.embedding.weight (tied)
     model.vocab_size             256 for mu-law waveform models, DnaTokenizer.vocab_size for DNA
+    model.is_lm                  True when the head is the tied LM head
     model.pretrained_cfg["modality"] == "audio" means the prompt/result are waveforms (mu-law codes inside)
 
 DNA reverse complement (RC):
