@@ -193,7 +193,7 @@ class Mamba(nn.Module):
         check_sequence_input(x, mask, self.d_model)
         if cache is not None:
             self._check_cache(cache, x.shape[0])
-        batch, length, _ = x.shape
+        length = x.shape[1]
         # W @ x^T rather than a Linear, so u and z come out (B, Di, L) with time contiguous, as the kernels read them
         xz = rearrange(self.in_proj.weight @ rearrange(x, "b l d -> d (b l)"), "d (b l) -> b d l", l=length)
         if self.in_proj.bias is not None:
