@@ -133,10 +133,11 @@ def test_waveform_greedy_matches_parallel_forward(wave_lm: torch.nn.Module) -> N
     assert torch.equal(full[:, 39:-1].argmax(-1), codes[:, 40:])
 
 
-def test_prefill_state_equals_stepping(dna_lm: torch.nn.Module) -> None:
+@pytest.mark.parametrize("length", [1, 11, 150])
+def test_prefill_state_equals_stepping(dna_lm: torch.nn.Module, length: int) -> None:
     """The parallel scan's final states, handed to the cache, equal the states after stepping token by token."""
     torch.manual_seed(6)
-    prompt = torch.randint(4, 9, (2, 11))
+    prompt = torch.randint(4, 9, (2, length))
     backbone, embed = dna_lm.backbone, dna_lm.encoder.embed
     with torch.no_grad():
         prefilled = backbone.allocate_inference_cache(2)
@@ -148,7 +149,7 @@ def test_prefill_state_equals_stepping(dna_lm: torch.nn.Module) -> None:
         torch.testing.assert_close(a.conv_state, b.conv_state, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(a.ssm_state, b.ssm_state, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hidden[:, -1], last, atol=1e-5, rtol=1e-5)
-    assert prefilled.seqlen_offset == stepped.seqlen_offset == 11
+    assert prefilled.seqlen_offset == stepped.seqlen_offset == length
 
 
 def test_fixed_generator_repeats_samples(dna_lm: torch.nn.Module, wave_lm: torch.nn.Module) -> None:

@@ -69,6 +69,33 @@ def test_waveform_lm_reports_bits_per_sample(wave_run: Path) -> None:
     assert 0 < results["order0_bits_per_sample"] <= 8.01
 
 
+def test_waveform_lm_scores_padded_batches_like_single_recordings() -> None:
+    from seqbackbone.tasks.base import EvalContext
+    from seqbackbone.tasks.batching import ListDataset, pad_collate
+    from seqbackbone.tasks.waveform_lm import WaveformLM
+
+    torch.manual_seed(0)
+    import seqbackbone
+
+    model = seqbackbone.create_model("mamba_wave_lm_tiny", d_model=16, n_layer=1).eval()
+    waves = [torch.rand(n) * 1.6 - 0.8 for n in (37, 90, 64)]
+    task = WaveformLM()
+    batched = task.evaluate(model, ListDataset(waves, [0, 0, 0]), EvalContext(torch.device("cpu"), 3, pad_collate))
+    single = [task.evaluate(model, ListDataset([w], [0]), EvalContext(torch.device("cpu"), 1, pad_collate))
+              for w in waves]
+    assert batched["scored_samples"] == sum(len(w) - 1 for w in waves)
+    nats = sum(r["loss"] * r["scored_samples"] for r in single)
+    assert math.isclose(batched["loss"], nats / batched["scored_samples"], rel_tol=1e-5)
+    # and the metric is the plain cross entropy of the next mu-law code, in bits
+    import torchaudio.functional as AF
+
+    codes = AF.mu_law_encoding(waves[0], 256)
+    with torch.no_grad():
+        logits = model(waves[0][None])[0, :-1]
+    expected = torch.nn.functional.cross_entropy(logits, codes[1:]).item() / math.log(2)
+    assert math.isclose(single[0]["bits_per_sample"], expected, rel_tol=1e-5)
+
+
 def test_generate_wav_files(wave_run: Path, tmp_path: Path) -> None:
     assert _generate([str(wave_run), "--num", "2", "--length", "160", "--seed", "3", "--out", str(tmp_path / "a")]) == 0
     for i in range(2):
