@@ -220,6 +220,54 @@ def test_bad_inputs(dna_lm: torch.nn.Module, wave_lm: torch.nn.Module) -> None:
         generate(dna_lm, ids, 3, cuda_graph=True)
 
 
+def test_graph_path_with_a_stand_in_graph(dna_lm: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capture / replay plumbing of StepDecoder on the CPU: torch.cuda's stream and graph calls are replaced by
+    stand-ins whose replay reruns the step and writes into the tensors captured as outputs, as a real graph does."""
+    from contextlib import contextmanager
+
+    from seqbackbone.generation import StepDecoder
+
+    decoder = StepDecoder(dna_lm, batch_size=2)
+
+    class StandInGraph:
+        def replay(self) -> None:
+            static = decoder.logits
+            decoder._run_step()
+            static.copy_(decoder.logits)
+            decoder.logits = static
+
+    class StandInStream:
+        def __init__(self, device=None) -> None:
+            pass
+
+        def wait_stream(self, other) -> None:
+            pass
+
+    @contextmanager
+    def same_context(*args, **kwargs):
+        yield
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", StandInGraph)
+    monkeypatch.setattr(torch.cuda, "Stream", StandInStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: StandInStream())
+    monkeypatch.setattr(torch.cuda, "stream", same_context)
+    monkeypatch.setattr(torch.cuda, "graph", same_context)
+    with torch.inference_mode():
+        decoder._capture(warmup_steps=2)
+    assert decoder.graph is not None
+    assert all(not layer.ssm_state.any() and not layer.conv_state.any() for layer in decoder.cache.layers)
+    static = decoder.logits
+
+    torch.manual_seed(11)
+    prompt = torch.randint(4, 9, (2, 6))
+    tokens = torch.randint(4, 9, (2, 5))
+    logits = [decoder.prefill(prompt)] + [decoder.step(tokens[:, t]).clone() for t in range(5)]
+    assert decoder.logits is static and decoder.cache.seqlen_offset == 11
+    with torch.no_grad():
+        full = dna_lm(torch.cat([prompt, tokens], 1), mask=torch.ones(2, 11, dtype=torch.bool))
+    torch.testing.assert_close(torch.stack(logits, 1), full[:, 5:].float(), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graph_decoding_matches_eager(dtype: torch.dtype) -> None:
