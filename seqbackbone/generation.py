@@ -339,7 +339,6 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        decoder = _decoder_for(model, batch, bool(cuda_graph), bool(compile))
         with torch.inference_mode():
             new = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
             all_logits = (
@@ -347,6 +346,7 @@ def generate(
                 if return_logits else None
             )
             if max_new_tokens > 0:
+                decoder = _decoder_for(model, batch, bool(cuda_graph), bool(compile))
                 logits = decoder.prefill(codes)
                 for t in range(max_new_tokens):
                     if t > 0:
