@@ -203,3 +203,224 @@ def _compile_source(name: str, src: str):
 @functools.cache
 def fwd_kernel(N: int, TR: int):
     return _compile_source(*_fwd_source(N, TR))
+
+
+_BWD_ARGS = (
+    "u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, mask_ptr, hsave_ptr, dout_ptr, dlast_ptr, "
+    "du_ptr, ddelta_ptr, dz_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbiasp_ptr, dh0_ptr, scratch_ptr, "
+    "dim, L, n_seg, dim_per_group, n_dblocks, s_u_b, s_u_d, s_dl_b, s_dl_d, s_z_b, s_z_d, "
+    "s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_do_b, s_do_d, s_m_b, "
+    "BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, "
+    "SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DLAST: tl.constexpr, "
+    "K: tl.constexpr"
+)
+
+
+def _bwd_source(N: int, TR: int) -> tuple[str, str]:
+    """Backward over segments of K register chunks (the forward saved the state entering each segment).
+
+    Per segment: phase 1 runs the recurrence forward from the saved state and writes the state entering each register
+    chunk to a per-program scratch buffer (each thread reads back only what it wrote); phase 2 walks the register
+    chunks against the scan order, recomputes h and a = exp2(delta A log2 e) within the chunk, and runs the adjoint
+    g_t = dy_t C_t + a_{t+1} g_{t+1}. a_t h_{t-1} = h_t - b_t gives dA and ddelta. dB and dC are summed over the
+    program's channels (a warp reduction) and written as partials per channel block.
+    """
+    lv = TR.bit_length() - 1
+    name = f"_scan_seq_bwd_n{N}_t{TR}"
+    L_ = []
+    w = L_.append
+    i1, i2, i3, i4 = "    ", "        ", "            ", "                "
+    w(f"def {name}({_BWD_ARGS}):")
+    w(f"{i1}pid_b = tl.program_id(0).to(tl.int64)")
+    w(f"{i1}pid_d = tl.program_id(1)")
+    w(f"{i1}offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)")
+    w(f"{i1}d_ok = offs_d < dim")
+    w(f"{i1}offs_d64 = offs_d.to(tl.int64)")
+    w(f"{i1}grp = ((pid_d * BLOCK_D) // dim_per_group).to(tl.int64)")
+    w(f"{i1}loc = tl.arange(0, {TR})")
+    w(f"{i1}zero_d = tl.zeros([BLOCK_D, {TR}], dtype=tl.int32)")
+    w(f"{i1}st_base = (pid_b * dim + offs_d64) * {N}")
+    w(f"{i1}ar_d = tl.arange(0, BLOCK_D)")
+    w(f"{i1}scr = scratch_ptr + (pid_b * n_dblocks + pid_d) * (K * {N} * BLOCK_D) + ar_d")
+    w(f"{i1}part = (pid_b * n_dblocks + pid_d) * {N} * L")
+    for n in range(N):
+        w(f"{i1}a2_{n} = tl.load(A_ptr + offs_d * {N} + {n}, mask=d_ok, other=0.0) * {LOG2E}")
+        w(f"{i1}dA{n} = tl.zeros([BLOCK_D], dtype=tl.float32)")
+    w(f"{i1}if HAS_DLAST:")
+    for n in range(N):
+        w(f"{i2}G{n} = tl.load(dlast_ptr + st_base + {n}, mask=d_ok, other=0.0).to(tl.float32)")
+    w(f"{i1}else:")
+    for n in range(N):
+        w(f"{i2}G{n} = tl.zeros([BLOCK_D], dtype=tl.float32)")
+    w(f"{i1}if HAS_BIAS:")
+    w(f"{i2}bias = tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)")
+    w(f"{i1}if HAS_D:")
+    w(f"{i2}Dv = tl.load(D_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)")
+    w(f"{i1}dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)")
+    w(f"{i1}dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)")
+    w(f"{i1}u_row = u_ptr + pid_b * s_u_b + offs_d64[:, None] * s_u_d")
+    w(f"{i1}dl_row = delta_ptr + pid_b * s_dl_b + offs_d64[:, None] * s_dl_d")
+    w(f"{i1}z_row = z_ptr + pid_b * s_z_b + offs_d64[:, None] * s_z_d")
+    w(f"{i1}do_row = dout_ptr + pid_b * s_do_b + offs_d64[:, None] * s_do_d")
+    w(f"{i1}g_row = (pid_b * dim + offs_d64)[:, None] * L")
+    w(f"{i1}B_row = B_ptr + pid_b * s_B_b + grp * s_B_g")
+    w(f"{i1}C_row = C_ptr + pid_b * s_C_b + grp * s_C_g")
+
+    def chunk_inputs(ind, full):
+        """offs_t of register chunk (seg, k); masks; dt, du tiles (and dout/z work when `full`)."""
+        w(f"{ind}offs_t = (seg * K + k) * {TR} + loc")
+        w(f"{ind}t_ok = offs_t < L")
+        w(f"{ind}valid = t_ok")
+        w(f"{ind}if HAS_MASK:")
+        w(f"{ind}    valid = valid & (tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=t_ok, other=0) != 0)")
+        w(f"{ind}m2 = d_ok[:, None] & t_ok[None, :]")
+        w(f"{ind}ok2 = d_ok[:, None] & valid[None, :]")
+        w(f"{ind}bc_ok = valid[None, :] & (zero_d == 0)")
+        w(f"{ind}bc_offs = offs_t[None, :] + zero_d")
+        w(f"{ind}u = tl.load(u_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+        w(f"{ind}dtr = tl.load(dl_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+        w(f"{ind}if HAS_BIAS:")
+        w(f"{ind}    dtr = dtr + bias[:, None]")
+        w(f"{ind}if SOFTPLUS:")
+        w(f"{ind}    dt = _softplus(dtr)")
+        w(f"{ind}else:")
+        w(f"{ind}    dt = dtr")
+        w(f"{ind}dt = tl.where(ok2, dt, 0.0)")
+        w(f"{ind}du = dt * u")
+        if full:
+            w(f"{ind}dout = tl.load(do_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+            w(f"{ind}if HAS_Z:")
+            w(f"{ind}    zz = tl.load(z_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+            w(f"{ind}    sig = 1.0 / (1.0 + tl.exp2(-zz * {LOG2E}))")
+            w(f"{ind}    dy = dout * zz * sig")
+            w(f"{ind}    dzf = dout * sig * (1.0 + zz * (1.0 - sig))")
+            w(f"{ind}else:")
+            w(f"{ind}    dy = dout")
+
+    # ---- segments, against the scan order
+    w(f"{i1}for si in range(n_seg):")
+    w(f"{i2}if REVERSE:")
+    w(f"{i3}seg = si")
+    w(f"{i2}else:")
+    w(f"{i3}seg = n_seg - 1 - si")
+    w(f"{i2}sv = ((pid_b * n_seg + seg) * dim + offs_d64) * {N}")
+    for n in range(N):
+        w(f"{i2}h{n} = tl.load(hsave_ptr + sv + {n}, mask=d_ok, other=0.0)")
+    # phase 1
+    w(f"{i2}for kk in range(K):")
+    w(f"{i3}if REVERSE:")
+    w(f"{i4}k = K - 1 - kk")
+    w(f"{i3}else:")
+    w(f"{i4}k = kk")
+    for n in range(N):
+        w(f"{i3}tl.store(scr + (k * {N} + {n}) * BLOCK_D, h{n})")
+    chunk_inputs(i3, full=False)
+    dts = _split(L_, "dt", "p1dt", lv, i3)
+    dus = _split(L_, "du", "p1du", lv, i3)
+    Bs = []
+    for n in range(N):
+        w(f"{i3}Bt{n} = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+        Bs.append(_split(L_, f"Bt{n}", f"p1B{n}", lv, i3))
+
+    def p1_steps(order, ind):
+        for t in order:
+            for n in range(N):
+                w(f"{ind}h{n} = tl.exp2({dts[t]} * a2_{n}) * h{n} + {dus[t]} * {Bs[n][t]}")
+
+    w(f"{i3}if REVERSE:")
+    p1_steps(range(TR - 1, -1, -1), i4)
+    w(f"{i3}else:")
+    p1_steps(range(TR), i4)
+    w(f"{i2}tl.debug_barrier()")
+    # phase 2
+    w(f"{i2}for kk in range(K):")
+    w(f"{i3}if REVERSE:")
+    w(f"{i4}k = kk")
+    w(f"{i3}else:")
+    w(f"{i4}k = K - 1 - kk")
+    chunk_inputs(i3, full=True)
+    dts = _split(L_, "dt", "dtc", lv, i3)
+    dus = _split(L_, "du", "duc", lv, i3)
+    dys = _split(L_, "dy", "dyc", lv, i3)
+
+    def p2(order, ind):
+        fwd_order = list(order)
+        rev_order = fwd_order[::-1]
+        ys, accs, dds = {}, {}, {}
+        for n in range(N):
+            w(f"{ind}hh = tl.load(scr + (k * {N} + {n}) * BLOCK_D)")
+            w(f"{ind}Bt = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+            Bc = _split(L_, "Bt", f"B{n}", lv, ind)
+            w(f"{ind}Ct = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+            Cc = _split(L_, "Ct", f"C{n}", lv, ind)
+            for t in fwd_order:
+                w(f"{ind}a{t} = tl.exp2({dts[t]} * a2_{n})")
+                w(f"{ind}b{t} = {dus[t]} * {Bc[t]}")
+                w(f"{ind}hh = a{t} * hh + b{t}")
+                w(f"{ind}hv{t} = hh")
+                if n == 0:
+                    w(f"{ind}y{t} = hh * {Cc[t]}")
+                else:
+                    w(f"{ind}y{t} += hh * {Cc[t]}")
+                ys[t] = f"y{t}"
+            w(f"{ind}g = G{n}")
+            dB, dC = {}, {}
+            for t in rev_order:
+                w(f"{ind}g = g + {dys[t]} * {Cc[t]}")
+                w(f"{ind}dBc{t} = g * {dus[t]}")
+                w(f"{ind}dCc{t} = {dys[t]} * hv{t}")
+                dB[t], dC[t] = f"dBc{t}", f"dCc{t}"
+                w(f"{ind}hb = (hv{t} - b{t}) * g")
+                if n == 0:
+                    w(f"{ind}acc{t} = g * {Bc[t]}")
+                    w(f"{ind}dda{t} = hb * a2_{n}")
+                else:
+                    w(f"{ind}acc{t} += g * {Bc[t]}")
+                    w(f"{ind}dda{t} += hb * a2_{n}")
+                accs[t], dds[t] = f"acc{t}", f"dda{t}"
+                w(f"{ind}dA{n} += hb * {dts[t]}")
+                w(f"{ind}g = a{t} * g")
+            w(f"{ind}G{n} = g")
+            _join(L_, dB, "dBt", lv, ind)
+            _join(L_, dC, "dCt", lv, ind)
+            w(f"{ind}tl.store(dBp_ptr + part + {n} * L + offs_t, tl.sum(dBt, axis=0), mask=t_ok)")
+            w(f"{ind}tl.store(dCp_ptr + part + {n} * L + offs_t, tl.sum(dCt, axis=0), mask=t_ok)")
+        _join(L_, ys, "y", lv, ind)
+        _join(L_, accs, "acc", lv, ind)
+        _join(L_, dds, "dda", lv, ind)
+
+    w(f"{i3}if REVERSE:")
+    p2(range(TR - 1, -1, -1), i4)
+    w(f"{i3}else:")
+    p2(range(TR), i4)
+    # dda holds sum_n hb A_n log2(e): back to A_n
+    w(f"{i3}ddt = acc * u + dda * 0.6931471805599453")
+    w(f"{i3}dug = acc * dt")
+    w(f"{i3}if HAS_D:")
+    w(f"{i4}dug += dy * Dv[:, None]")
+    w(f"{i4}dD_acc += tl.sum(dy * u, axis=1)")
+    w(f"{i4}y += Dv[:, None] * u")
+    w(f"{i3}if SOFTPLUS:")
+    w(f"{i4}ddt = ddt / (1.0 + tl.exp2(-dtr * {LOG2E}))")
+    w(f"{i3}ddt = tl.where(ok2, ddt, 0.0)")
+    w(f"{i3}dug = tl.where(ok2, dug, 0.0)")
+    w(f"{i3}if HAS_BIAS:")
+    w(f"{i4}dbias_acc += tl.sum(ddt, axis=1)")
+    w(f"{i3}tl.store(du_ptr + g_row + offs_t[None, :], dug.to(du_ptr.dtype.element_ty), mask=m2)")
+    w(f"{i3}tl.store(ddelta_ptr + g_row + offs_t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)")
+    w(f"{i3}if HAS_Z:")
+    w(f"{i4}tl.store(dz_ptr + g_row + offs_t[None, :], (dzf * y).to(dz_ptr.dtype.element_ty), mask=m2)")
+    w(f"{i2}tl.debug_barrier()")
+    for n in range(N):
+        w(f"{i1}tl.store(dAp_ptr + st_base + {n}, dA{n}, mask=d_ok)")
+        w(f"{i1}tl.store(dh0_ptr + st_base + {n}, G{n}, mask=d_ok)")
+    w(f"{i1}if HAS_D:")
+    w(f"{i2}tl.store(dDp_ptr + pid_b * dim + offs_d, dD_acc, mask=d_ok)")
+    w(f"{i1}if HAS_BIAS:")
+    w(f"{i2}tl.store(dbiasp_ptr + pid_b * dim + offs_d, dbias_acc, mask=d_ok)")
+    return name, "\n".join(L_) + "\n"
+
+
+@functools.cache
+def bwd_kernel(N: int, TR: int):
+    return _compile_source(*_bwd_source(N, TR))

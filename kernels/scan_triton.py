@@ -36,11 +36,16 @@ def fwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
     return (32, 0, 1)
 
 
+# register-chunk length of the sequential backward kernel; 0 selects the tl.associative_scan backward kernel
+BWD_SEQ_TR = 4
+
+
 def bwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
-    """Backward tiles: channel blocks of 16+ keep the dB/dC partial sums (one per block) small."""
+    """Backward (BLOCK_D, chunk length, num_warps); the forward saves the state entering each chunk. With the
+    sequential kernel: one channel per thread, chunks of BLOCK_T / BWD_SEQ_TR register chunks."""
     if BWD_CONFIG is not None:
         return BWD_CONFIG
-    return (16, 64, 4)
+    return (32, 64, 1) if BWD_SEQ_TR else (16, 64, 4)
 
 
 @triton.jit
@@ -436,18 +441,39 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, r
     zt = z if z is not None else u
     mk = mask.view(torch.uint8) if mask is not None else u
     grid = (batch, n_dblocks)
-    LAST_KERNEL["bwd"] = _scan_bwd_kernel[grid](
-        u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk, hsave,
-        dout, dlast if dlast is not None else A,
-        du, ddelta, dz, dBp, dCp, dAp, dDp, dbiasp, dh0,
-        dim, L, n_chunks, dim // groups, n_dblocks,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
-        dout.stride(0), dout.stride(1), mk.stride(0) if mask is not None else 0,
-        N=N, N_P2=triton.next_power_of_2(N), BLOCK_D=block_d, BLOCK_T=block_t,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        REVERSE=bool(reverse), HAS_MASK=mask is not None, HAS_DLAST=dlast is not None, num_warps=num_warps,
-    )
+    tr = BWD_SEQ_TR
+    if tr and block_t % tr == 0:
+        from .scan_seq_triton import bwd_kernel
+
+        K = block_t // tr
+        # per program: the state entering each register chunk of the current chunk (only its own thread reads it)
+        scratch = torch.empty((batch, n_dblocks, K, N, block_d), dtype=f32, device=dev)
+        LAST_KERNEL["bwd"] = bwd_kernel(N, tr)[grid](
+            u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk, hsave,
+            dout, dlast if dlast is not None else A,
+            du, ddelta, dz, dBp, dCp, dAp, dDp, dbiasp, dh0, scratch,
+            dim, L, n_chunks, dim // groups, n_dblocks,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
+            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+            dout.stride(0), dout.stride(1), mk.stride(0) if mask is not None else 0,
+            BLOCK_D=block_d, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), HAS_MASK=mask is not None,
+            HAS_DLAST=dlast is not None, K=K, num_warps=num_warps,
+        )
+    else:
+        _assoc_bwd = _scan_bwd_kernel
+        LAST_KERNEL["bwd"] = _assoc_bwd[grid](
+            u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk, hsave,
+            dout, dlast if dlast is not None else A,
+            du, ddelta, dz, dBp, dCp, dAp, dDp, dbiasp, dh0,
+            dim, L, n_chunks, dim // groups, n_dblocks,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
+            B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+            dout.stride(0), dout.stride(1), mk.stride(0) if mask is not None else 0,
+            N=N, N_P2=triton.next_power_of_2(N), BLOCK_D=block_d, BLOCK_T=block_t,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            REVERSE=bool(reverse), HAS_MASK=mask is not None, HAS_DLAST=dlast is not None, num_warps=num_warps,
+        )
     # channel blocks of one group are consecutive: (b, groups, blocks per group, n, l) -> sum over the blocks
     dB = dBp.view(batch, groups, n_dblocks // groups, N, L).sum(2) if groups > 1 else dBp.sum(1, keepdim=True)
     dC = dCp.view(batch, groups, n_dblocks // groups, N, L).sum(2) if groups > 1 else dCp.sum(1, keepdim=True)
