@@ -7,8 +7,13 @@ steps in a chunk (t).
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
+import threading
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .validate import check_scan, compute_dtype
 
@@ -97,49 +102,56 @@ class _Chunk:
     real: (t, b, 1) bool or None.
     """
 
-    def __init__(self, ctx, start: int, stop: int) -> None:
-        u, delta, A, B, C, delta_bias, mask = ctx.inputs
-        cdt = ctx.cdt
-        steps, batch, dim = stop - start, u.shape[0], u.shape[1]
-        groups, n_state = B.shape[1], B.shape[2]
-        self.u = u[:, :, start:stop].permute(2, 0, 1).to(cdt).contiguous()
-        raw = delta[:, :, start:stop].permute(2, 0, 1).to(cdt).contiguous()
-        if delta_bias is not None:
-            raw = raw + delta_bias.to(cdt)
+    def __init__(self, p: _Part, start: int, stop: int) -> None:
+        cdt = p.cdt
+        steps, batch, dim = stop - start, p.u.shape[0], p.u.shape[1]
+        groups, n_state = p.B.shape[1], p.B.shape[2]
+        self.u = p.u[:, :, start:stop].permute(2, 0, 1).to(cdt).contiguous()
+        raw = p.delta[:, :, start:stop].permute(2, 0, 1).to(cdt).contiguous()
+        if p.delta_bias is not None:
+            raw = raw + p.delta_bias.to(cdt)
         self.raw = raw
-        dt = F.softplus(raw) if ctx.delta_softplus else raw
-        self.B = B[..., start:stop].permute(3, 0, 1, 2).to(cdt)
-        self.C = C[..., start:stop].permute(3, 0, 1, 2).to(cdt)
+        dt = F.softplus(raw) if p.softplus else raw
+        self.B = p.B[..., start:stop].permute(3, 0, 1, 2).to(cdt)
+        self.C = p.C[..., start:stop].permute(3, 0, 1, 2).to(cdt)
+        self.z = None if p.z is None else p.z[:, :, start:stop].permute(2, 0, 1).to(cdt)
         self.real = None
-        if mask is not None:
+        if p.mask is not None:
             # `where`, not a product: padding may hold anything (inf, nan) and must not leak into real steps.
-            self.real = mask[:, start:stop].t()[:, :, None]  # (t, b, 1)
+            self.real = p.mask[:, start:stop].t()[:, :, None]  # (t, b, 1)
             dt = torch.where(self.real, dt, 0.0)
             self.u = torch.where(self.real, self.u, 0.0)
             self.B = torch.where(self.real[..., None], self.B, 0.0)
             self.C = torch.where(self.real[..., None], self.C, 0.0)
+            if self.z is not None:
+                self.z = torch.where(self.real, self.z, 0.0)
         self.B = self.B.contiguous()
         self.C = self.C.contiguous()
         self.dt = dt
-        self.dA = torch.exp(dt[..., None] * ctx.A)  # (t, b, d, n)
-        self.dBu = ((dt * self.u).view(steps, batch, groups, dim // groups, 1) * self.B[:, :, :, None, :]).view(
-            steps, batch, dim, n_state
+        self.dA = torch.mul(dt[..., None], p.A).exp_()  # (t, b, d, n)
+        # H: the states around each step, (t + 1, b, d, n): H[i] before step i and H[i + 1] after it (in forward
+        # order). It first holds dBu, which the recurrence turns into states in place.
+        self.H = dt.new_empty((steps + 1, batch, dim, n_state))
+        dBu = self.H[:steps] if p.reverse else self.H[1:]
+        torch.mul(
+            (dt * self.u).view(steps, batch, groups, dim // groups, 1),
+            self.B[:, :, :, None, :],
+            out=dBu.view(steps, batch, groups, dim // groups, n_state),
         )
 
     def states(self, h: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Runs the recurrence from the state `h` entering the chunk; returns (states after each step, states
         before each step), both (t, b, d, n) views of one buffer."""
-        steps = self.dA.shape[0]
-        H = self.dA.new_empty((steps + 1, *h.shape))  # H[i] before step i, H[i + 1] after (forward order)
-        Hs, dA, dBu = H.unbind(0), self.dA.unbind(0), self.dBu.unbind(0)
+        steps, H = self.dA.shape[0], self.H
+        Hs, dA = H.unbind(0), self.dA.unbind(0)
         if reverse:
             H[steps] = h
             for i in range(steps - 1, -1, -1):
-                torch.addcmul(dBu[i], dA[i], Hs[i + 1], out=Hs[i])
+                Hs[i].addcmul_(dA[i], Hs[i + 1])  # h_i = dA_i h_{i+1} + dBu_i
             return H[:steps], H[1:]
         H[0] = h
         for i in range(steps):
-            torch.addcmul(dBu[i], dA[i], Hs[i], out=Hs[i + 1])
+            Hs[i + 1].addcmul_(dA[i], Hs[i])  # h_i = dA_i h_{i-1} + dBu_i
         return H[1:], H[:steps]
 
 
@@ -153,7 +165,8 @@ def _grouped_dot(hs: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     """sum_n hs[t, b, d, n] C[t, b, g(d), n]: hs (t, b, d, n), C (t, b, g, n) -> (t, b, d)."""
     steps, batch, dim, n_state = hs.shape
     groups = C.shape[2]
-    y = hs.reshape(steps, batch, groups, dim // groups, n_state) @ C[..., None]  # (t, b, g, k, 1)
+    # multiply-and-sum beats a batched (k x n) @ (n x 1) product here
+    y = (hs.reshape(steps, batch, groups, dim // groups, n_state) * C[:, :, :, None, :]).sum(-1)  # (t, b, g, k)
     return y.view(steps, batch, dim)
 
 
@@ -165,11 +178,219 @@ def _group_sum(w: torch.Tensor, hs: torch.Tensor, groups: int) -> torch.Tensor:
     return out.view(steps, batch, groups, n_state)
 
 
+@dataclasses.dataclass
+class _Part:
+    """The inputs of one independent slice of the scan (a range of batch rows or of channels).
+
+    u, delta, z: (b, d, l); A: (d, n) in the compute dtype; B, C: (b, g, n, l); D, delta_bias: (d,); mask (b, l).
+    """
+
+    u: torch.Tensor
+    delta: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    D: torch.Tensor | None
+    z: torch.Tensor | None
+    delta_bias: torch.Tensor | None
+    mask: torch.Tensor | None
+    softplus: bool
+    reverse: bool
+    chunk_size: int
+    cdt: torch.dtype
+
+
+def _scan_forward(p: _Part, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns out (b, d, l) in u's dtype, the last state (b, d, n) and the state entering each chunk."""
+    batch, dim, length = p.u.shape
+    chunks = _chunks(length, p.chunk_size, p.reverse)
+    boundaries = h.new_empty((len(chunks), *h.shape))
+    out = torch.empty_like(p.u)
+    D = None if p.D is None else p.D.to(p.cdt)
+    for index, start, stop in chunks:
+        boundaries[index] = h
+        ch = _Chunk(p, start, stop)
+        hs, _ = ch.states(h, p.reverse)
+        h = (hs[0] if p.reverse else hs[-1]).clone()
+        o = _grouped_dot(hs, ch.C)  # (t, b, d)
+        if D is not None:
+            o = o + D * ch.u
+        if ch.z is not None:
+            o = o * F.silu(ch.z)
+        if ch.real is not None:
+            o = torch.where(ch.real, o, 0.0)
+        out[:, :, start:stop] = o.permute(1, 2, 0)
+    return out, h, boundaries
+
+
+def _scan_backward(
+    p: _Part, boundaries: torch.Tensor, grad_out: torch.Tensor | None, grad_last: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """Gradients (in the compute dtype) of u, delta, A, B, C, D, z, delta_bias and the initial state."""
+    cdt, reverse = p.cdt, p.reverse
+    batch, dim, length = p.u.shape
+    groups, n_state = p.B.shape[1], p.B.shape[2]
+    k = dim // groups
+    new = lambda *shape: torch.empty(shape, dtype=cdt, device=p.u.device)
+    zeros = lambda *shape: torch.zeros(shape, dtype=cdt, device=p.u.device)
+    D = None if p.D is None else p.D.to(cdt)
+    g = dict(u=new(batch, dim, length), delta=new(batch, dim, length), A=zeros(dim, n_state))
+    g["B"], g["C"] = new(batch, groups, n_state, length), new(batch, groups, n_state, length)
+    if p.z is not None:
+        g["z"] = new(batch, dim, length)
+    if D is not None:
+        g["D"] = zeros(dim)
+    if p.delta_bias is not None:
+        g["delta_bias"] = zeros(dim)
+    # carry: gradient reaching the state after the chunk's last step (in scan order) from everything later
+    carry = zeros(batch, dim, n_state) if grad_last is None else grad_last.to(cdt)
+    if grad_out is None:
+        grad_out = torch.zeros_like(p.u)
+
+    for index, start, stop in reversed(_chunks(length, p.chunk_size, reverse)):
+        steps = stop - start
+        ch = _Chunk(p, start, stop)
+        hs, hprev = ch.states(boundaries[index], reverse)
+        gy = grad_out[:, :, start:stop].permute(2, 0, 1).to(cdt)  # (t, b, d): d loss / d out
+        if ch.real is not None:
+            gy = torch.where(ch.real, gy, 0.0)
+        if ch.z is not None:
+            sz = torch.sigmoid(ch.z)
+            pre = _grouped_dot(hs, ch.C)
+            if D is not None:
+                pre = pre + D * ch.u
+            gz = gy * pre * sz * (1 + ch.z * (1 - sz))  # d silu(z) / dz = s (1 + z (1 - s))
+            g["z"][:, :, start:stop] = gz.permute(1, 2, 0)
+            gy = gy * ch.z * sz  # now d loss / d y
+        gu = None
+        if D is not None:
+            g["D"] += (gy * ch.u).sum((0, 1))
+            gu = gy * D
+        g["C"][..., start:stop] = _group_sum(gy, hs, groups).permute(1, 2, 3, 0)
+        # lam[i]: gradient reaching the state after step i, through y_i, then through the later steps
+        lam = (gy.view(steps, batch, groups, k, 1) * ch.C[:, :, :, None, :]).view(steps, batch, dim, n_state)
+        lams, dAs = lam.unbind(0), ch.dA.unbind(0)
+        if reverse:
+            lams[0].add_(carry)
+            for i in range(1, steps):
+                lams[i].addcmul_(dAs[i - 1], lams[i - 1])
+            carry = dAs[-1] * lams[-1]
+        else:
+            lams[-1].add_(carry)
+            for i in range(steps - 2, -1, -1):
+                lams[i].addcmul_(dAs[i + 1], lams[i + 1])
+            carry = dAs[0] * lams[0]
+        # q = d loss / d (dt A) = lam * h_prev * dA, built in dA's buffer (no longer needed)
+        q = ch.dA.mul_(hprev).mul_(lam)
+        g["A"] += (q * ch.dt[..., None]).sum((0, 1))  # einsum would copy q into (d, n, t, b) order first
+        lamB = _grouped_dot(lam, ch.B)  # (t, b, d): sum_n lam B
+        gdt = (q * p.A).sum(-1) + ch.u * lamB
+        gu = ch.dt * lamB if gu is None else gu + ch.dt * lamB
+        gB = _group_sum(ch.dt * ch.u, lam, groups)
+        if ch.real is not None:
+            gdt = torch.where(ch.real, gdt, 0.0)
+            gu = torch.where(ch.real, gu, 0.0)
+        if p.softplus:
+            gdt = gdt * torch.sigmoid(ch.raw)
+        if p.delta_bias is not None:
+            g["delta_bias"] += gdt.sum((0, 1))
+        g["u"][:, :, start:stop] = gu.permute(1, 2, 0)
+        g["delta"][:, :, start:stop] = gdt.permute(1, 2, 0)
+        g["B"][..., start:stop] = gB.permute(1, 2, 3, 0)
+    g["initial_state"] = carry
+    return g
+
+
+# Scans of at least this many state updates (batch x dim x N x L) are cut into slices that run on worker threads.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+# Worker threads for such scans; None: torch.get_num_threads(), at most 8 (Python's dispatch of each op is
+# serialised by the GIL, so more threads stop paying).
+WORKERS: int | None = None
+_pool_lock = threading.Lock()
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _single_threaded_worker(barrier: threading.Barrier) -> None:
+    # Each worker runs its ops on one core: two OpenMP teams per op on a busy 2-core machine wait on each other at
+    # every op's barrier, while independent single-threaded slices only meet once per scan.
+    torch.set_num_threads(1)
+    barrier.wait()
+
+
+def _workers(count: int) -> concurrent.futures.ThreadPoolExecutor:
+    """A pool of `count` threads whose torch ops run single-threaded (the caller's setting is left as it was)."""
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size != count:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            threads = torch.get_num_threads()
+            barrier = threading.Barrier(count + 1)
+            _pool = concurrent.futures.ThreadPoolExecutor(count, thread_name_prefix="seqbackbone-scan")
+            for _ in range(count):  # one task per thread, held at the barrier until all have started
+                _pool.submit(_single_threaded_worker, barrier)
+            barrier.wait()
+            torch.set_num_threads(threads)  # set_num_threads(1) above also changed the process-wide default
+            _pool_size = count
+        return _pool
+
+
+def _split(batch: int, dim: int, groups: int, work: int, on_cpu: bool = True) -> tuple[str, list[slice]]:
+    """How to cut the scan into independent slices: along batch rows, else along channels (whole groups of B/C
+    when there are several; shared B/C otherwise). Returns ('batch' | 'dim' | 'none', slices)."""
+    parts = min(torch.get_num_threads(), 8) if WORKERS is None else WORKERS
+    if parts < 2 or work < PARALLEL_MIN_ELEMENTS or not on_cpu:
+        return "none", [slice(None)]
+    cut = lambda n, parts: [slice(i * n // parts, (i + 1) * n // parts) for i in range(parts)]
+    if batch >= parts:
+        return "batch", cut(batch, parts)
+    units = groups if groups > 1 else dim  # channels go in whole groups of dim // groups
+    parts = min(parts, units)
+    if parts < 2:
+        return "none", [slice(None)]
+    step = dim // units
+    return "dim", [slice(s.start * step, s.stop * step) for s in cut(units, parts)]
+
+
+def _part(args: tuple, how: str, sl: slice, flags: tuple) -> _Part:
+    """Slice (u, delta, A, B, C, D, z, delta_bias, mask) for one part; A is in the compute dtype."""
+    u, delta, A, B, C, D, z, delta_bias, mask = args
+    dim, groups = u.shape[1], B.shape[1]
+    if how == "batch":
+        u, delta, B, C = u[sl], delta[sl], B[sl], C[sl]
+        z = None if z is None else z[sl]
+        mask = None if mask is None else mask[sl]
+    elif how == "dim":
+        u, delta, A = u[:, sl], delta[:, sl], A[sl]
+        z = None if z is None else z[:, sl]
+        D = None if D is None else D[sl]
+        delta_bias = None if delta_bias is None else delta_bias[sl]
+        if groups > 1:  # the slice holds whole groups
+            per = dim // groups
+            B, C = B[:, sl.start // per : sl.stop // per], C[:, sl.start // per : sl.stop // per]
+    return _Part(u, delta, A, B, C, D, z, delta_bias, mask, *flags)
+
+
+def _run(fn, items: list) -> list:
+    """fn(*item) for each item, on the worker threads when there are several, without autograd recording."""
+
+    def call(item):
+        with torch.no_grad():
+            return fn(*item)
+
+    if len(items) == 1:
+        return [call(items[0])]
+    pool = _workers(len(items))
+    return [f.result() for f in [pool.submit(call, item) for item in items]]
+
+
 class _ChunkedScan(torch.autograd.Function):
     """Selective scan that keeps only chunk-boundary states; the backward recomputes states chunk by chunk.
 
     Forward memory beyond inputs and output: one (b, d, n) state per chunk. The time loop is sequential (exact,
-    no cumulative products that could underflow) and vectorised over (batch, dim, N).
+    no cumulative products that could underflow) and vectorised over (batch, dim, N). Large scans are cut into
+    independent slices (batch rows or channels) that run on worker threads.
     """
 
     @staticmethod
@@ -177,138 +398,71 @@ class _ChunkedScan(torch.autograd.Function):
         cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias, initial_state)
         batch, dim, length = u.shape
         n_state = A.shape[1]
-        ctx.inputs = (u, delta, A, B, C, delta_bias, mask)
-        ctx.cdt, ctx.delta_softplus, ctx.A = cdt, delta_softplus, A.to(cdt)
+        how, slices = _split(batch, dim, B.shape[1], batch * dim * n_state * length, u.device.type == "cpu")
+        flags = (delta_softplus, reverse, chunk_size, cdt)
+        args = (u, delta, A.to(cdt), B, C, D, z, delta_bias, mask)
         h = u.new_zeros((batch, dim, n_state), dtype=cdt) if initial_state is None else initial_state.to(cdt)
-        chunks = _chunks(length, chunk_size, reverse)
-        boundaries = h.new_empty((len(chunks), batch, dim, n_state))  # state entering each chunk
-        out = torch.empty_like(u)
-        Dc = None if D is None else D.to(cdt)
-        for index, start, stop in chunks:
-            boundaries[index] = h
-            ch = _Chunk(ctx, start, stop)
-            hs, _ = ch.states(h, reverse)
-            h = (hs[0] if reverse else hs[-1]).clone()
-            o = _grouped_dot(hs, ch.C)  # (t, b, d)
-            if Dc is not None:
-                o = o + Dc * ch.u
-            if z is not None:
-                zc = z[:, :, start:stop].permute(2, 0, 1).to(cdt)
-                if ch.real is not None:
-                    zc = torch.where(ch.real, zc, 0.0)
-                o = o * F.silu(zc)
-            if ch.real is not None:
-                o = torch.where(ch.real, o, 0.0)
-            out[:, :, start:stop] = o.permute(1, 2, 0)
-        del ctx.A  # rebuilt in the backward; keeps the ctx free of tensors outside save_for_backward
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, mask, boundaries)
-        ctx.inputs = None
-        ctx.reverse, ctx.chunk_size = reverse, chunk_size
+        items = []
+        for sl in slices:
+            h_part = h[sl] if how == "batch" else h[:, sl] if how == "dim" else h
+            items.append((_part(args, how, sl, flags), h_part))
+        results = _run(_scan_forward, items)
+        cat = 0 if how == "batch" else 1
+        out = results[0][0] if len(results) == 1 else torch.cat([r[0] for r in results], cat)
+        last = results[0][1] if len(results) == 1 else torch.cat([r[1] for r in results], cat)
+        if length == 0:
+            last = last.clone()  # never hand an input back as an output
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, mask, *[r[2] for r in results])
+        ctx.how, ctx.slices, ctx.flags = how, slices, flags
         ctx.set_materialize_grads(False)
-        return out, h.clone() if length == 0 else h
+        return out, last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_last):
-        u, delta, A, B, C, D, z, delta_bias, initial_state, mask, boundaries = ctx.saved_tensors
-        cdt, reverse = ctx.cdt, ctx.reverse
-        ctx.inputs = (u, delta, A, B, C, delta_bias, mask)
-        ctx.A = A.to(cdt)
-        batch, dim, length = u.shape
-        groups, n_state = B.shape[1], B.shape[2]
-        k = dim // groups
-        Dc = None if D is None else D.to(cdt)
-
-        g_u = torch.empty((batch, dim, length), dtype=cdt, device=u.device)
-        g_delta = torch.empty_like(g_u)
-        g_z = None if z is None else torch.empty_like(g_u)
-        g_B = torch.empty((batch, groups, n_state, length), dtype=cdt, device=u.device)
-        g_C = torch.empty_like(g_B)
-        g_A = torch.zeros((dim, n_state), dtype=cdt, device=u.device)
-        g_D = None if D is None else torch.zeros(dim, dtype=cdt, device=u.device)
-        g_bias = None if delta_bias is None else torch.zeros(dim, dtype=cdt, device=u.device)
-        # carry: gradient reaching the state after the chunk's last step from everything later in scan order
-        if grad_last is None:
-            carry = torch.zeros((batch, dim, n_state), dtype=cdt, device=u.device)
-        else:
-            carry = grad_last.to(cdt)
-
-        if grad_out is None:
-            grad_out = torch.zeros_like(u)
-        for index, start, stop in reversed(_chunks(length, ctx.chunk_size, reverse)):
-            steps = stop - start
-            ch = _Chunk(ctx, start, stop)
-            hs, hprev = ch.states(boundaries[index], reverse)
-            g = grad_out[:, :, start:stop].permute(2, 0, 1).to(cdt)  # (t, b, d)
-            if ch.real is not None:
-                g = torch.where(ch.real, g, 0.0)
-            gy = g
-            if z is not None:
-                zc = z[:, :, start:stop].permute(2, 0, 1).to(cdt)
-                if ch.real is not None:
-                    zc = torch.where(ch.real, zc, 0.0)
-                sz = torch.sigmoid(zc)
-                pre = _grouped_dot(hs, ch.C)
-                if Dc is not None:
-                    pre = pre + Dc * ch.u
-                gz = g * pre * sz * (1 + zc * (1 - sz))  # d silu(z) / dz = s (1 + z (1 - s))
-                if ch.real is not None:
-                    gz = torch.where(ch.real, gz, 0.0)
-                g_z[:, :, start:stop] = gz.permute(1, 2, 0)
-                gy = g * zc * sz
-            gu = torch.zeros_like(ch.u)
-            if Dc is not None:
-                g_D += (gy * ch.u).sum((0, 1))
-                gu = gy * Dc
-            g_C[..., start:stop] = _group_sum(gy, hs, groups).permute(1, 2, 3, 0)
-            # lam[i]: gradient reaching the state after step i, first through y, then through later steps
-            lam = (gy.view(steps, batch, groups, k, 1) * ch.C[:, :, :, None, :]).view(steps, batch, dim, n_state)
-            lams, dAs = lam.unbind(0), ch.dA.unbind(0)
-            if reverse:
-                lams[0].add_(carry)
-                for i in range(1, steps):
-                    lams[i].addcmul_(dAs[i - 1], lams[i - 1])
-                carry = dAs[-1] * lams[-1]
-            else:
-                lams[-1].add_(carry)
-                for i in range(steps - 2, -1, -1):
-                    lams[i].addcmul_(dAs[i + 1], lams[i + 1])
-                carry = dAs[0] * lams[0]
-            # q = d loss / d (dt A) = lam * h_prev * dA, built in dA's buffer (no longer needed)
-            q = ch.dA.mul_(hprev).mul_(lam)
-            g_A += torch.einsum("tbdn,tbd->dn", q, ch.dt)
-            lamB = _grouped_dot(lam, ch.B)  # (t, b, d): sum_n lam B
-            gdt = (q * ctx.A).sum(-1) + ch.u * lamB
-            gu = gu + ch.dt * lamB
-            gB = _group_sum(ch.dt * ch.u, lam, groups)
-            if ch.real is not None:
-                gdt = torch.where(ch.real, gdt, 0.0)
-                gu = torch.where(ch.real, gu, 0.0)
-            if ctx.delta_softplus:
-                gdt = gdt * torch.sigmoid(ch.raw)
-            if g_bias is not None:
-                g_bias += gdt.sum((0, 1))
-            g_u[:, :, start:stop] = gu.permute(1, 2, 0)
-            g_delta[:, :, start:stop] = gdt.permute(1, 2, 0)
-            g_B[..., start:stop] = gB.permute(1, 2, 3, 0)
-
-        ctx.inputs = None
-        del ctx.A
-        cast = lambda grad, like: None if grad is None or like is None else grad.to(like.dtype)
+        u, delta, A, B, C, D, z, delta_bias, initial_state, mask, *boundaries = ctx.saved_tensors
+        how, slices, flags = ctx.how, ctx.slices, ctx.flags
+        cdt = flags[-1]
+        args = (u, delta, A.to(cdt), B, C, D, z, delta_bias, mask)
+        items = []
+        for sl, bounds in zip(slices, boundaries, strict=True):
+            cut = lambda t, sl=sl: None if t is None else t[sl] if how == "batch" else t[:, sl] if how == "dim" else t
+            items.append((_part(args, how, sl, flags), bounds, cut(grad_out), cut(grad_last)))
+        parts = _run(_scan_backward, items)
+        g = _merge(parts, how, B.shape[1])
+        cast = lambda name, like: None if like is None else g[name].to(like.dtype)
         return (
-            cast(g_u, u),
-            cast(g_delta, delta),
-            cast(g_A, A),
-            cast(g_B, B),
-            cast(g_C, C),
-            cast(g_D, D),
-            cast(g_z, z),
-            cast(g_bias, delta_bias),
-            cast(carry, initial_state),
+            cast("u", u),
+            cast("delta", delta),
+            cast("A", A),
+            cast("B", B),
+            cast("C", C),
+            cast("D", D),
+            cast("z", z),
+            cast("delta_bias", delta_bias),
+            cast("initial_state", initial_state),
             None,
             None,
             None,
             None,
         )
+
+
+def _merge(parts: list[dict[str, torch.Tensor]], how: str, groups: int) -> dict[str, torch.Tensor]:
+    """Joins the parts' gradients: concatenated where the parts hold disjoint slices, summed where they share."""
+    if len(parts) == 1:
+        return parts[0]
+    per_batch = {"u", "delta", "z", "B", "C", "initial_state"}
+    per_dim = {"u", "delta", "z", "A", "D", "delta_bias", "initial_state"} | ({"B", "C"} if groups > 1 else set())
+    g = {}
+    for name in parts[0]:
+        grads = [p[name] for p in parts]
+        if how == "batch":
+            g[name] = torch.cat(grads, 0) if name in per_batch else torch.stack(grads).sum(0)
+        else:
+            axis = 0 if name in ("A", "D", "delta_bias") else 1
+            g[name] = torch.cat(grads, axis) if name in per_dim else torch.stack(grads).sum(0)
+    return g
 
 
 def selective_scan_chunked(

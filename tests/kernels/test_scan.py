@@ -299,6 +299,30 @@ def test_long_sequence_is_stable():
         assert torch.isfinite(g).all() and rel_err(g, w) < 1e-4, k
 
 
+@pytest.mark.parametrize(
+    "batch,dim,groups",
+    [(3, 4, None), (1, 6, None), (1, 6, 3), (2, 4, 2)],
+    ids=["batch-rows", "channels-shared-BC", "channels-whole-groups", "batch-rows-grouped"],
+)
+def test_split_over_threads(monkeypatch, batch, dim, groups):
+    """Large scans are cut into slices (batch rows, else channels) run on worker threads; same results."""
+    monkeypatch.setattr(scan_torch, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(scan_torch, "WORKERS", 2)
+    threads = torch.get_num_threads()
+    for reverse in (False, True):
+        args = random_scan_inputs(
+            batch=batch, dim=dim, length=9, n_state=3, groups=groups, mask=True, initial_state=True, dtype=torch.float64
+        )
+        assert scan_torch._split(batch, dim, args["B"].shape[1] if groups else 1, 1)[0] != "none"
+        names = leaves(args)
+        want_out, want_last, weights, want = truth(args, names, reverse=reverse)
+        out, last, grads = out_and_grads(chunked(4), dict(args, reverse=reverse), names, weights)
+        assert rel_err(out, want_out) < 1e-12 and rel_err(last, want_last) < 1e-12
+        for k in names:
+            assert rel_err(grads[k], want[k]) < 1e-11, k
+    assert torch.get_num_threads() == threads  # the caller's setting is untouched
+
+
 def test_default_chunk_size_is_used_and_switchable(monkeypatch):
     args = random_scan_inputs(batch=1, dim=2, length=20, n_state=2, dtype=torch.float64)
     want = selective_scan(**args)
