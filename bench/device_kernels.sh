@@ -14,9 +14,9 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,no
 K=${1:-}
 shift || true
 if [ "$K" != "none" ]; then
-    timeout 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_gpu_*.py ${K:+-k "$K"} 2>&1 \
+    timeout 330 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_gpu_*.py ${K:+-k "$K"} 2>&1 \
         | tee "$OUT/gpu_tests.log" | grep -v "^$" | tail -25
 fi
-timeout 360 python3 -m seqbackbone.bench kernels --out "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" \
+timeout 240 python3 -m seqbackbone.bench kernels --out "$OUT/bench.json" "$@" 2>&1 | tee "$OUT/bench.log" \
     | grep -v "^variant" 
 grep "^variant" "$OUT/bench.log" | sed 's/variant //' | cut -c1-200

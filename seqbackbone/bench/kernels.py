@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         floor_f = (8 * E + 4 * S) / bw * 1e6
         floor_fb = (22 * E + 12 * S) / bw * 1e6
         t_f, t_fb = time_scan(shape)
+        if not res["shapes"]:
+            res["compiled"] = {k: _compiled(k) for k in ("fwd", "bwd")}
         up_f, up_fb = UPSTREAM[shape]
         res["shapes"].append(dict(shape=shape, fwd_us=t_f, fwd_bwd_us=t_fb, floor_fwd_us=floor_f,
                                   floor_fwd_bwd_us=floor_fb, upstream_fwd_us=up_f, upstream_fwd_bwd_us=up_fb))
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['fwd_us'] / r['floor_fwd_us']:.2f} | {r['fwd_us'] / r['upstream_fwd_us']:.2f} | "
               f"{r['fwd_bwd_us']:.0f} | {r['floor_fwd_bwd_us']:.0f} | {r['fwd_bwd_us'] / r['floor_fwd_bwd_us']:.2f} | "
               f"{r['fwd_bwd_us'] / r['upstream_fwd_bwd_us']:.2f} |")
+    for k, v in res.get("compiled", {}).items():
+        print(f"{k} kernel: {v['n_regs']} registers, {v['n_spills']} spills")
     for r in res["layer"]:
         if "error" in r:
             print(f"Mamba layer d_model 768, batch {r['batch']} x L {r['L']}: {r['error']}")
