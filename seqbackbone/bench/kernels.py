@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", action="store_true", help="also time other tile configurations")
     p.add_argument("--layer", action="store_true", help="also time the Mamba layer (d_model 768)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--shapes", default=None, help="comma-separated indices into SHAPES (default: all)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["shape"] = shape
                 res["variants"].append(row)
                 print("variant", row, flush=True)
-    for shape in SHAPES:
+    shapes = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(",")]
+    for shape in shapes:
         b, d, L, n = shape
         E, S = b * d * L, b * n * L
         floor_f = (8 * E + 4 * S) / bw * 1e6
