@@ -80,7 +80,9 @@ def _audio_prompt(args: argparse.Namespace, rate: int, settings: dict[str, Any])
         raise TaskInputError(f"--prompt {args.prompt} is not a file (audio models take a wav prompt)")
     try:
         wave, _ = read_audio(path, rate)
-    except (ValueError, ImportError) as err:
+    except ImportError:  # no soundfile (the GPU image has none): 16-bit PCM wav through the standard library
+        wave = _read_pcm16_wav(path, rate)
+    except ValueError as err:
         raise TaskInputError(f"--prompt: {err}") from None
     if settings.get("normalize_peak"):  # the run trained on peak-normalised recordings
         wave = wave / wave.abs().max().clamp_min(1e-4)
@@ -127,15 +129,50 @@ def _wav_paths(out: Path, num: int) -> list[Path]:
     return [out / f"sample_{i}.wav" for i in range(num)]
 
 
-def _write_wavs(waves: torch.Tensor, rate: int, out: Path) -> list[Path]:
+def _read_pcm16_wav(path: Path, rate: int) -> torch.Tensor:
+    """A 16-bit PCM wav file as mono float (T,) in [-1, 1] at `rate`, with the standard library's `wave` module."""
+    import wave
+
     try:
-        import soundfile
-    except ImportError as err:
-        raise TaskInputError("writing wav files needs the soundfile package: pip install soundfile") from err
+        with wave.open(str(path), "rb") as f:
+            if f.getsampwidth() != 2:
+                raise TaskInputError(f"--prompt {path}: without soundfile only 16-bit PCM wav files can be read")
+            channels, file_rate = f.getnchannels(), f.getframerate()
+            frames = f.readframes(f.getnframes())
+    except (wave.Error, EOFError) as err:
+        raise TaskInputError(f"--prompt {path} is not a readable wav file: {err}") from None
+    pcm = torch.frombuffer(bytearray(frames), dtype=torch.int16).view(-1, channels)  # (T, channels), little-endian
+    audio = pcm.float().mean(dim=1) / 32768
+    if audio.numel() == 0:
+        raise TaskInputError(f"--prompt {path} holds no samples")
+    if file_rate != rate:
+        import torchaudio.functional as AF
+
+        audio = AF.resample(audio, file_rate, rate)
+    return audio
+
+
+def _write_wavs(waves: torch.Tensor, rate: int, out: Path) -> list[Path]:
+    """16-bit PCM mono wav files, through soundfile or, where it is missing, the standard library's `wave`."""
     paths = _wav_paths(out, waves.shape[0])
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    for wave, path in zip(waves.clamp(-1.0, 1.0).float().cpu().numpy(), paths, strict=True):
-        soundfile.write(str(path), wave, rate, subtype="PCM_16")
+    data = waves.clamp(-1.0, 1.0).float().cpu()
+    try:
+        import soundfile
+    except ImportError:
+        soundfile = None
+    for wave_row, path in zip(data, paths, strict=True):
+        if soundfile is not None:
+            soundfile.write(str(path), wave_row.numpy(), rate, subtype="PCM_16")
+            continue
+        import wave
+
+        pcm = (wave_row * 32767).round().to(torch.int16)
+        with wave.open(str(path), "wb") as f:
+            f.setnchannels(1)
+            f.setsampwidth(2)
+            f.setframerate(rate)
+            f.writeframes(pcm.numpy().astype("<i2").tobytes())
     return paths
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,20 @@ def test_generate_wav_files(wave_run: Path, tmp_path: Path) -> None:
     source, _ = soundfile.read(str(prompt))
     assert rate == 8000 and len(out) == 120
     np.testing.assert_allclose(out[:80], source[:80], atol=1 / 32768)
+
+
+def test_generate_without_soundfile(wave_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where soundfile is missing (the GPU image), prompts are read and wav files written with the `wave` module."""
+    prompt = sorted(wave_run.parent.glob("1_spk_1.wav"))[0]
+    source, _ = soundfile.read(str(prompt))
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # `import soundfile` now raises ImportError
+    assert _generate([str(wave_run), "--num", "2", "--length", "90", "--prompt", str(prompt), "--prompt-seconds",
+                      "0.005", "--out", str(tmp_path / "w.wav")]) == 0
+    monkeypatch.undo()
+    for i in range(2):
+        out, rate = soundfile.read(str(tmp_path / f"w_{i}.wav"))
+        assert rate == 8000 and len(out) == 90
+        np.testing.assert_allclose(out[:40], source[:40], atol=1.5 / 32768)
 
 
 def test_generate_fasta(dna_run: Path, tmp_path: Path) -> None:
