@@ -128,6 +128,30 @@ def measure(
     return row
 
 
+def kernels_per_step(model: torch.nn.Module, device: torch.device) -> int:
+    """GPU kernels (and copies) one eager decoding step at batch 1 launches: what a CUDA graph replays per token."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from seqbackbone.generation import StepDecoder
+
+    decoder = StepDecoder(model, 1)
+    decoder.prefill(prompt_for_codes(model, device))
+    token = torch.zeros(1, dtype=torch.long, device=device)
+    decoder.step(token)
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        decoder.step(token)
+        _sync(device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def prompt_for_codes(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """A (1, 8) prompt of code / token ids for the decoder itself (below generate's waveform handling)."""
+    from seqbackbone.generation import _lm_parts
+
+    return torch.randint(0, _lm_parts(model).vocab_size, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)
+
+
 def markdown(rows: list[Row], header: dict[str, str]) -> str:
     lines = [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "| batch | step runs as | us per step | tokens/s | x floor |", "| --- | --- | --- | --- | --- |"]
@@ -181,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         header["weight-read floor"] = f"{floor_s * 1e6:.1f} us per step (2 bytes x parameters / copy bandwidth)"
     except Exception as err:
         header["copy bandwidth"] = f"failed: {type(err).__name__}: {err}"
+
+    if device.type == "cuda":
+        try:
+            header["kernels per step"] = f"{kernels_per_step(model, device)} GPU kernels and copies (eager, batch 1)"
+        except Exception as err:
+            header["kernels per step"] = f"not counted: {type(err).__name__}: {err}".splitlines()[0][:200]
 
     # (cuda_graph, compile); compiled rows last, so a slow compile cannot hold up the plain ones
     modes = [(True, False), (False, False)] if device.type == "cuda" else [(False, False)]
