@@ -461,6 +461,25 @@ class SequenceModel(nn.Module):
         tgt = self.targets(x, mask, sample_rate)
         return F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=-100)
 
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Continue `prompt` (ids (B, L); waveforms (B, T) for audio LMs) on the recurrent state.
+
+        Returns prompt + new tokens; see seqbackbone.generation.generate for the options.
+        """
+        from .generation import generate
+
+        return generate(self, prompt, max_new_tokens, temperature, top_k, top_p, generator, **kwargs)
+
     # ---- saving ----
 
     def save_pretrained(self, directory: str, model_name: str | None = None) -> None:
