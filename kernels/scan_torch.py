@@ -92,7 +92,19 @@ def selective_scan_ref(
 
 # Steps per chunk of the fast path: per-chunk buffers (steps, batch, dim, N) stay cache-sized at Mamba widths, and
 # the forward keeps one state per chunk for the backward.
-CHUNK_SIZE = 64
+CHUNK_SIZE = 32
+
+
+class _Workspace:
+    """Buffers of one chunk's size, reused chunk after chunk: fresh multi-megabyte tensors would cost a page fault
+    per 4 KiB on first touch. dA, lam, tmp: (t, b, d, n); H: (t + 1, b, d, n)."""
+
+    def __init__(self, steps: int, batch: int, dim: int, n_state: int, dtype: torch.dtype, device, backward: bool):
+        new = lambda *shape: torch.empty(shape, dtype=dtype, device=device)
+        self.dA = new(steps, batch, dim, n_state)
+        self.H = new(steps + 1, batch, dim, n_state)
+        self.tmp = new(steps, batch, dim, n_state)
+        self.lam = new(steps, batch, dim, n_state) if backward else None
 
 
 class _Chunk:
@@ -102,7 +114,7 @@ class _Chunk:
     real: (t, b, 1) bool or None.
     """
 
-    def __init__(self, p: _Part, start: int, stop: int) -> None:
+    def __init__(self, p: _Part, start: int, stop: int, ws: _Workspace) -> None:
         cdt = p.cdt
         steps, batch, dim = stop - start, p.u.shape[0], p.u.shape[1]
         groups, n_state = p.B.shape[1], p.B.shape[2]
@@ -128,10 +140,11 @@ class _Chunk:
         self.B = self.B.contiguous()
         self.C = self.C.contiguous()
         self.dt = dt
-        self.dA = torch.mul(dt[..., None], p.A).exp_()  # (t, b, d, n)
+        self.ws = ws
+        self.dA = torch.mul(dt[..., None], p.A, out=ws.dA[:steps]).exp_()  # (t, b, d, n)
         # H: the states around each step, (t + 1, b, d, n): H[i] before step i and H[i + 1] after it (in forward
         # order). It first holds dBu, which the recurrence turns into states in place.
-        self.H = dt.new_empty((steps + 1, batch, dim, n_state))
+        self.H = ws.H[: steps + 1]
         dBu = self.H[:steps] if p.reverse else self.H[1:]
         torch.mul(
             (dt * self.u).view(steps, batch, groups, dim // groups, 1),
@@ -161,13 +174,15 @@ def _chunks(length: int, size: int, reverse: bool) -> list[tuple[int, int, int]]
     return spans[::-1] if reverse else spans
 
 
-def _grouped_dot(hs: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-    """sum_n hs[t, b, d, n] C[t, b, g(d), n]: hs (t, b, d, n), C (t, b, g, n) -> (t, b, d)."""
+def _grouped_dot(hs: torch.Tensor, C: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """sum_n hs[t, b, d, n] C[t, b, g(d), n]: hs (t, b, d, n), C (t, b, g, n) -> (t, b, d); tmp: a buffer of
+    hs's size at least."""
     steps, batch, dim, n_state = hs.shape
     groups = C.shape[2]
+    shape = (steps, batch, groups, dim // groups, n_state)
     # multiply-and-sum beats a batched (k x n) @ (n x 1) product here
-    y = (hs.reshape(steps, batch, groups, dim // groups, n_state) * C[:, :, :, None, :]).sum(-1)  # (t, b, g, k)
-    return y.view(steps, batch, dim)
+    prod = torch.mul(hs.view(shape), C[:, :, :, None, :], out=tmp[:steps].view(shape))
+    return prod.sum(-1).view(steps, batch, dim)
 
 
 def _group_sum(w: torch.Tensor, hs: torch.Tensor, groups: int) -> torch.Tensor:
@@ -207,12 +222,13 @@ def _scan_forward(p: _Part, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     boundaries = h.new_empty((len(chunks), *h.shape))
     out = torch.empty_like(p.u)
     D = None if p.D is None else p.D.to(p.cdt)
+    ws = _Workspace(min(p.chunk_size, length), batch, dim, h.shape[2], p.cdt, h.device, backward=False)
     for index, start, stop in chunks:
         boundaries[index] = h
-        ch = _Chunk(p, start, stop)
+        ch = _Chunk(p, start, stop, ws)
         hs, _ = ch.states(h, p.reverse)
         h = (hs[0] if p.reverse else hs[-1]).clone()
-        o = _grouped_dot(hs, ch.C)  # (t, b, d)
+        o = _grouped_dot(hs, ch.C, ws.tmp)  # (t, b, d)
         if D is not None:
             o = o + D * ch.u
         if ch.z is not None:
@@ -246,17 +262,18 @@ def _scan_backward(
     carry = zeros(batch, dim, n_state) if grad_last is None else grad_last.to(cdt)
     if grad_out is None:
         grad_out = torch.zeros_like(p.u)
+    ws = _Workspace(min(p.chunk_size, length), batch, dim, n_state, cdt, p.u.device, backward=True)
 
     for index, start, stop in reversed(_chunks(length, p.chunk_size, reverse)):
         steps = stop - start
-        ch = _Chunk(p, start, stop)
+        ch = _Chunk(p, start, stop, ws)
         hs, hprev = ch.states(boundaries[index], reverse)
         gy = grad_out[:, :, start:stop].permute(2, 0, 1).to(cdt)  # (t, b, d): d loss / d out
         if ch.real is not None:
             gy = torch.where(ch.real, gy, 0.0)
         if ch.z is not None:
             sz = torch.sigmoid(ch.z)
-            pre = _grouped_dot(hs, ch.C)
+            pre = _grouped_dot(hs, ch.C, ws.tmp)
             if D is not None:
                 pre = pre + D * ch.u
             gz = gy * pre * sz * (1 + ch.z * (1 - sz))  # d silu(z) / dz = s (1 + z (1 - s))
@@ -268,7 +285,10 @@ def _scan_backward(
             gu = gy * D
         g["C"][..., start:stop] = _group_sum(gy, hs, groups).permute(1, 2, 3, 0)
         # lam[i]: gradient reaching the state after step i, through y_i, then through the later steps
-        lam = (gy.view(steps, batch, groups, k, 1) * ch.C[:, :, :, None, :]).view(steps, batch, dim, n_state)
+        lam = ws.lam[:steps]
+        torch.mul(
+            gy.view(steps, batch, groups, k, 1), ch.C[:, :, :, None, :], out=lam.view(steps, batch, groups, k, -1)
+        )
         lams, dAs = lam.unbind(0), ch.dA.unbind(0)
         if reverse:
             lams[0].add_(carry)
@@ -282,9 +302,11 @@ def _scan_backward(
             carry = dAs[0] * lams[0]
         # q = d loss / d (dt A) = lam * h_prev * dA, built in dA's buffer (no longer needed)
         q = ch.dA.mul_(hprev).mul_(lam)
-        g["A"] += (q * ch.dt[..., None]).sum((0, 1))  # einsum would copy q into (d, n, t, b) order first
-        lamB = _grouped_dot(lam, ch.B)  # (t, b, d): sum_n lam B
-        gdt = (q * p.A).sum(-1) + ch.u * lamB
+        tmp = ws.tmp[:steps]
+        g["A"] += torch.mul(q, ch.dt[..., None], out=tmp).sum((0, 1))  # einsum would copy q to (d, n, t, b) first
+        gdt = torch.mul(q, p.A, out=tmp).sum(-1)
+        lamB = _grouped_dot(lam, ch.B, ws.tmp)  # (t, b, d): sum_n lam B
+        gdt += ch.u * lamB
         gu = ch.dt * lamB if gu is None else gu + ch.dt * lamB
         gB = _group_sum(ch.dt * ch.u, lam, groups)
         if ch.real is not None:

@@ -157,7 +157,8 @@ def markdown(results: dict[str, dict], args: argparse.Namespace, agreement: floa
         f"N {args.state}, with D, no z{' (the shape of the CPU anchor in ANCHORS.md)' if anchor else ''}. Measured "
         f"{datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores, {results['seqbackbone']['threads']} "
         f"torch threads), torch {torch.__version__}, Python {platform.python_version()}, by "
-        "`python -m seqbackbone.bench.cpu_scan`.",
+        "`python -m seqbackbone.bench.cpu_scan`. The machine is shared: its 1-minute load average was "
+        f"{args.load[0]:.1f} before and {args.load[1]:.1f} after the run.",
         "",
         "| implementation | forward | backward | forward + backward | peak RSS growth |",
         "| --- | --- | --- | --- | --- |",
@@ -218,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(worker(args.worker, args.batch, args.dim, args.length, args.state, args.repeats)))
         return
     agreement = check_agreement()
+    load_before = os.getloadavg()[0]
     results = {impl: run_in_subprocess(impl, args) for impl in IMPLS}
+    args.load = (load_before, os.getloadavg()[0])
     print(f"{'implementation':<14} {'forward':>9} {'backward':>9} {'total':>9} {'peak RSS growth':>16}")
     for impl, r in results.items():
         f, b = statistics.median(r["fwd"]), statistics.median(r["bwd"])
