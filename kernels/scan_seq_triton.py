@@ -58,10 +58,10 @@ def _join(lines: list[str], cols: dict[int, str], name: str, levels: int, ind: s
 _FWD_ARGS = (
     "u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, mask_ptr, h0_ptr, out_ptr, hlast_ptr, hsave_ptr, "
     "dim, L, n_chunks, dim_per_group, s_u_b, s_u_d, s_dl_b, s_dl_d, s_z_b, s_z_d, s_B_b, s_B_g, s_B_n, "
-    "s_C_b, s_C_g, s_C_n, s_o_b, s_o_d, s_m_b, "
+    "s_C_b, s_C_g, s_C_n, s_o_b, s_o_d, s_m_b, sdt_ptr, chunks_per_seg, "
     "BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, "
     "SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_H0: tl.constexpr, "
-    "SAVE_H: tl.constexpr, WRITE_LAST: tl.constexpr, SAVE_EVERY: tl.constexpr"
+    "SAVE_H: tl.constexpr, WRITE_LAST: tl.constexpr, SAVE_EVERY: tl.constexpr, LOCAL: tl.constexpr"
 )
 
 
@@ -80,10 +80,16 @@ def _fwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i1}grp = ((pid_d * BLOCK_D) // dim_per_group).to(tl.int64)")
     w(f"{i1}loc = tl.arange(0, {TR})")
     w(f"{i1}zero_d = tl.zeros([BLOCK_D, {TR}], dtype=tl.int32)")
-    w(f"{i1}st_base = (pid_b * dim + offs_d64) * {N}")
+    # time segments (grid axis 2): each program scans chunks [c_lo, c_lo + n_loc); h0 / the last state are per segment
+    w(f"{i1}pid_s = tl.program_id(2)")
+    w(f"{i1}n_seg = tl.num_programs(2)")
+    w(f"{i1}c_lo = pid_s * chunks_per_seg")
+    w(f"{i1}n_loc = tl.minimum(chunks_per_seg, n_chunks - c_lo)")
+    w(f"{i1}st_base = ((pid_b * n_seg + pid_s) * dim + offs_d64) * {N}")
+    w(f"{i1}dsum = tl.zeros([BLOCK_D], dtype=tl.float32)")
     for n in range(N):
         w(f"{i1}a2_{n} = tl.load(A_ptr + offs_d * {N} + {n}, mask=d_ok, other=0.0) * {LOG2E}")
-    w(f"{i1}if HAS_H0:")
+    w(f"{i1}if HAS_H0 and not LOCAL:")
     for n in range(N):
         w(f"{i2}h{n} = tl.load(h0_ptr + st_base + {n}, mask=d_ok, other=0.0).to(tl.float32)")
     w(f"{i1}else:")
@@ -101,7 +107,7 @@ def _fwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i1}C_row = C_ptr + pid_b * s_C_b + grp * s_C_g")
     w(f"{i1}n_saved = (n_chunks + SAVE_EVERY - 1) // SAVE_EVERY")
     # the next chunk's u, delta, z are loaded one chunk ahead: few warps per SM, so their latency must overlap work
-    w(f"{i1}c_first = (n_chunks - 1) if REVERSE else 0")
+    w(f"{i1}c_first = (c_lo + n_loc - 1) if REVERSE else c_lo")
     w(f"{i1}offs_f = c_first * {TR} + loc")
     w(f"{i1}m_f = d_ok[:, None] & (offs_f < L)[None, :]")
     w(f"{i1}u_nx = tl.load(u_row + offs_f[None, :], mask=m_f, other=0.0)")
@@ -110,12 +116,12 @@ def _fwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i2}z_nx = tl.load(z_row + offs_f[None, :], mask=m_f, other=0.0)")
     w(f"{i1}else:")
     w(f"{i2}z_nx = u_nx")
-    w(f"{i1}for ci in range(n_chunks):")
+    w(f"{i1}for ci in range(n_loc):")
     w(f"{i2}if REVERSE:")
-    w(f"{i3}c = n_chunks - 1 - ci")
+    w(f"{i3}c = c_lo + n_loc - 1 - ci")
     w(f"{i3}do_save = ((c + 1) % SAVE_EVERY == 0) | (c == n_chunks - 1)")
     w(f"{i2}else:")
-    w(f"{i3}c = ci")
+    w(f"{i3}c = c_lo + ci")
     w(f"{i3}do_save = c % SAVE_EVERY == 0")
     w(f"{i2}if SAVE_H:")
     w(f"{i3}if do_save:")
@@ -174,6 +180,21 @@ def _fwd_source(N: int, TR: int) -> tuple[str, str]:
             ys[t] = f"y{t}"
         _join(L_, ys, "y", lv, ind)
 
+    def local_steps(order, ind):
+        for t in order:
+            for n in range(N):
+                w(f"{ind}h{n} = tl.exp2({dts[t]} * a2_{n}) * h{n} + {dus[t]} * {Bs[n][t]}")
+
+    w(f"{i2}if LOCAL:")
+    # the segment's own end state from zero and its delta sum (the decay across it is exp(A sum delta))
+    w(f"{i3}dsum += tl.sum(dt, axis=1)")
+    w(f"{i3}if REVERSE:")
+    local_steps(range(TR - 1, -1, -1), i3 + "    ")
+    w(f"{i3}else:")
+    local_steps(range(TR), i3 + "    ")
+    w(f"{i2}else:")
+    i2_, i3_ = i2, i3
+    i2, i3 = i3, i3 + "    "
     w(f"{i2}if REVERSE:")
     steps(range(TR - 1, -1, -1), i3)
     w(f"{i2}else:")
@@ -185,6 +206,9 @@ def _fwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i3}y = y * zz / (1.0 + tl.exp2(-zz * {LOG2E}))")
     w(f"{i2}y = tl.where(ok2, y, 0.0)")
     w(f"{i2}tl.store(o_row + offs_t[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)")
+    i2, i3 = i2_, i3_
+    w(f"{i1}if LOCAL:")
+    w(f"{i2}tl.store(sdt_ptr + (pid_b * n_seg + pid_s) * dim + offs_d64, dsum, mask=d_ok)")
     w(f"{i1}if WRITE_LAST:")
     for n in range(N):
         w(f"{i2}tl.store(hlast_ptr + st_base + {n}, h{n}, mask=d_ok)")
@@ -198,6 +222,35 @@ def _compile_source(name: str, src: str):
     scope = {"tl": tl, "triton": triton, "_softplus": _softplus}
     exec(compile(src, filename, "exec"), scope)
     return triton.jit(scope[name])
+
+
+@triton.jit
+def _seg_combine_kernel(S_ptr, sdt_ptr, A_ptr, h0_ptr, init_ptr, hlast_ptr, dim, n_seg,
+                        N: tl.constexpr, N_P2: tl.constexpr, BLOCK_D: tl.constexpr,
+                        HAS_H0: tl.constexpr, REVERSE: tl.constexpr):
+    """States entering each time segment, from each segment's own end state S (from zero) and its decay
+    exp(A sum delta): init[s] = H; H = exp(A sdt[s]) H + S[s], in scan order."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, N_P2)
+    d_ok = offs_d < dim
+    ok = d_ok[:, None] & (offs_n < N)[None, :]
+    dn = offs_d.to(tl.int64)[:, None] * N + offs_n[None, :]
+    A2 = tl.load(A_ptr + dn, mask=ok, other=0.0) * 1.4426950408889634
+    if HAS_H0:
+        H = tl.load(h0_ptr + pid_b * dim * N + dn, mask=ok, other=0.0)
+    else:
+        H = tl.zeros([BLOCK_D, N_P2], dtype=tl.float32)
+    for si in range(n_seg):
+        if REVERSE:
+            sg = n_seg - 1 - si
+        else:
+            sg = si
+        base = (pid_b * n_seg + sg) * dim * N
+        tl.store(init_ptr + base + dn, H, mask=ok)
+        sdt = tl.load(sdt_ptr + (pid_b * n_seg + sg) * dim + offs_d, mask=d_ok, other=0.0)
+        H = tl.exp2(A2 * sdt[:, None]) * H + tl.load(S_ptr + base + dn, mask=ok, other=0.0)
+    tl.store(hlast_ptr + pid_b * dim * N + dn, H, mask=ok)
 
 
 @functools.cache

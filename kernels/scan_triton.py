@@ -28,16 +28,19 @@ FWD_CONFIG: tuple[int, int, int] | None = None
 BWD_CONFIG: tuple[int, int, int] | None = None
 
 
-def fwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
-    """Forward tiles: enough programs to fill the GPU, the rest of the parallelism along time."""
+def fwd_config(batch: int, dim: int, L: int, training: bool = False) -> tuple[int, int, int]:
+    """Forward tiles, chosen from H200 measurements (BENCHMARKS.md). BLOCK_T = 0 selects the sequential kernel
+    (scan_seq_triton: one channel per thread, one warp per program), best once batch x dim fills the GPU; below
+    that, wide time tiles of the associative-scan kernel, or 64-step tiles when the backward needs saved states."""
     if FWD_CONFIG is not None:
         return FWD_CONFIG
-    # BLOCK_T = 0: the sequential kernel (scan_seq_triton), one channel per thread, one warp per program
-    return (32, 0, 1)
+    if batch * dim >= 8192:
+        return (32, 0, 1)
+    return (16, 64, 4) if training else (2, 512, 4)
 
 
 # register-chunk length of the sequential backward kernel; 0 selects the tl.associative_scan backward kernel
-BWD_SEQ_TR = 4
+BWD_SEQ_TR = 0
 
 
 def bwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
@@ -371,7 +374,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
     batch, dim, L = u.shape
     N = A.shape[1]
     groups = B.shape[1]
-    bd_want, block_t, num_warps = config or fwd_config(batch, dim, L)
+    bd_want, block_t, num_warps = config or fwd_config(batch, dim, L, training=save_states)
     seq = block_t == 0  # the sequential kernel: one channel per thread, register chunks of TR steps
     if seq:
         block_t = 8 if u.element_size() <= 2 else 4
@@ -408,13 +411,52 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
         num_warps=num_warps,
     )
     if seq:
-        from .scan_seq_triton import fwd_kernel
-
-        LAST_KERNEL["fwd"] = fwd_kernel(N, block_t)[grid](*args, **flags)
+        _seq_fwd(args, flags, grid, N, block_t, n_chunks, A, initial_state, hlast, write_last, reverse)
     else:
         LAST_KERNEL["fwd"] = _scan_fwd_kernel[grid](
             *args, N=N, N_P2=triton.next_power_of_2(N), BLOCK_T=block_t, **flags)
     return out, (hlast if write_last else None), (hsave if save_states else None)
+
+
+# the sequential forward splits L into segments until about this many warps run (8 per SM on an H200); a first pass
+# finds each segment's own end state, a small kernel chains them, and the main pass starts each segment from its state
+# (not yet measured on a GPU, so off by default; `python -m seqbackbone.bench kernels --variants` times it)
+SEG_TARGET_WARPS = 1056
+FWD_SEGMENTS = False
+
+
+def _seq_fwd(args, flags, grid, N, block_t, n_chunks, A, initial_state, hlast, write_last, reverse):
+    from .scan_seq_triton import _seg_combine_kernel, fwd_kernel
+
+    kern = fwd_kernel(N, block_t)
+    batch, n_dblocks = grid
+    dim = args[13]
+    dev = A.device
+    n_seg = 1
+    if FWD_SEGMENTS:
+        n_seg = max(1, min(n_chunks, triton.cdiv(SEG_TARGET_WARPS, batch * n_dblocks * flags["num_warps"])))
+    per_seg = triton.cdiv(n_chunks, n_seg)
+    n_seg = triton.cdiv(n_chunks, per_seg)
+    if n_seg == 1:
+        LAST_KERNEL["fwd"] = kern[(batch, n_dblocks, 1)](*args, A, n_chunks, LOCAL=False, **flags)
+        return
+    f32 = torch.float32
+    S = torch.empty((batch, n_seg, dim, N), dtype=f32, device=dev)
+    sdt = torch.empty((batch, n_seg, dim), dtype=f32, device=dev)
+    init = torch.empty((batch, n_seg, dim, N), dtype=f32, device=dev)
+    last = hlast if write_last else torch.empty((batch, dim, N), dtype=f32, device=dev)
+    a = list(args)
+    a[11] = S
+    kern[(batch, n_dblocks, n_seg)](*a, sdt, per_seg, LOCAL=True, **{**flags, "HAS_H0": False, "SAVE_H": False,
+                                                                     "WRITE_LAST": True})
+    _seg_combine_kernel[(batch, triton.cdiv(dim, 32))](
+        S, sdt, A, initial_state if initial_state is not None else A, init, last, dim, n_seg,
+        N=N, N_P2=triton.next_power_of_2(N), BLOCK_D=32, HAS_H0=initial_state is not None, REVERSE=bool(reverse),
+    )
+    a = list(args)
+    a[9] = init
+    LAST_KERNEL["fwd"] = kern[(batch, n_dblocks, n_seg)](*a, sdt, per_seg, LOCAL=False,
+                                                         **{**flags, "HAS_H0": True, "WRITE_LAST": False})
 
 
 def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask, hsave, config=None):

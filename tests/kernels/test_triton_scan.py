@@ -42,17 +42,27 @@ def _as_grouped(t: torch.Tensor) -> torch.Tensor:
 
 
 CASES = [
-    # dim, N, groups, reverse, mask, initial_state
-    (3, 4, None, False, False, False),
-    (3, 4, None, True, True, True),
-    (6, 8, 3, False, True, True),
-    (4, 4, 2, True, False, False),
+    # dim, N, groups, reverse, mask, initial_state, kernels
+    (3, 4, None, False, False, False, "default"),
+    (3, 4, None, True, True, True, "default"),
+    (6, 8, 3, False, True, True, "default"),
+    (4, 4, 2, True, False, False, "default"),
+    (3, 4, None, True, True, True, "segments"),
+    (4, 4, 2, False, True, False, "segments"),
+    (3, 4, None, True, True, True, "seq_bwd"),
+    (4, 4, 2, False, False, True, "seq_bwd"),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("dim,n_state,groups,reverse,mask,initial_state", CASES)
-def test_scan_matches_fp64_loop(small_tiles, dtype, dim, n_state, groups, reverse, mask, initial_state):
+@pytest.mark.parametrize("dim,n_state,groups,reverse,mask,initial_state,kernels", CASES)
+def test_scan_matches_fp64_loop(small_tiles, monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial_state,
+                                kernels):
+    """Default kernels; the sequential forward split into time segments; the sequential backward."""
+    if kernels == "segments":
+        monkeypatch.setattr(scan_triton, "FWD_SEGMENTS", True)
+    if kernels == "seq_bwd":
+        monkeypatch.setattr(scan_triton, "BWD_SEQ_TR", 4)
     dev = _device()
     args = random_scan_inputs(batch=2, dim=dim, length=37, n_state=n_state, groups=groups, mask=mask,
                               initial_state=initial_state, dtype=torch.float32)
