@@ -336,6 +336,7 @@ _pool_size = 0
 def _single_threaded_worker(barrier: threading.Barrier) -> None:
     # Each worker runs its ops on one core: two OpenMP teams per op on a busy 2-core machine wait on each other at
     # every op's barrier, while independent single-threaded slices only meet once per scan.
+    torch.get_num_threads()  # a thread's first torch op reads the process-wide count; have that happen first
     torch.set_num_threads(1)
     barrier.wait()
 
