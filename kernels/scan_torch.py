@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import os
 import threading
 
 import torch
@@ -110,8 +111,8 @@ class _Workspace:
 class _Chunk:
     """One chunk's inputs, time-major and in the compute dtype (recomputed in the backward instead of saved).
 
-    u, dt, raw (delta + delta_bias before softplus): (t, b, d); B, C: (t, b, g, n); dA, dBu: (t, b, d, n);
-    real: (t, b, 1) bool or None.
+    u, dt, raw (delta + delta_bias before softplus), z: (t, b, d); B, C: (t, b, g, n); dA: (t, b, d, n);
+    H: (t + 1, b, d, n), dBu until `states` runs; real: (t, b, 1) bool or None.
     """
 
     def __init__(self, p: _Part, start: int, stop: int, ws: _Workspace) -> None:
@@ -140,7 +141,6 @@ class _Chunk:
         self.B = self.B.contiguous()
         self.C = self.C.contiguous()
         self.dt = dt
-        self.ws = ws
         self.dA = torch.mul(dt[..., None], p.A, out=ws.dA[:steps]).exp_()  # (t, b, d, n)
         # H: the states around each step, (t + 1, b, d, n): H[i] before step i and H[i + 1] after it (in forward
         # order). It first holds dBu, which the recurrence turns into states in place.
@@ -215,12 +215,11 @@ class _Part:
     cdt: torch.dtype
 
 
-def _scan_forward(p: _Part, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns out (b, d, l) in u's dtype, the last state (b, d, n) and the state entering each chunk."""
+def _scan_forward(p: _Part, h: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Writes the output (b, d, l) into `out`; returns the last state (b, d, n) and the state entering each chunk."""
     batch, dim, length = p.u.shape
     chunks = _chunks(length, p.chunk_size, p.reverse)
     boundaries = h.new_empty((len(chunks), *h.shape))
-    out = torch.empty_like(p.u)
     D = None if p.D is None else p.D.to(p.cdt)
     ws = _Workspace(min(p.chunk_size, length), batch, dim, h.shape[2], p.cdt, h.device, backward=False)
     for index, start, stop in chunks:
@@ -236,13 +235,18 @@ def _scan_forward(p: _Part, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
         if ch.real is not None:
             o = torch.where(ch.real, o, 0.0)
         out[:, :, start:stop] = o.permute(1, 2, 0)
-    return out, h, boundaries
+    return h, boundaries
 
 
 def _scan_backward(
-    p: _Part, boundaries: torch.Tensor, grad_out: torch.Tensor | None, grad_last: torch.Tensor | None
+    p: _Part,
+    boundaries: torch.Tensor,
+    grad_out: torch.Tensor | None,
+    grad_last: torch.Tensor | None,
+    into: dict[str, torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """Gradients (in the compute dtype) of u, delta, A, B, C, D, z, delta_bias and the initial state."""
+    """Gradients (in the compute dtype) of u, delta, A, B, C, D, z, delta_bias and the initial state. Those named
+    in `into` are written there (views of the caller's buffers); the others are returned in new tensors."""
     cdt, reverse = p.cdt, p.reverse
     batch, dim, length = p.u.shape
     groups, n_state = p.B.shape[1], p.B.shape[2]
@@ -250,14 +254,17 @@ def _scan_backward(
     new = lambda *shape: torch.empty(shape, dtype=cdt, device=p.u.device)
     zeros = lambda *shape: torch.zeros(shape, dtype=cdt, device=p.u.device)
     D = None if p.D is None else p.D.to(cdt)
-    g = dict(u=new(batch, dim, length), delta=new(batch, dim, length), A=zeros(dim, n_state))
-    g["B"], g["C"] = new(batch, groups, n_state, length), new(batch, groups, n_state, length)
+    shapes = dict(u=(batch, dim, length), delta=(batch, dim, length), A=(dim, n_state))
+    shapes["B"] = shapes["C"] = (batch, groups, n_state, length)
     if p.z is not None:
-        g["z"] = new(batch, dim, length)
+        shapes["z"] = (batch, dim, length)
     if D is not None:
-        g["D"] = zeros(dim)
+        shapes["D"] = (dim,)
     if p.delta_bias is not None:
-        g["delta_bias"] = zeros(dim)
+        shapes["delta_bias"] = (dim,)
+    # A, D and delta_bias accumulate over the chunks
+    fresh = lambda k: (zeros if k in ("A", "D", "delta_bias") else new)(*shapes[k])
+    g = {k: into[k] if k in into else fresh(k) for k in shapes}
     # carry: gradient reaching the state after the chunk's last step (in scan order) from everything later
     carry = zeros(batch, dim, n_state) if grad_last is None else grad_last.to(cdt)
     if grad_out is None:
@@ -319,6 +326,9 @@ def _scan_backward(
         g["u"][:, :, start:stop] = gu.permute(1, 2, 0)
         g["delta"][:, :, start:stop] = gdt.permute(1, 2, 0)
         g["B"][..., start:stop] = gB.permute(1, 2, 3, 0)
+    if "initial_state" in into:
+        into["initial_state"].copy_(carry)
+        carry = into["initial_state"]
     g["initial_state"] = carry
     return g
 
@@ -339,6 +349,15 @@ def _single_threaded_worker(barrier: threading.Barrier) -> None:
     torch.get_num_threads()  # a thread's first torch op reads the process-wide count; have that happen first
     torch.set_num_threads(1)
     barrier.wait()
+
+
+def _forget_pool() -> None:
+    # A forked child inherits the pool object but not its threads.
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _workers(count: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -395,6 +414,15 @@ def _part(args: tuple, how: str, sl: slice, flags: tuple) -> _Part:
     return _Part(u, delta, A, B, C, D, z, delta_bias, mask, *flags)
 
 
+def _cut(t: torch.Tensor | None, how: str, sl: slice, axis: int = 1) -> torch.Tensor | None:
+    """One part's view of a full-size tensor: rows `sl` of dim 0 ('batch') or of dim `axis` ('dim')."""
+    if t is None or how == "none":
+        return t
+    if how == "batch":
+        return t[sl]
+    return t[(slice(None),) * axis + (sl,)]
+
+
 def _run(fn, items: list) -> list:
     """fn(*item) for each item, on the worker threads when there are several, without autograd recording."""
 
@@ -429,13 +457,12 @@ class _ChunkedScan(torch.autograd.Function):
         for sl in slices:
             h_part = h[sl] if how == "batch" else h[:, sl] if how == "dim" else h
             items.append((_part(args, how, sl, flags), h_part))
-        results = _run(_scan_forward, items)
-        cat = 0 if how == "batch" else 1
-        out = results[0][0] if len(results) == 1 else torch.cat([r[0] for r in results], cat)
-        last = results[0][1] if len(results) == 1 else torch.cat([r[1] for r in results], cat)
+        out = torch.empty_like(u)
+        results = _run(_scan_forward, [(*item, _cut(out, how, sl)) for item, sl in zip(items, slices, strict=True)])
+        last = results[0][0] if len(results) == 1 else torch.cat([r[0] for r in results], 0 if how == "batch" else 1)
         if length == 0:
             last = last.clone()  # never hand an input back as an output
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, mask, *[r[2] for r in results])
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, mask, *[r[1] for r in results])
         ctx.how, ctx.slices, ctx.flags = how, slices, flags
         ctx.set_materialize_grads(False)
         return out, last
@@ -445,14 +472,36 @@ class _ChunkedScan(torch.autograd.Function):
     def backward(ctx, grad_out, grad_last):
         u, delta, A, B, C, D, z, delta_bias, initial_state, mask, *boundaries = ctx.saved_tensors
         how, slices, flags = ctx.how, ctx.slices, ctx.flags
-        cdt = flags[-1]
+        cdt, dim = flags[-1], u.shape[1]
         args = (u, delta, A.to(cdt), B, C, D, z, delta_bias, mask)
+        # Gradients that the parts hold in disjoint slices go straight into full-size buffers.
+        sliced = ("u", "delta", "z", "initial_state")
+        sliced += ("B", "C") if how == "batch" or (how == "dim" and B.shape[1] > 1) else ()
+        sliced += ("A", "D", "delta_bias") if how == "dim" else ()
+        full = {"u": u, "delta": delta, "z": z, "B": B, "C": C, "A": A, "D": D, "delta_bias": delta_bias}
+        full["initial_state"] = initial_state
+        # (A, D, delta_bias accumulate over chunks, so they start at zero)
+        new = lambda k: (torch.zeros if k in ("A", "D", "delta_bias") else torch.empty)(
+            full[k].shape, dtype=cdt, device=u.device
+        )
+        g = {k: new(k) for k in sliced if full[k] is not None}
+        if len(slices) == 1:
+            g = {}  # a single part allocates its own
         items = []
         for sl, bounds in zip(slices, boundaries, strict=True):
-            cut = lambda t, sl=sl: None if t is None else t[sl] if how == "batch" else t[:, sl] if how == "dim" else t
-            items.append((_part(args, how, sl, flags), bounds, cut(grad_out), cut(grad_last)))
+            cut = lambda t, sl=sl, axis=1: _cut(t, how, sl, axis)
+            into = {k: cut(v, axis=0 if k in ("A", "D", "delta_bias") else 1) for k, v in g.items()}
+            if how == "dim" and "B" in g:  # whole groups of B/C: cut by group, not by channel
+                per = dim // B.shape[1]
+                groups_sl = slice(sl.start // per, sl.stop // per)
+                into["B"], into["C"] = g["B"][:, groups_sl], g["C"][:, groups_sl]
+            items.append((_part(args, how, sl, flags), bounds, cut(grad_out), cut(grad_last), into))
         parts = _run(_scan_backward, items)
-        g = _merge(parts, how, B.shape[1])
+        if len(parts) == 1:
+            g = parts[0]
+        else:  # the rest are partial sums over the parts
+            shared = [k for k in parts[0] if k not in g and full[k] is not None]
+            g.update({k: torch.stack([p[k] for p in parts]).sum(0) for k in shared})
         cast = lambda name, like: None if like is None else g[name].to(like.dtype)
         return (
             cast("u", u),
@@ -469,23 +518,6 @@ class _ChunkedScan(torch.autograd.Function):
             None,
             None,
         )
-
-
-def _merge(parts: list[dict[str, torch.Tensor]], how: str, groups: int) -> dict[str, torch.Tensor]:
-    """Joins the parts' gradients: concatenated where the parts hold disjoint slices, summed where they share."""
-    if len(parts) == 1:
-        return parts[0]
-    per_batch = {"u", "delta", "z", "B", "C", "initial_state"}
-    per_dim = {"u", "delta", "z", "A", "D", "delta_bias", "initial_state"} | ({"B", "C"} if groups > 1 else set())
-    g = {}
-    for name in parts[0]:
-        grads = [p[name] for p in parts]
-        if how == "batch":
-            g[name] = torch.cat(grads, 0) if name in per_batch else torch.stack(grads).sum(0)
-        else:
-            axis = 0 if name in ("A", "D", "delta_bias") else 1
-            g[name] = torch.cat(grads, axis) if name in per_dim else torch.stack(grads).sum(0)
-    return g
 
 
 def selective_scan_chunked(

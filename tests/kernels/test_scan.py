@@ -304,10 +304,11 @@ def test_long_sequence_is_stable():
     [(3, 4, None), (1, 6, None), (1, 6, 3), (2, 4, 2)],
     ids=["batch-rows", "channels-shared-BC", "channels-whole-groups", "batch-rows-grouped"],
 )
-def test_split_over_threads(monkeypatch, batch, dim, groups):
+@pytest.mark.parametrize("workers", [2, 3])
+def test_split_over_threads(monkeypatch, batch, dim, groups, workers):
     """Large scans are cut into slices (batch rows, else channels) run on worker threads; same results."""
     monkeypatch.setattr(scan_torch, "PARALLEL_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(scan_torch, "WORKERS", 2)
+    monkeypatch.setattr(scan_torch, "WORKERS", workers)
     threads = torch.get_num_threads()
     for reverse in (False, True):
         args = random_scan_inputs(
