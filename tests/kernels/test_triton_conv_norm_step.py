@@ -13,8 +13,8 @@ from seqbackbone.kernels.conv_triton import causal_conv1d_triton
 from seqbackbone.kernels.norm_triton import rms_norm_triton
 from seqbackbone.kernels.step_triton import selective_state_update_triton
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
-GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}
+GRAD_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2}
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -103,3 +103,25 @@ def test_state_update_matches_ref(dtype, groups, options):
     assert got.dtype == dtype
     assert _rel(state, ref_state) < 1e-5
     assert _rel(got, ref) < TOL[dtype]
+
+
+def test_fp64_conv_and_norm():
+    """fp64 inputs are computed in fp64 by the conv and norm kernels, gradients included."""
+    x = torch.randn(1, 3, 20, dtype=torch.float64, device=DEV, requires_grad=True)
+    w = torch.randn(3, 4, dtype=torch.float64, device=DEV, requires_grad=True)
+    h = torch.randn(4, 9, dtype=torch.float64, device=DEV, requires_grad=True)
+    g = torch.randn(9, dtype=torch.float64, device=DEV, requires_grad=True)
+    cases = [
+        (lambda a, b: causal_conv1d_triton(a, b, None, "silu", None, True),
+         lambda a, b: causal_conv1d_ref(a, b, None, "silu", None, True), x, w),
+        (lambda a, b: rms_norm_triton(a, b, 1e-5), lambda a, b: rms_norm_ref(a, b, 1e-5), h, g),
+    ]
+    for fn, ref_fn, a, b in cases:
+        out = fn(a, b)
+        assert out.dtype == torch.float64
+        got = torch.autograd.grad(out.square().sum(), (a, b))
+        ref = ref_fn(a, b)
+        want = torch.autograd.grad(ref.square().sum(), (a, b))
+        assert _rel(out, ref) < TOL[torch.float64]
+        for p, q in zip(got, want, strict=True):
+            assert _rel(p, q) < GRAD_TOL[torch.float64]

@@ -123,3 +123,17 @@ def test_scan_assoc_forward(small_tiles, monkeypatch):
     out, last = selective_scan_triton(**args, delta_softplus=True, reverse=True, return_last_state=True)
     ref, ref_last = scan_loop_fp64(**{k: v.cpu() for k, v in args.items()}, delta_softplus=True, reverse=True)
     assert _rel(out, ref) < TOL[torch.float32] and _rel(last, ref_last) < TOL[torch.float32]
+
+
+def test_scan_fp16(small_tiles):
+    """fp16 activations take the same 16-bit path as bf16."""
+    args = random_scan_inputs(batch=1, dim=3, length=21, n_state=4, mask=True)
+    args.pop("delta_softplus")
+    x = {k: (v.half() if k in ("u", "delta", "z", "B", "C") else v).to(_device()) for k, v in args.items()}
+    x["B"], x["C"] = x["B"][:, None], x["C"][:, None]
+    x["u"].requires_grad_(True)
+    out = selective_scan_triton(**x, delta_softplus=True)
+    ref, _ = scan_loop_fp64(**{k: v.detach().cpu() for k, v in x.items()}, delta_softplus=True)
+    assert out.dtype == torch.float16 and _rel(out, ref) < TOL[torch.float16]
+    out.sum().backward()
+    assert x["u"].grad.dtype == torch.float16 and torch.isfinite(x["u"].grad).all()
