@@ -263,8 +263,8 @@ def _scan_backward(
     if p.delta_bias is not None:
         shapes["delta_bias"] = (dim,)
     # A, D and delta_bias accumulate over the chunks
-    fresh = lambda k: (zeros if k in ("A", "D", "delta_bias") else new)(*shapes[k])
-    g = {k: into[k] if k in into else fresh(k) for k in shapes}
+    fresh = lambda name: (zeros if name in ("A", "D", "delta_bias") else new)(*shapes[name])
+    g = {name: into[name] if name in into else fresh(name) for name in shapes}
     # carry: gradient reaching the state after the chunk's last step (in scan order) from everything later
     carry = zeros(batch, dim, n_state) if grad_last is None else grad_last.to(cdt)
     if grad_out is None:
@@ -453,12 +453,10 @@ class _ChunkedScan(torch.autograd.Function):
         flags = (delta_softplus, reverse, chunk_size, cdt)
         args = (u, delta, A.to(cdt), B, C, D, z, delta_bias, mask)
         h = u.new_zeros((batch, dim, n_state), dtype=cdt) if initial_state is None else initial_state.to(cdt)
-        items = []
-        for sl in slices:
-            h_part = h[sl] if how == "batch" else h[:, sl] if how == "dim" else h
-            items.append((_part(args, how, sl, flags), h_part))
         out = torch.empty_like(u)
-        results = _run(_scan_forward, [(*item, _cut(out, how, sl)) for item, sl in zip(items, slices, strict=True)])
+        results = _run(
+            _scan_forward, [(_part(args, how, sl, flags), _cut(h, how, sl), _cut(out, how, sl)) for sl in slices]
+        )
         last = results[0][0] if len(results) == 1 else torch.cat([r[0] for r in results], 0 if how == "batch" else 1)
         if length == 0:
             last = last.clone()  # never hand an input back as an output
