@@ -5,9 +5,9 @@
 
 Both compute out = scan(exp(delta A), delta B u) . C + D u on the same data (same seed, each in its native layout:
 ours (batch, dim, L), mambapy's (batch, L, dim)), then backpropagate the same random output gradient to every input.
-Each implementation runs in a fresh subprocess so its peak memory is its own: peak RSS growth is the process's
-maximum resident size during the first forward + backward minus its resident size just before (inputs already
-allocated). Times are the median of the timed repeats after that first, untimed run.
+Each implementation runs in fresh subprocesses (alternating, `--rounds` each) so its peak memory is its own: peak RSS
+growth is the process's maximum resident size during the first forward + backward minus its resident size just
+before (inputs already allocated). Times are the median of the timed repeats after that first, untimed run.
 """
 
 from __future__ import annotations
@@ -176,9 +176,11 @@ def markdown(results: dict[str, dict], args: argparse.Namespace, agreement: floa
         "",
         f"Forward + backward speed-up over mambapy: **{ratio:.1f}x**; peak memory growth "
         f"{mib(results['seqbackbone']['peak_rss_growth'])} against {mib(results['mambapy']['peak_rss_growth'])} "
-        f"(inputs: {mib(results['seqbackbone']['inputs_bytes'])}). Times are medians of {args.repeats} runs after "
-        "a first run, each implementation in its own fresh process; peak RSS growth is the process's maximum "
-        "resident size during that first forward + backward minus its resident size just before it. Outputs and "
+        f"(inputs: {mib(results['seqbackbone']['inputs_bytes'])}). Times are medians of {args.rounds} x "
+        f"{args.repeats} runs: {args.rounds} fresh processes per implementation, alternating between the two, each "
+        f"timing {args.repeats} runs after an untimed first one. Peak RSS growth is a process's maximum resident "
+        "size during that first forward + backward minus its resident size just before it (the larger of the "
+        "processes). Outputs and "
         f"all gradients of the two agree to {agreement:.1e} relative error (checked at a small size).",
         "",
     ]
@@ -210,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--state", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per process, after one untimed run")
+    p.add_argument("--rounds", type=int, default=2, help="fresh processes per implementation, alternating")
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the workers (0: torch's default)")
     p.add_argument("--update", type=Path, default=None, help="rewrite the '## CPU' section of this markdown file")
     p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
@@ -220,7 +223,18 @@ def main(argv: list[str] | None = None) -> None:
         return
     agreement = check_agreement()
     load_before = os.getloadavg()[0]
-    results = {impl: run_in_subprocess(impl, args) for impl in IMPLS}
+    results: dict[str, dict] = {}
+    for _ in range(args.rounds):  # alternate the two, so that a change in the machine's load hits both alike
+        for impl in IMPLS:
+            r = run_in_subprocess(impl, args)
+            if impl in results:
+                kept = results[impl]
+                kept["fwd"] += r["fwd"]
+                kept["bwd"] += r["bwd"]
+                kept["peak_rss_growth"] = max(kept["peak_rss_growth"], r["peak_rss_growth"])
+                kept["peak_reliable"] = kept["peak_reliable"] and r["peak_reliable"]
+            else:
+                results[impl] = r
     args.load = (load_before, os.getloadavg()[0])
     print(f"{'implementation':<14} {'forward':>9} {'backward':>9} {'total':>9} {'peak RSS growth':>16}")
     for impl, r in results.items():
