@@ -202,8 +202,12 @@ def update_section(path: Path, section: str) -> None:
     """Replaces the `## CPU` section of `path` (up to the next `## ` heading), or appends it."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
     pattern = re.compile(r"^## CPU\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    path.write_text(text)
+    section = section.rstrip("\n") + "\n\n"  # a blank line before whatever section follows
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text, count=1)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
