@@ -5,9 +5,10 @@
 
 Both compute out = scan(exp(delta A), delta B u) . C + D u on the same data (same seed, each in its native layout:
 ours (batch, dim, L), mambapy's (batch, L, dim)), then backpropagate the same random output gradient to every input.
-Each implementation runs in fresh subprocesses (alternating, `--rounds` each) so its peak memory is its own: peak RSS
-growth is the process's maximum resident size during the first forward + backward minus its resident size just
-before (inputs already allocated). Times are the median of the timed repeats after that first, untimed run.
+Each implementation runs in fresh subprocesses (alternating, `--rounds` each, at each `--threads` setting: torch's
+default and 1 thread) so its peak memory is its own: peak RSS growth is the process's maximum resident size during
+the first forward + backward minus its resident size just before (inputs already allocated). Times are the median of
+the timed repeats after that first, untimed run.
 """
 
 from __future__ import annotations
@@ -114,13 +115,15 @@ def worker(impl: str, batch: int, dim: int, length: int, n_state: int, repeats: 
     )
 
 
-def run_in_subprocess(impl: str, args: argparse.Namespace) -> dict:
+def run_in_subprocess(impl: str, threads: int, args: argparse.Namespace) -> dict:
+    """One fresh worker process; threads: OMP_NUM_THREADS for it (0: torch's default)."""
     cmd = [sys.executable, "-m", "seqbackbone.bench.cpu_scan", "--worker", impl]
     cmd += ["--batch", str(args.batch), "--dim", str(args.dim), "--length", str(args.length)]
     cmd += ["--state", str(args.state), "--repeats", str(args.repeats)]
     env = dict(os.environ, SEQBACKBONE_KERNELS="torch")
-    if args.threads:
-        env["OMP_NUM_THREADS"] = str(args.threads)
+    env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{impl} worker failed:\n{done.stderr}")
@@ -143,45 +146,55 @@ def check_agreement(n: int = 3) -> float:
     return max([rel(o1, o2)] + [rel(g1[k], g2[k]) for k in g1])
 
 
-def markdown(results: dict[str, dict], args: argparse.Namespace, agreement: float) -> str:
+def markdown(results: dict[tuple[int, str], dict], args: argparse.Namespace, agreement: float) -> str:
+    """The '## CPU' section: one row per (torch threads, implementation), one speed-up per thread setting."""
     med = {k: (statistics.median(r["fwd"]), statistics.median(r["bwd"])) for k, r in results.items()}
-    ours, theirs = med["seqbackbone"], med["mambapy"]
-    ratio = sum(theirs) / sum(ours)
     mib = lambda b: f"{b / 2**20:,.1f} MiB"
-    cpu = _cpu_name()
     anchor = (args.batch, args.dim, args.length, args.state) == (2, 256, 2048, 16)
+    names = {
+        "seqbackbone": "`seqbackbone.kernels.selective_scan` (chunked, recomputing backward)",
+        "mambapy": "mambapy 1.2.0 `MambaBlock.selective_scan` (`pscan`)",
+    }
+    settings = sorted({t for t, _ in results}, key=lambda t: -results[(t, IMPLS[0])]["threads"])
     lines = [
         "## CPU",
         "",
         f"Selective scan forward + backward, fp32, batch {args.batch}, dim {args.dim}, L {args.length}, "
         f"N {args.state}, with D, no z{' (the shape of the CPU anchor in ANCHORS.md)' if anchor else ''}. Measured "
-        f"{datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores, {results['seqbackbone']['threads']} "
-        f"torch threads), torch {torch.__version__}, Python {platform.python_version()}, by "
-        "`python -m seqbackbone.bench.cpu_scan`. The machine is shared: its 1-minute load average was "
-        f"{args.load[0]:.1f} before and {args.load[1]:.1f} after the run.",
+        f"{datetime.date.today().isoformat()} on {_cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}, "
+        f"Python {platform.python_version()}, by `python -m seqbackbone.bench.cpu_scan`. The machine is shared: its "
+        f"1-minute load average was {args.load[0]:.1f} before and {args.load[1]:.1f} after the run.",
         "",
-        "| implementation | forward | backward | forward + backward | peak RSS growth |",
-        "| --- | --- | --- | --- | --- |",
+        "| torch threads | implementation | forward | backward | forward + backward | peak RSS growth |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    names = {
-        "seqbackbone": "`seqbackbone.kernels.selective_scan` (chunked, recomputing backward)",
-        "mambapy": "mambapy 1.2.0 `MambaBlock.selective_scan` (`pscan`)",
-    }
-    for impl in IMPLS:
-        f, b = med[impl]
+    for t in settings:
+        for impl in IMPLS:
+            f, b = med[(t, impl)]
+            r = results[(t, impl)]
+            lines.append(
+                f"| {r['threads']}{' (default)' if t == 0 else ''} | {names[impl]} | {f:.3f} s | {b:.3f} s | "
+                f"{f + b:.3f} s | {mib(r['peak_rss_growth'])} |"
+            )
+    lines.append("")
+    for t in settings:
+        ours, theirs = med[(t, "seqbackbone")], med[(t, "mambapy")]
+        peaks = mib(results[(t, "seqbackbone")]["peak_rss_growth"]), mib(results[(t, "mambapy")]["peak_rss_growth"])
         lines.append(
-            f"| {names[impl]} | {f:.3f} s | {b:.3f} s | {f + b:.3f} s | {mib(results[impl]['peak_rss_growth'])} |"
+            f"- {results[(t, IMPLS[0])]['threads']} torch thread(s): forward + backward speed-up over mambapy "
+            f"**{sum(theirs) / sum(ours):.1f}x**, peak memory growth {peaks[0]} against {peaks[1]}."
         )
     lines += [
         "",
-        f"Forward + backward speed-up over mambapy: **{ratio:.1f}x**; peak memory growth "
-        f"{mib(results['seqbackbone']['peak_rss_growth'])} against {mib(results['mambapy']['peak_rss_growth'])} "
-        f"(inputs: {mib(results['seqbackbone']['inputs_bytes'])}). Times are medians of {args.rounds} x "
-        f"{args.repeats} runs: {args.rounds} fresh processes per implementation, alternating between the two, each "
-        f"timing {args.repeats} runs after an untimed first one. Peak RSS growth is a process's maximum resident "
-        "size during that first forward + backward minus its resident size just before it (the larger of the "
-        "processes). Outputs and "
-        f"all gradients of the two agree to {agreement:.1e} relative error (checked at a small size).",
+        f"Inputs: {mib(results[(settings[0], 'seqbackbone')]['inputs_bytes'])}. Times are medians of {args.rounds} x "
+        f"{args.repeats} runs: {args.rounds} fresh processes per implementation and thread setting, alternating "
+        f"between the two implementations, each timing {args.repeats} runs after an untimed first one. Peak RSS "
+        "growth is a process's maximum resident size during that first forward + backward minus its resident size "
+        "just before it (the larger of the processes). Our reading of the thread settings: with 2 threads each of "
+        "mambapy's ops runs as an OpenMP team of two that waits at a barrier, which a busy machine makes costly; the "
+        "chunked scan instead splits the batch (or the channels) over single-threaded worker threads that meet once "
+        "per scan. Outputs and all "
+        f"gradients of the two agree to {agreement:.1e} relative error (checked at a small size).",
         "",
     ]
     return "\n".join(lines)
@@ -218,7 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--state", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per process, after one untimed run")
     p.add_argument("--rounds", type=int, default=2, help="fresh processes per implementation, alternating")
-    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the workers (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=lambda text: [int(t) for t in text.split(",")],
+        default=[0, 1],
+        help="comma-separated OMP_NUM_THREADS settings to measure (0: torch's default), default 0,1",
+    )
     p.add_argument("--update", type=Path, default=None, help="rewrite the '## CPU' section of this markdown file")
     p.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -227,25 +245,27 @@ def main(argv: list[str] | None = None) -> None:
         return
     agreement = check_agreement()
     load_before = os.getloadavg()[0]
-    results: dict[str, dict] = {}
+    results: dict[tuple[int, str], dict] = {}
     for _ in range(args.rounds):  # alternate the two, so that a change in the machine's load hits both alike
-        for impl in IMPLS:
-            r = run_in_subprocess(impl, args)
-            if impl in results:
-                kept = results[impl]
-                kept["fwd"] += r["fwd"]
-                kept["bwd"] += r["bwd"]
-                kept["peak_rss_growth"] = max(kept["peak_rss_growth"], r["peak_rss_growth"])
-                kept["peak_reliable"] = kept["peak_reliable"] and r["peak_reliable"]
-            else:
-                results[impl] = r
+        for threads in args.threads:
+            for impl in IMPLS:
+                r = run_in_subprocess(impl, threads, args)
+                kept = results.setdefault((threads, impl), r)
+                if kept is not r:
+                    kept["fwd"] += r["fwd"]
+                    kept["bwd"] += r["bwd"]
+                    kept["peak_rss_growth"] = max(kept["peak_rss_growth"], r["peak_rss_growth"])
+                    kept["peak_reliable"] = kept["peak_reliable"] and r["peak_reliable"]
     args.load = (load_before, os.getloadavg()[0])
-    print(f"{'implementation':<14} {'forward':>9} {'backward':>9} {'total':>9} {'peak RSS growth':>16}")
-    for impl, r in results.items():
+    print(f"{'threads':>7} {'implementation':<14} {'forward':>9} {'backward':>9} {'total':>9} {'peak RSS growth':>16}")
+    for (_, impl), r in results.items():
         f, b = statistics.median(r["fwd"]), statistics.median(r["bwd"])
         note = "" if r["peak_reliable"] else " (peak before the run was higher: growth is a lower bound)"
-        print(f"{impl:<14} {f:8.3f}s {b:8.3f}s {f + b:8.3f}s {r['peak_rss_growth'] / 2**20:12.0f} MiB{note}")
-    print(f"checksums: {json.dumps({k: r['checksum'] for k, r in results.items()})}")
+        print(
+            f"{r['threads']:>7} {impl:<14} {f:8.3f}s {b:8.3f}s {f + b:8.3f}s {r['peak_rss_growth'] / 2**20:12.0f} MiB"
+            f"{note}"
+        )
+    print(f"checksums: {json.dumps({f'{t}/{k}': r['checksum'] for (t, k), r in results.items()})}")
     section = markdown(results, args, agreement)
     print()
     print(section)
