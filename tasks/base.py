@@ -55,7 +55,8 @@ class EvalContext:
         """Batches of `dataset` on the device, longest first when lengths are known (less padding)."""
         plan = BatchPlan(len(dataset), self.batch_size, shuffle=False, lengths=self.lengths(dataset))
         loader = DataLoader(
-            dataset, batch_sampler=plan.batches(0), collate_fn=self.collate, num_workers=self.num_workers
+            dataset, batch_sampler=plan.batches(0), collate_fn=self.collate, num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(0),  # leaves the global RNG alone
         )
         for batch in loader:
             yield to_device(batch, self.device)
@@ -156,7 +157,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def _load_builtin_tasks() -> None:
-    from . import dna_classify, dna_motifs, genome_lm, image_classify, spoken_digits  # noqa: F401
+    from . import dna_classify, dna_motifs, genome_lm, image_classify, spoken_digits, waveform_lm  # noqa: F401
 
 
 def list_tasks() -> list[str]:

@@ -2,6 +2,7 @@
 
     seqbackbone train TASK [--data PATH] [--model NAME] [--out RUN_DIR] [--epochs N] [--max-steps N] ...
     seqbackbone eval RUN_DIR [--data PATH]
+    seqbackbone generate RUN_DIR --length L [--num N] [--prompt ...] --out PATH   (language models)
     seqbackbone list-tasks
     seqbackbone list-models [PATTERN]
 
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="other data to test on (same format as the run's)")
     e.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
 
+    from .generate import add_parser as add_generate_parser
+
+    add_generate_parser(sub)
     sub.add_parser("list-tasks", help="the tasks `train` knows")
     m = sub.add_parser("list-models", help="registered models with their parameter counts")
     m.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'mamba_dna*'")
@@ -176,7 +180,14 @@ def cmd_list_models(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "list-tasks": cmd_list_tasks, "list-models": cmd_list_models}
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import run
+
+    return run(args)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "list-tasks": cmd_list_tasks,
+            "list-models": cmd_list_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,7 +220,7 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
     `halt_after_step` stops the run right after the evaluation + checkpoint at that step, without a final test
     (as if the process had been killed there). Returns the results dict (empty on ranks other than 0).
     """
-    t_start = time.monotonic()
+    t_start = t_first = time.monotonic()  # t_start moves back by the time a resumed run had already spent
     resume_dir = cfg.get("resume")
     if resume_dir:
         saved = load_run_config(resume_dir)
@@ -292,6 +292,7 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
         scheduler.load_state_dict(ck["scheduler"])
         step, epoch, pos = ck["step"], ck["epoch"], ck["pos"]
         best, loss_acc = ck["best"], ck["loss_acc"]
+        t_start -= float(ck.get("elapsed_s", 0.0))  # elapsed_s in metrics.csv counts the earlier part too
         rngs = ck["rng"]
         if len(rngs) == world:
             set_rng_state(rngs[rank])
@@ -321,6 +322,7 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "pos": pos, "best": best,
                 "loss_acc": loss_acc, "rng": rngs, "aug_gen": gens, "world_size": world,
+                "elapsed_s": time.monotonic() - t_start,
             })
         last_ckpt_step = step
 
@@ -346,14 +348,18 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
 
     progress = _progress(total_steps, step, main and bool(cfg["progress"]))
     time_limit = float(cfg["time_limit"]) * 60 if cfg.get("time_limit") else None
+    t_invocation = t_first
     stopped_early = False
     model.train()
     while step < total_steps and not stopped_early:
         if hasattr(data.train, "set_epoch"):
             data.train.set_epoch(epoch)
         batches = plan.batches(epoch)[pos:]
+        # A generator of its own: a DataLoader otherwise draws its workers' base seed from the global RNG, and a
+        # resumed run (which builds one more loader) would drift from an uninterrupted one.
         loader = DataLoader(data.train, batch_sampler=batches, collate_fn=data.collate,
-                            num_workers=int(cfg["num_workers"]), pin_memory=device.type == "cuda")
+                            num_workers=int(cfg["num_workers"]), pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(seed * 7919 + epoch))
         for batch in loader:
             batch = to_device(batch, device)
             with autocast():
@@ -361,7 +367,7 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(raw_model.parameters(), float(cfg["grad_clip"]))
-            time_up = time_limit is not None and time.monotonic() - t_start > time_limit
+            time_up = time_limit is not None and time.monotonic() - t_invocation > time_limit
             # One number per process: loss, grad norm and the stop flag, agreed across processes.
             status = torch.stack([loss.detach().float(), grad_norm.detach().float().to(loss.device),
                                   torch.tensor(float(time_up), device=loss.device)])

@@ -96,7 +96,7 @@ def read_fasta(path: str | Path) -> list[tuple[str, str]]:
             else:
                 if not records:
                     records.append(("", []))
-                records[-1][1].append(line.upper())
+                records[-1][1].append("".join(line.split()).upper())
     out = [(name, "".join(parts)) for name, parts in records]
     out = [(name, seq) for name, seq in out if seq]
     if not out:
