@@ -23,7 +23,8 @@ import torch
 SHAPES = [(8, 1536, 4096, 16), (2, 1536, 16384, 16), (1, 1536, 131072, 16)]
 # upstream mamba_ssm 2.3.2 CUDA selective_scan_fn on an H200 (ANCHORS.md): fwd, fwd+bwd in us
 UPSTREAM = {SHAPES[0]: (885.0, 4370.0), SHAPES[1]: (1096.0, 4781.0), SHAPES[2]: (4447.0, 19891.0)}
-FWD_VARIANTS = [(32, 0, 1), (64, 0, 2), (128, 0, 4), (32, 64, 4), (2, 512, 4)]
+# (channels, steps, warps); steps 0 = the sequential kernel, "segments" = split over time into segments
+FWD_VARIANTS = [(32, 0, 1), (32, 0, 1, "segments"), (64, 0, 2, "segments"), (32, 64, 4), (2, 512, 4)]
 BWD_VARIANTS = [(16, 64, 4), (32, 32, 4)]
 
 
@@ -88,16 +89,21 @@ def time_kernels(shape, fwd_cfgs, bwd_cfgs) -> list[dict]:
 
     x = scan_inputs(*shape)
     rows = []
-    for cfg in fwd_cfgs:
+    default_segments = st.FWD_SEGMENTS
+    for variant in fwd_cfgs:
+        cfg = tuple(variant[:3])
+        st.FWD_SEGMENTS = len(variant) > 3
         try:
             f = lambda: st.scan_fwd(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
                                     True, False, None, None, save_states=False, write_last=False, config=cfg)  # noqa: B023
             f()
             t = triton.testing.do_bench(f, warmup=25, rep=100, return_mode="median") * 1e3
             k = _compiled("fwd")
-            rows.append(dict(kernel="fwd", cfg=cfg, us=t, **k))
+            rows.append(dict(kernel="fwd", cfg=variant, us=t, **k))
         except Exception as e:  # a config that fails to compile or run is reported, not fatal
-            rows.append(dict(kernel="fwd", cfg=cfg, error=repr(e)[:200]))
+            rows.append(dict(kernel="fwd", cfg=variant, error=repr(e)[:200]))
+        finally:
+            st.FWD_SEGMENTS = default_segments
     dout = torch.randn_like(x["u"])
     for cfg in bwd_cfgs:
         try:
