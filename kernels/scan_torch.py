@@ -106,6 +106,10 @@ class _Workspace:
         self.H = new(steps + 1, batch, dim, n_state)
         self.tmp = new(steps, batch, dim, n_state)
         self.lam = new(steps, batch, dim, n_state) if backward else None
+        # per-step views, made once: the time loops index them thousands of times
+        self.dA_steps = self.dA.unbind(0)
+        self.H_steps = self.H.unbind(0)
+        self.lam_steps = self.lam.unbind(0) if backward else None
 
 
 class _Chunk:
@@ -144,6 +148,7 @@ class _Chunk:
         self.dA = torch.mul(dt[..., None], p.A, out=ws.dA[:steps]).exp_()  # (t, b, d, n)
         # H: the states around each step, (t + 1, b, d, n): H[i] before step i and H[i + 1] after it (in forward
         # order). It first holds dBu, which the recurrence turns into states in place.
+        self.ws = ws
         self.H = ws.H[: steps + 1]
         dBu = self.H[:steps] if p.reverse else self.H[1:]
         torch.mul(
@@ -156,7 +161,7 @@ class _Chunk:
         """Runs the recurrence from the state `h` entering the chunk; returns (states after each step, states
         before each step), both (t, b, d, n) views of one buffer."""
         steps, H = self.dA.shape[0], self.H
-        Hs, dA = H.unbind(0), self.dA.unbind(0)
+        Hs, dA = self.ws.H_steps, self.ws.dA_steps  # views of the workspace; this chunk uses the first steps
         if reverse:
             H[steps] = h
             for i in range(steps - 1, -1, -1):
@@ -275,7 +280,7 @@ def _scan_backward(
         steps = stop - start
         ch = _Chunk(p, start, stop, ws)
         hs, hprev = ch.states(boundaries[index], reverse)
-        gy = grad_out[:, :, start:stop].permute(2, 0, 1).to(cdt)  # (t, b, d): d loss / d out
+        gy = grad_out[:, :, start:stop].permute(2, 0, 1).to(cdt).contiguous()  # (t, b, d): d loss / d out
         if ch.real is not None:
             gy = torch.where(ch.real, gy, 0.0)
         if ch.z is not None:
@@ -296,14 +301,14 @@ def _scan_backward(
         torch.mul(
             gy.view(steps, batch, groups, k, 1), ch.C[:, :, :, None, :], out=lam.view(steps, batch, groups, k, -1)
         )
-        lams, dAs = lam.unbind(0), ch.dA.unbind(0)
+        lams, dAs = ws.lam_steps, ws.dA_steps  # the first `steps` of them are this chunk's
         if reverse:
             lams[0].add_(carry)
             for i in range(1, steps):
                 lams[i].addcmul_(dAs[i - 1], lams[i - 1])
-            carry = dAs[-1] * lams[-1]
+            carry = dAs[steps - 1] * lams[steps - 1]
         else:
-            lams[-1].add_(carry)
+            lams[steps - 1].add_(carry)
             for i in range(steps - 2, -1, -1):
                 lams[i].addcmul_(dAs[i + 1], lams[i + 1])
             carry = dAs[0] * lams[0]
