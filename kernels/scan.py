@@ -1,5 +1,10 @@
 """`selective_scan`, the public op: validates its inputs, then runs Triton on CUDA tensors and the chunked PyTorch
-scan elsewhere (`backend(tensor)` decides; `SEQBACKBONE_KERNELS=torch|triton` forces one)."""
+scan elsewhere (`backend(tensor)` decides; `SEQBACKBONE_KERNELS=torch|triton` forces one).
+
+The chunked scan (`scan_torch.selective_scan_chunked`) keeps one state per `scan_torch.CHUNK_SIZE` steps for its
+backward, which recomputes the states inside each chunk; large CPU scans are split over single-threaded worker
+threads (`scan_torch.WORKERS`, default torch.get_num_threads()). `selective_scan_ref` is the plain loop to check
+against."""
 
 from __future__ import annotations
 

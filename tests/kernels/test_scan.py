@@ -331,6 +331,22 @@ def test_default_chunk_size_is_used_and_switchable(monkeypatch):
     assert torch.allclose(selective_scan(**args), want, rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_non_contiguous_inputs(impl):
+    """Views with any strides (as a layer's rearranged projections are) give the same results."""
+    args = random_scan_inputs(batch=2, dim=4, length=10, n_state=3, groups=2, mask=True, initial_state=True,
+                              dtype=torch.float64)  # fmt: skip
+    strided = dict(args)
+    for k in ("u", "delta", "z"):
+        strided[k] = args[k].transpose(1, 2).contiguous().transpose(1, 2)  # (b, d, l) with d innermost
+    strided["B"] = args["B"].permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
+    strided["A"] = args["A"].t().contiguous().t()
+    assert not strided["u"].is_contiguous() and not strided["B"].is_contiguous()
+    out, last = IMPLS[impl](**args, return_last_state=True)
+    out_s, last_s = IMPLS[impl](**strided, return_last_state=True)
+    assert torch.allclose(out, out_s, rtol=1e-14, atol=1e-15) and torch.allclose(last, last_s, rtol=1e-14, atol=1e-15)
+
+
 def test_empty_sequence():
     args = random_scan_inputs(batch=1, dim=2, length=0, n_state=2, initial_state=True)
     for fn in (selective_scan_ref, selective_scan):
