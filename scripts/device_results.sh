@@ -8,11 +8,11 @@ MINUTES=${2:-6}
 PARTS=${PARTS:-"runs ddp tests kernels models decode"}  # what to do
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 OUT=${OUT:-out}
-R=$OUT/results
+R=/tmp/results  # only the archive goes to $OUT (the call returns few files and two folder levels)
 mkdir -p "$R"/runs "$R"/bench "$R"/logs
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 start=$(date +%s)
-pack() { tar -czf "$OUT/results.tar.gz" -C "$OUT" results --exclude='*.safetensors' --exclude='*.ckpt'; }
+pack() { tar -czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.ckpt' -C /tmp results; cp "$R/summary.txt" "$OUT/" 2>/dev/null; }
 trap pack EXIT
 # the call is cut at 600 s: pack what exists shortly before, whatever is still running
 (sleep ${DEADLINE:-560}; pack) &
