@@ -118,7 +118,7 @@ class GenomeLM(Task):
         "val_fraction": 0.05,
         "windows_per_epoch": None,  # default: enough windows to cover the training part once
         "rc_augment": True,
-        "epochs": 20,
+        "epochs": 40,
         "batch_size": 32,
         "lr": 2e-3,
         "weight_decay": 0.1,

@@ -269,8 +269,13 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
         param_groups(raw_model, float(cfg["weight_decay"])), lr=float(cfg["lr"]), betas=tuple(cfg["betas"]),
         fused=device.type == "cuda",
     )
+    # With a time limit the schedule follows whichever is further along, the steps or the clock, so a run cut short
+    # by the limit has still annealed its learning rate (and is no longer bit-for-bit repeatable).
+    time_limit = float(cfg["time_limit"]) * 60 if cfg.get("time_limit") else None
+    clock = {"fraction": 0.0}
+    factor = warmup_cosine(total_steps, max(1, warmup), float(cfg["min_lr_ratio"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, max(1, warmup), float(cfg["min_lr_ratio"]))
+        optimizer, lambda s: factor(max(s, clock["fraction"] * total_steps)) if time_limit else factor(s)
     )
     aug_gen = torch.Generator().manual_seed(seed * 1000 + rank + 1)
     use_amp = device.type == "cuda" and bool(cfg["amp"])
@@ -347,7 +352,6 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
         barrier(world)
 
     progress = _progress(total_steps, step, main and bool(cfg["progress"]))
-    time_limit = float(cfg["time_limit"]) * 60 if cfg.get("time_limit") else None
     t_invocation = t_first
     stopped_early = False
     model.train()
@@ -384,6 +388,8 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
                     f"epoch {epoch}; {kept}. Try a lower --lr."
                 )
             optimizer.step()
+            if time_limit:
+                clock["fraction"] = (time.monotonic() - t_invocation) / time_limit
             scheduler.step()
             step, pos = step + 1, pos + 1
             loss_acc = [loss_acc[0] + loss_value, loss_acc[1] + 1]
