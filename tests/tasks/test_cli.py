@@ -99,3 +99,21 @@ def test_bad_input_through_python_m_seqbackbone(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"seqbackbone: error: data path {tmp_path / 'nowhere'} does not exist"
+
+
+def test_two_process_data_parallel_run_on_cpu(tmp_path):
+    """torchrun with 2 gloo processes: each trains on its half of every epoch, rank 0 writes the run."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed beside this python")
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "seqbackbone", "train", "dna-motifs",
+         "--out", str(out), *FAST, *MOTIFS],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 2 and cfg["steps_per_epoch"] == 2  # 16 items / (2 processes x batch 4)
+    assert json.loads((out / "results.json").read_text())["steps"] == 2
+    assert proc.stdout.count("results (") == 1  # only rank 0 reports

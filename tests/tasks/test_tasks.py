@@ -131,3 +131,21 @@ def test_genome_lm_run_reports_model_and_markov(tmp_path):
     assert results["test_scored_bases"] == 600 and results["markov_scored_bases"] == 600
     assert results["markov_order"] >= 1 and results["markov_bits_per_base"] < 1.0
     assert math.isclose(results["test_bits_per_base"], results["test_loss"] / math.log(2))
+
+
+def test_speed_perturbation_keeps_whole_recordings():
+    from seqbackbone.tasks.spoken_digits import speed_perturb
+
+    x = torch.randn(6, 1000)
+    mask = torch.ones(6, 1000, dtype=torch.bool)
+    mask[3:, 600:] = False
+    x = x * mask
+    out = speed_perturb({"x": x, "mask": mask, "y": torch.zeros(6)}, [0.9, 1.0, 1.1], torch.Generator().manual_seed(1))
+    new_len = out["mask"].sum(1).tolist()
+    old_len = mask.sum(1).tolist()
+    ratios = {round(o / n, 1) for o, n in zip(old_len, new_len, strict=True)}
+    assert ratios <= {0.9, 1.0, 1.1} and len(ratios) > 1  # 1.1x speed -> 1/1.1 of the samples
+    for i in range(6):
+        if new_len[i] == old_len[i]:
+            assert torch.equal(out["x"][i, : new_len[i]], x[i, : old_len[i]])
+        assert not out["x"][i, new_len[i] :].any()
