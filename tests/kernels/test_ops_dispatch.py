@@ -68,3 +68,11 @@ def test_conv_norm_step_dispatch(fake_triton):
     )
     args, _ = fake_triton["selective_state_update_triton"]
     assert args[0] is state and args[4].shape == (2, 1, 3) and args[5].shape == (2, 1, 3) and args[-1] is True
+
+
+def test_scan_keeps_fp64_on_the_pytorch_path(fake_triton):
+    """The Triton scan keeps an fp32 state, so fp64 inputs (gradcheck, references) must never be sent to it."""
+    args = random_scan_inputs(batch=1, dim=3, length=6, n_state=2, dtype=torch.float64)
+    out = kernels.selective_scan(**args)
+    assert "selective_scan_triton" not in fake_triton
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
