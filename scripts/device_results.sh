@@ -17,7 +17,6 @@ trap pack EXIT
 # the call is cut at 600 s: pack what exists shortly before, whatever is still running
 (sleep ${DEADLINE:-560}; pack) &
 WATCHDOG=$!
-RUNS=()
 
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -31,32 +30,24 @@ NGPU=$(python3 -c "import torch; print(torch.cuda.device_count())")
 LAST=$((NGPU - 1))
 SB="python3 -m seqbackbone"
 
-# 1. Real-data runs, side by side on GPU 0, each stopped after MINUTES of training.
-train() {  # name, task, data, extra args...
-    local name=$1 task=$2 data=$3; shift 3
-    CUDA_VISIBLE_DEVICES=0 timeout $(( (${MINUTES%.*} + 3) * 60 )) $SB train "$task" --data "$data" --device cuda \
-        --time-limit "$MINUTES" --out "$R/runs/$name" --no-progress "$@" > "$R/logs/$name.txt" 2>&1
-    echo "exit $?" >> "$R/logs/$name.txt"
-}
-run_bg() { train "$@" & RUNS+=($!); }
+# 1. Real-data runs (scripts/real_data.sh) and the waveform language model, side by side on GPU 0.
+RUNS=()
 if has runs; then
-run_bg spoken-digits spoken-digits "$DATA/fsdd"
-run_bg splice dna-classify "$DATA/dna/splice"
-run_bg promoters dna-classify "$DATA/dna/promoters"
-run_bg mnist-pixels image-classify "$DATA/images/mnist"
-run_bg mnist-patches image-classify "$DATA/images/mnist" --model vimamba_tiny_patch4_28
-run_bg ecoli genome-lm "$DATA/dna/ecoli/ecoli_train.fa.gz"
-run_bg waveform-lm waveform-lm "$DATA/fsdd"
+    CUDA_VISIBLE_DEVICES=0 bash scripts/real_data.sh "$R/runs" "$DATA" "$MINUTES" > "$R/logs/real_data.txt" 2>&1 &
+    RUNS+=($!)
+    CUDA_VISIBLE_DEVICES=0 timeout $(( ${MINUTES%.*} * 60 + 150 )) $SB train waveform-lm --data "$DATA/fsdd" \
+        --device cuda --time-limit "$MINUTES" --out "$R/runs/waveform-lm" --no-progress > "$R/logs/waveform-lm.txt" 2>&1 &
+    RUNS+=($!)
 fi
 
-# 3. DDP on two GPUs (a short dna-motifs run), when there are two.
+# 2. DDP on two GPUs (a short dna-motifs run), when there are two.
 if has ddp && [ "$NGPU" -ge 2 ]; then
     timeout 90 torchrun --standalone --nproc_per_node 2 -m seqbackbone train dna-motifs --device cuda \
         --max-steps 40 --out "$R/runs/ddp-dna-motifs" --no-progress > "$R/logs/ddp.txt" 2>&1
     echo "ddp exit $?" >> "$R/logs/ddp.txt"
 fi
 
-# 4. On the last GPU: GPU tests, then the benchmarks (alone on their GPU while the runs share GPU 0).
+# 3. On the last GPU: GPU tests, then the benchmarks (alone on their GPU while the runs share GPU 0).
 export CUDA_VISIBLE_DEVICES=$LAST
 has tests && timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$R/logs/gpu_tests.txt" 2>&1
 has kernels && python3 -m seqbackbone.bench kernels > "$R/bench/kernels.txt" 2>&1
@@ -65,7 +56,7 @@ has decode && python3 -m seqbackbone.bench.decode --out "$R/bench/decode.md" --n
 unset CUDA_VISIBLE_DEVICES
 [ ${#RUNS[@]} -gt 0 ] && wait "${RUNS[@]}"
 
-# 5. A few generated digits from the waveform model.
+# 4. A few generated digits from the waveform model.
 if [ -d "$R/runs/waveform-lm/model" ]; then
     $SB generate "$R/runs/waveform-lm" --num 4 --length 8000 --prompt "$DATA/fsdd/3_theo_0.wav" \
         --prompt-seconds 0.15 --top-p 0.95 --seed 0 --out "$R/generated" > "$R/logs/generate.txt" 2>&1
