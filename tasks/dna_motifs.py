@@ -124,14 +124,15 @@ class DnaMotifs(ClassifyTask):
         "seq_len": 1024,
         "min_gap": None,  # default seq_len // 2
         "short_len": 256,  # sequence-length warm-up: the first short_epochs train on sequences this long
-        "short_epochs": 1,
-        "n_train": 1600,  # fresh examples per epoch
-        "n_val": 256,
+        "short_epochs": 3,
+        "n_train": 800,  # fresh examples per epoch
+        "n_val": 200,
         "n_test": 1000,
-        "epochs": 2,
+        "epochs": 4,
+        "eval_every": 50,
         "batch_size": 16,
         "eval_batch_size": 100,
-        "lr": 8e-3,
+        "lr": 1e-2,
         "weight_decay": 0.01,
         "warmup_frac": 0.05,
         "data_seed": 1234,  # fixes the test set whatever --seed is

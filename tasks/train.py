@@ -344,8 +344,11 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
             shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "lr")
             _write(f"step {step}/{total_steps} {shown}")
             value = val.get(task.metric)
-            if value is None or is_better(value, best["value"], task.greater_is_better):
-                best.update(value=value, step=step)
+            # Ties on the metric go to the lower validation loss (a later checkpoint often ties at 100%).
+            loss = val.get("loss", math.inf)
+            tie = value is not None and value == best["value"] and loss < best.get("loss", math.inf)
+            if value is None or tie or is_better(value, best["value"], task.greater_is_better):
+                best.update(value=value, step=step, loss=loss)
                 save_model_dir(raw_model, out / "model")
         loss_acc = [0.0, 0]
         checkpoint()
