@@ -123,7 +123,7 @@ class DnaMotifs(ClassifyTask):
         "model_kwargs": {"d_model": 32, "n_layer": 2, "d_state": 4, "expand": 1, "pooling": "max"},
         "seq_len": 1024,
         "min_gap": None,  # default seq_len // 2
-        "short_len": 256,  # sequence-length warm-up: the first short_epochs train on sequences this long
+        "short_len": 128,  # sequence-length warm-up: the first short_epochs train on sequences this long
         "short_epochs": 3,
         "n_train": 800,  # fresh examples per epoch
         "n_val": 200,
