@@ -11,7 +11,6 @@ Dimension glossary: B batch, C channels, H/W image size, gh/gw patch grid, N = g
 from __future__ import annotations
 
 import torch
-from timm.layers import PatchEmbed, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from torch import nn
 
 CLS_POSITIONS = ("middle", "first", None)
@@ -57,6 +56,9 @@ class PatchEncoder(nn.Module):
         super().__init__()
         if cls_token not in CLS_POSITIONS:
             raise ValueError(f"cls_token must be one of {CLS_POSITIONS}, got {cls_token!r}")
+        # timm (and the torchvision it loads) costs seconds to import: only image models pay for it
+        from timm.layers import PatchEmbed, to_2tuple, trunc_normal_
+
         dd = {"device": device, "dtype": dtype}
         self.d_model = d_model
         self.in_chans = in_chans
@@ -97,6 +99,8 @@ class PatchEncoder(nn.Module):
         if self.pos_embed is not None:
             pos = self.pos_embed
             if (gh, gw) != tuple(self.grid_size):
+                from timm.layers import resample_abs_pos_embed
+
                 pos = resample_abs_pos_embed(pos, new_size=[gh, gw], old_size=list(self.grid_size), num_prefix_tokens=0)
             t = t + pos
         if self.cls_token is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -156,6 +158,23 @@ def test_timm_create_model():
     assert data_cfg["input_size"] == (1, 28, 28) and data_cfg["mean"] == (0.1307,)
     big = timm.create_model("vimamba_tiny_patch16_224", n_layer=1)
     assert big.pretrained_cfg["input_size"] == (3, 224, 224) and big.num_features == 192
+
+
+@pytest.mark.parametrize("timm_first", [False, True])
+def test_timm_registration_is_lazy_and_order_free(timm_first):
+    # `import seqbackbone` leaves timm (seconds to import) alone; importing timm before or after registers the models
+    code = (
+        "import sys\n"
+        + ("import timm\n" if timm_first else "")
+        + "import seqbackbone\n"
+        + ("" if timm_first else "assert 'timm' not in sys.modules and 'torchvision' not in sys.modules\n")
+        + "import timm\n"
+        "assert set(timm.list_models('vimamba*')) == set(seqbackbone.list_models('vimamba*'))\n"
+        "assert timm.is_model('mamba_pixel_tiny')\n"
+        "assert not any(type(f).__name__ == '_TimmImportHook' for f in sys.meta_path)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
 
 
 def test_forward_intermediates_and_grad_checkpointing_reach_backbone():
