@@ -184,6 +184,10 @@ class MelEncoder(_WaveformEncoder):
 
     Frames past the end of a row's real samples are set to 0 (in the log domain), as the lone recording's frames are
     padded to whole patches, so a padded batch gives each row what it gets alone.
+
+    SpecAugment (Park et al. 2019), training mode only and off by default: `freq_masks` bands of up to
+    `freq_mask_width` mel bins and `time_masks` spans of up to `time_mask_width` frames (at most a fifth of the row's
+    real frames) are set to the row's mean log-mel value; small audio data sets overfit without it.
     """
 
     def __init__(
@@ -194,12 +198,22 @@ class MelEncoder(_WaveformEncoder):
         n_fft: int = 256,
         hop_length: int = 80,
         patch_frames: int = 2,
+        freq_masks: int = 0,
+        freq_mask_width: int = 8,
+        time_masks: int = 0,
+        time_mask_width: int = 10,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if sample_rate is None:
             raise ValueError("MelEncoder needs a sample_rate (the mel filter bank depends on it)")
+        for name, value in (("freq_masks", freq_masks), ("freq_mask_width", freq_mask_width),
+                            ("time_masks", time_masks), ("time_mask_width", time_mask_width)):
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        self.freq_masks, self.freq_mask_width = freq_masks, freq_mask_width
+        self.time_masks, self.time_mask_width = time_masks, time_mask_width
         dd = {"device": device, "dtype": dtype}
         self.d_model = d_model
         self.sample_rate = sample_rate
@@ -227,6 +241,8 @@ class MelEncoder(_WaveformEncoder):
             frames_per_row = mask.sum(-1) // self.hop_length + 1  # a lone row of T_i samples has T_i // hop + 1
             frame_mask = torch.arange(n_frames, device=x.device)[None, :] < frames_per_row[:, None]
             spec = spec * frame_mask[:, None, :]
+        if self.training and (self.freq_masks or self.time_masks):
+            spec = self.spec_augment(spec, frame_mask)
         n_patches = math.ceil(n_frames / self.patch_frames)
         spec = F.pad(spec, (0, n_patches * self.patch_frames - n_frames))
         tokens = self.norm(self.proj(spec.to(self.proj.weight.dtype)).transpose(1, 2))  # (B, P, D)
@@ -235,3 +251,31 @@ class MelEncoder(_WaveformEncoder):
             frame_mask = F.pad(frame_mask, (0, n_patches * self.patch_frames - n_frames))
             patch_mask = frame_mask.view(frame_mask.shape[0], n_patches, self.patch_frames).any(-1)
         return tokens, patch_mask
+
+    def spec_augment(self, spec: torch.Tensor, frame_mask: torch.Tensor | None) -> torch.Tensor:
+        """Mask random mel bands and time spans of spec (B, M, F) with each row's mean over its real frames."""
+        B, M, n_frames = spec.shape
+        dev = spec.device
+        real = frame_mask if frame_mask is not None else torch.ones(B, n_frames, dtype=torch.bool, device=dev)
+        n_real = real.sum(-1, keepdim=True).clamp_min(1)  # (B, 1)
+        fill = (spec * real[:, None, :]).sum((1, 2)) / (n_real[:, 0] * M)  # (B,)
+        hit = torch.zeros(B, M, n_frames, dtype=torch.bool, device=dev)
+
+        def spans(count: int, max_width: torch.Tensor, extent: torch.Tensor, size: int) -> torch.Tensor:
+            """(B, size) bool: `count` spans per row of width U[0, max_width] inside [0, extent)."""
+            out = torch.zeros(B, size, dtype=torch.bool, device=dev)
+            pos = torch.arange(size, device=dev)[None, :]
+            for _ in range(count):
+                width = (torch.rand(B, 1, device=dev) * (max_width + 1)).floor()
+                start = (torch.rand(B, 1, device=dev) * (extent - width).clamp_min(0)).floor()
+                out |= (pos >= start) & (pos < start + width)
+            return out
+
+        if self.freq_masks:
+            width = torch.full((B, 1), float(min(self.freq_mask_width, M)), device=dev)
+            hit |= spans(self.freq_masks, width, torch.full((B, 1), float(M), device=dev), M)[:, :, None]
+        if self.time_masks:
+            width = torch.minimum(torch.full((B, 1), float(self.time_mask_width), device=dev), n_real / 5).floor()
+            hit |= spans(self.time_masks, width, n_real.float(), n_frames)[:, None, :]
+        hit &= real[:, None, :]  # padded frames stay 0
+        return torch.where(hit, fill[:, None, None].to(spec.dtype), spec)

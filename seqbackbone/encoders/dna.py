@@ -2,6 +2,13 @@
 
 When no mask is given it is derived from the ids ([PAD] = 0 is padding). `embed(ids)` and `embedding.weight` are the
 hooks a tied language-model head and a generation loop use.
+
+Two options for classifiers on short, aligned sequences (both off by default; language models leave them off, since
+decoding embeds one token at a time through `embed`):
+    max_len   learned absolute position embeddings for positions 0..max_len-1. Where a signal sits at a fixed offset
+              (a splice junction at the centre of a 60-base window), a position-free encoder must learn to count
+              positions through the recurrence; with few examples it overfits instead.
+    drop_rate dropout on the token embeddings (training only).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class DnaEncoder(nn.Module):
         d_model: int,
         vocab_size: int = VOCAB_SIZE,
         pad_id: int = PAD_ID,
+        max_len: int | None = None,
+        drop_rate: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -45,6 +54,19 @@ class DnaEncoder(nn.Module):
         self.pad_id = pad_id
         self.embedding = nn.Embedding(vocab_size, d_model, device=device, dtype=dtype)
         nn.init.normal_(self.embedding.weight, std=0.02)
+        if max_len is not None and (not isinstance(max_len, int) or max_len <= 0):
+            raise ValueError(f"max_len must be a positive int or None, got {max_len!r}")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must lie in [0, 1), got {drop_rate}")
+        self.max_len = max_len
+        self.pos_embed: nn.Parameter | None = None
+        if max_len is not None:
+            self.pos_embed = nn.Parameter(torch.empty(max_len, d_model, device=device, dtype=dtype))
+            nn.init.normal_(self.pos_embed, std=0.02)
+        self.drop = nn.Dropout(drop_rate)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed"} if self.pos_embed is not None else set()
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) long -> (B, L, D), no checks (the generation hot path)."""
@@ -65,4 +87,12 @@ class DnaEncoder(nn.Module):
             raise ValueError(f"mask must have the shape of the ids {tuple(x.shape)}, got {tuple(mask.shape)}")
         else:
             mask = mask.bool()
-        return self.embedding(x), mask
+        tokens = self.embedding(x)
+        if self.pos_embed is not None:
+            if x.shape[1] > self.max_len:
+                raise ValueError(
+                    f"sequences of length {x.shape[1]} exceed the encoder's position embeddings (max_len "
+                    f"{self.max_len}); crop them or build the model with a larger max_len"
+                )
+            tokens = tokens + self.pos_embed[: x.shape[1]]  # (L, D) broadcast over the batch
+        return self.drop(tokens), mask

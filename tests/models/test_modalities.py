@@ -9,7 +9,7 @@ import torch
 import torchaudio
 
 import seqbackbone as sb
-from seqbackbone.encoders import rc_augment
+from seqbackbone.encoders import DnaEncoder, rc_augment
 
 from .helpers import random_dna, small_model
 
@@ -146,3 +146,64 @@ def test_pixel_model_sequence_length():
         h, mask = m.forward_features(torch.randn(2, 1, 28, 28))
     assert h.shape == (2, 784, 16) and mask is None
     assert m.backbone.config.bidirectional == "add"
+
+
+def test_dna_encoder_position_embedding_and_dropout():
+    enc = DnaEncoder(16, max_len=8, drop_rate=0.5)
+    ids = torch.tensor([[4, 5, 6, 7, 0, 0], [7, 7, 7, 7, 7, 7]])
+    enc.eval()
+    tokens, mask = enc(ids)
+    expected = enc.embedding(ids) + enc.pos_embed[:6]
+    torch.testing.assert_close(tokens, expected)
+    assert mask.tolist() == (ids != 0).tolist()
+    # the same base at two positions differs only by the position embeddings
+    torch.testing.assert_close(tokens[1, 3] - tokens[1, 1], enc.pos_embed[3] - enc.pos_embed[1])
+    enc.train()
+    dropped, _ = enc(ids)
+    assert (dropped == 0).any() and not torch.allclose(dropped, tokens)
+    with pytest.raises(ValueError, match="max_len"):
+        enc(torch.full((1, 9), 4))
+    with pytest.raises(ValueError, match="max_len"):
+        DnaEncoder(16, max_len=0)
+    with pytest.raises(ValueError, match="drop_rate"):
+        DnaEncoder(16, drop_rate=1.0)
+
+
+def test_dna_classifier_with_position_embedding_saves_and_loads(tmp_path):
+    m = sb.create_model("mamba_dna_cls_tiny", d_model=32, n_layer=1, num_classes=3,
+                        encoder_kwargs={"max_len": 64, "drop_rate": 0.1})
+    assert "encoder.pos_embed" in m.no_weight_decay()
+    m.eval()
+    ids = torch.randint(4, 8, (2, 60))
+    m.save_pretrained(str(tmp_path / "m"))
+    again = sb.from_pretrained(str(tmp_path / "m")).eval()
+    torch.testing.assert_close(again(ids), m(ids))
+
+
+def test_mel_spec_augment_masks_real_frames_in_training_only():
+    from seqbackbone.encoders import MelEncoder
+
+    torch.manual_seed(0)
+    enc = MelEncoder(16, freq_masks=2, freq_mask_width=8, time_masks=2, time_mask_width=10)
+    x = torch.randn(3, 4000) * 0.1
+    mask = torch.arange(4000)[None] < torch.tensor([[4000], [2000], [600]])
+    x = x * mask
+    spec = torch.log(enc.mel(x) + 1e-6)
+    real = torch.arange(spec.shape[-1])[None] < (mask.sum(-1) // 80 + 1)[:, None]
+    spec = spec * real[:, None]
+    out = enc.spec_augment(spec, real)
+    changed = out != spec
+    assert changed.any() and not changed.transpose(1, 2)[~real].any()  # padded frames stay 0
+    fill = (spec * real[:, None]).sum((1, 2)) / (real.sum(-1) * spec.shape[1])
+    for b in range(3):
+        torch.testing.assert_close(out[b][changed[b]], fill[b].expand(int(changed[b].sum())))
+        # a time span covers at most a fifth of the real frames; a band at most freq_mask_width bins
+        whole_columns = changed[b].all(0).sum()
+        assert whole_columns <= 2 * (int(real[b].sum()) // 5)
+    enc.eval()
+    with torch.no_grad():
+        a, _ = enc(x, mask)
+        b, _ = enc(x, mask)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="time_masks"):
+        MelEncoder(16, time_masks=-1)
