@@ -4,6 +4,9 @@ and collate functions that pad variable-length sequences and return their masks.
 The plan is a pure function of (seed, epoch, rank), so a run resumed at batch k of an epoch sees exactly the batches
 an uninterrupted run would have seen. Sharding follows torch's DistributedSampler: the epoch's permutation is padded
 to a multiple of the world size and rank r takes every world_size-th index from r.
+
+Variable-length inputs (recordings) can be padded up to a few bucket lengths (`bucket_length`): every new (B, L)
+shape costs a kernel compilation or an FFT plan on a GPU, and whole recordings otherwise give hundreds of lengths.
 """
 
 from __future__ import annotations
@@ -100,10 +103,33 @@ class ListDataset(Dataset):
         return [len(x) for x in self.inputs]
 
 
-def pad_collate(items: list[tuple[torch.Tensor, int]], pad_value: float = 0) -> dict[str, torch.Tensor]:
-    """Pad 1-D sequences to the longest in the batch: {"x": (B, L_max), "mask": bool (B, L_max), "y": (B,)}."""
+def bucket_length(n: int, multiple: int = 1, steps_per_octave: int = 4) -> int:
+    """The smallest length >= n of the form 2^k * (1 + j / steps_per_octave), j < steps_per_octave, rounded up to a
+    multiple of `multiple` (with 4 steps: 1024, 1280, 1536, 1792, 2048, 2560, ...): at most 1 / steps_per_octave
+    of padding added, and only steps_per_octave distinct lengths per doubling."""
+    if n < 1:
+        raise ValueError(f"n must be a positive length, got {n}")
+    if multiple < 1 or steps_per_octave < 1:
+        raise ValueError(f"multiple and steps_per_octave must be positive, got {multiple} and {steps_per_octave}")
+    base = 1 << (int(n).bit_length() - 1)  # 2^k <= n < 2^(k+1)
+    for j in range(steps_per_octave + 1):
+        size = -(-base * (steps_per_octave + j) // steps_per_octave)
+        if size >= n:
+            return -(-size // multiple) * multiple
+    raise AssertionError("unreachable: j = steps_per_octave gives 2^(k+1) > n")
+
+
+def padded_length(n: int, bucket: int | None) -> int:
+    """n itself when `bucket` is None or 0, else bucket_length(n, multiple=bucket)."""
+    return bucket_length(n, int(bucket)) if bucket else n
+
+
+def pad_collate(items: list[tuple[torch.Tensor, int]], pad_value: float = 0, bucket: int | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Pad 1-D sequences to the longest in the batch: {"x": (B, L_max), "mask": bool (B, L_max), "y": (B,)}.
+    With `bucket` (a length multiple), L_max is rounded up to bucket_length(longest, bucket)."""
     seqs = [torch.as_tensor(x) for x, _ in items]
-    length = max(int(s.shape[0]) for s in seqs)
+    length = padded_length(max(int(s.shape[0]) for s in seqs), bucket)
     x = seqs[0].new_full((len(seqs), length, *seqs[0].shape[1:]), pad_value)
     mask = torch.zeros(len(seqs), length, dtype=torch.bool)
     for i, s in enumerate(seqs):

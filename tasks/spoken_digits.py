@@ -9,6 +9,7 @@ speed and adds a random gain and faint white noise.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from seqbackbone.data import load_audio_files, split_audio_files
 
 from .base import ClassifyTask, TaskData, TaskInputError, register_task
-from .batching import ListDataset, pad_collate, split_indices
+from .batching import ListDataset, pad_collate, padded_length, split_indices
 from .dna_classify import encode_labels, label_order
 
 
@@ -34,11 +35,12 @@ def model_sample_rate(name: str, overrides: dict[str, Any]) -> int | None:
     return (getattr(model, "pretrained_cfg", None) or {}).get("sample_rate")
 
 
-def speed_perturb(batch: dict[str, torch.Tensor], speeds: list[float], generator: torch.Generator
-                  ) -> dict[str, torch.Tensor]:
+def speed_perturb(batch: dict[str, torch.Tensor], speeds: list[float], generator: torch.Generator,
+                  bucket: int | None = None) -> dict[str, torch.Tensor]:
     """Play each recording of the batch at a speed drawn from `speeds` (resampling: 1.1 is 10% faster and
     shorter, pitch included, as in Kaldi's 3-way speed perturbation); the whole recording is kept, and the batch is
-    re-padded with a new mask. x (B, T), mask (B, T) -> x (B, T'), mask (B, T')."""
+    re-padded with a new mask (to a bucket length when `bucket` is set, see batching.bucket_length).
+    x (B, T), mask (B, T) -> x (B, T'), mask (B, T')."""
     if all(float(v) == 1.0 for v in speeds):
         return batch
     import torchaudio.functional as AF
@@ -53,7 +55,7 @@ def speed_perturb(batch: dict[str, torch.Tensor], speeds: list[float], generator
         if speed != 1.0:  # read as if recorded at speed * rate, then brought back to the rate
             wave = AF.resample(wave, int(round(100 * speed)), 100)
         waves.append(wave)
-    longest = max(len(w) for w in waves)
+    longest = padded_length(max(len(w) for w in waves), bucket)
     out = x.new_zeros(len(waves), longest)
     new_mask = torch.zeros(len(waves), longest, dtype=torch.bool, device=x.device)
     for i, w in enumerate(waves):
@@ -82,6 +84,7 @@ class SpokenDigits(ClassifyTask):
         "gain_db": 6.0,  # random gain in +-gain_db while training
         "noise_snr_db": 30.0,  # white noise at this signal-to-noise ratio while training
         "speeds": [0.9, 1.0, 1.1],  # speed perturbation while training
+        "pad_bucket": 256,  # pad batches to a few lengths (multiples of this): few shapes for GPU kernels; 0: off
     }
 
     def load_data(self, cfg: dict[str, Any]) -> TaskData:
@@ -112,7 +115,8 @@ class SpokenDigits(ClassifyTask):
                 "n_skipped_files": len(test.skipped) + (len(train.skipped) if train else 0)}
         if train_set is not None:
             info.update(n_train=len(train_set), n_val=len(val_set) if val_set else 0)
-        return TaskData(train_set if train_set is not None else test_set, val_set, test_set, pad_collate,
+        collate = partial(pad_collate, bucket=int(cfg.get("pad_bucket") or 0))
+        return TaskData(train_set if train_set is not None else test_set, val_set, test_set, collate,
                         train_lengths=(train_set or test_set).lengths(), eval_lengths=lambda ds: ds.lengths(),
                         info=info)
 
@@ -125,7 +129,7 @@ class SpokenDigits(ClassifyTask):
     def augment(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         if not self.cfg.get("augment", True):
             return batch
-        batch = speed_perturb(batch, self.cfg.get("speeds") or [1.0], generator)
+        batch = speed_perturb(batch, self.cfg.get("speeds") or [1.0], generator, int(self.cfg.get("pad_bucket") or 0))
         x, mask = batch["x"], batch["mask"]
         b = x.shape[0]
         gain_db = (torch.rand(b, 1, generator=generator) * 2 - 1) * float(self.cfg.get("gain_db", 6.0))

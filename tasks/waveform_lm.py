@@ -16,6 +16,7 @@ smoothing), scored on the same test samples.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ class WaveformLM(Task):
         "batch_size": 32,
         "lr": 2e-3,
         "weight_decay": 0.05,
+        "pad_bucket": 256,  # pad batches to a few lengths (multiples of this): few shapes for GPU kernels; 0: off
     }
 
     def load_data(self, cfg: dict[str, Any]) -> TaskData:
@@ -99,6 +101,7 @@ class WaveformLM(Task):
             raise TaskInputError(f"model {cfg['model']} has no sample_rate; pass --set sample_rate=RATE")
         cfg["sample_rate"] = int(rate)
         prep = normalize_peak if cfg.get("normalize_peak") else (lambda w: w)
+        collate = partial(pad_collate, bucket=int(cfg.get("pad_bucket") or 0))
         try:
             test = load_audio_files(test_files, int(rate))
             train = load_audio_files(train_files, int(rate)) if not cfg.get("evaluation_only") else None
@@ -110,14 +113,14 @@ class WaveformLM(Task):
                                 "test_samples_scored": sum(len(w) - 1 for w in test_waves)}
         if train is None:
             self._train_waves: list[torch.Tensor] = []
-            return TaskData(test_set, None, test_set, pad_collate, eval_lengths=lambda ds: ds.lengths(), info=info)
+            return TaskData(test_set, None, test_set, collate, eval_lengths=lambda ds: ds.lengths(), info=info)
         waves = [prep(w) for w in train.waves if len(w) >= 2]
         keep, held = split_indices(len(waves), float(cfg.get("val_fraction", 0.1)), int(cfg.get("seed", 0)))
         self._train_waves = [waves[i] for i in keep]
         train_set = RandomCrops(self._train_waves, int(cfg["seq_len"]), int(cfg.get("seed", 0)))
         val_set = ListDataset([waves[i] for i in held], [0] * len(held)) if held else None
         info.update(n_train=len(train_set), n_val=len(held), train_samples=sum(len(w) for w in self._train_waves))
-        return TaskData(train_set, val_set, test_set, pad_collate, train_lengths=train_set.lengths(),
+        return TaskData(train_set, val_set, test_set, collate, train_lengths=train_set.lengths(),
                         eval_lengths=lambda ds: ds.lengths(), info=info)
 
     def model_overrides(self, cfg: dict[str, Any], data: TaskData) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from seqbackbone.tasks.batching import BatchPlan, pad_collate, split_indices, stack_collate
+from seqbackbone.tasks.batching import BatchPlan, bucket_length, pad_collate, split_indices, stack_collate
 
 
 def flat(batches):
@@ -68,3 +68,27 @@ def test_split_indices():
     assert split_indices(50, 0.0, seed=0) == (list(range(50)), [])
     with pytest.raises(ValueError, match="fraction"):
         split_indices(5, 1.0, seed=0)
+
+
+def test_bucket_length_grid():
+    rng = np.random.default_rng(0)
+    for n in rng.integers(1, 50_000, 300).tolist() + [1, 2, 255, 256, 257, 1024, 1025]:
+        for multiple in (1, 32, 256):
+            b = bucket_length(int(n), multiple)
+            assert b >= n and b % multiple == 0
+            # at most a quarter of padding on top of the rounding to the multiple
+            assert b <= -(-int(n * 1.25) // multiple) * multiple + multiple
+    assert [bucket_length(n) for n in (1024, 1025, 1280, 1281, 1800, 2049)] == [1024, 1280, 1280, 1536, 2048, 2560]
+    assert len({bucket_length(n, 256) for n in range(1000, 20_000)}) <= 20  # few shapes for whole recordings
+    with pytest.raises(ValueError, match="n must be"):
+        bucket_length(0)
+    with pytest.raises(ValueError, match="multiple"):
+        bucket_length(10, 0)
+
+
+def test_pad_collate_to_bucket():
+    items = [(torch.ones(300), 1), (torch.ones(70), 0)]
+    batch = pad_collate(items, bucket=64)
+    assert batch["x"].shape == (2, 320)  # 300 -> 320 (256 * 1.25)
+    assert batch["mask"].sum(1).tolist() == [300, 70] and not batch["x"][~batch["mask"]].any()
+    assert pad_collate(items)["x"].shape == (2, 300)

@@ -149,3 +149,14 @@ def test_speed_perturbation_keeps_whole_recordings():
         if new_len[i] == old_len[i]:
             assert torch.equal(out["x"][i, : new_len[i]], x[i, : old_len[i]])
         assert not out["x"][i, new_len[i] :].any()
+
+
+def test_speed_perturbation_pads_to_a_bucket():
+    from seqbackbone.tasks.spoken_digits import speed_perturb
+
+    x = torch.randn(4, 1000)
+    mask = torch.ones(4, 1000, dtype=torch.bool)
+    out = speed_perturb({"x": x, "mask": mask, "y": torch.zeros(4)}, [0.9, 1.1], torch.Generator().manual_seed(0),
+                        bucket=256)
+    assert out["x"].shape[1] in (1024, 1280) and out["x"].shape[1] >= out["mask"].sum(1).max()
+    assert not out["x"][~out["mask"]].any()
