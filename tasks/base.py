@@ -130,7 +130,8 @@ class ClassifyTask(Task):
 
     def train_loss(self, model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator) -> torch.Tensor:
         batch = self.augment(batch, generator)
-        return F.cross_entropy(self.forward(model, batch).float(), batch["y"])
+        smoothing = float(self.cfg.get("label_smoothing") or 0.0)
+        return F.cross_entropy(self.forward(model, batch).float(), batch["y"], label_smoothing=smoothing)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: EvalContext) -> dict[str, float]:

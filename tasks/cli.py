@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", metavar="FILE", help="JSON file of settings (flags override it)")
     t.add_argument("--deterministic", action="store_true", default=None, help="deterministic algorithms only")
     t.add_argument("--num-workers", type=int, help="data-loading worker processes")
+    t.add_argument("--threads", type=int, help="CPU threads for torch in this run (default: torch's own choice)")
     t.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop training after this long, then test")
     t.add_argument("--eval-every", type=int, metavar="STEPS", help="steps between evaluations (default: an epoch)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -122,12 +123,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         "data": args.data, "model": args.model, "out": args.out, "epochs": args.epochs, "max_steps": args.max_steps,
         "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "seed": args.seed,
         "deterministic": args.deterministic, "num_workers": args.num_workers, "time_limit": args.time_limit,
+        "threads": args.threads,
         "eval_every": args.eval_every, "progress": args.progress, **_parse_set(args.set),
     }
     task = get_task(args.task)
     if args.resume:
         cfg = {"task": task.name, "resume": args.resume,
-               **{k: flags[k] for k in ("device", "num_workers", "time_limit", "progress")}}
+               **{k: flags[k] for k in ("device", "num_workers", "time_limit", "progress", "threads")}}
     else:
         file_cfg = _read_config(args.config) if args.config else {}
         check_settings(task, {**file_cfg, **{k: v for k, v in flags.items() if v is not None}})

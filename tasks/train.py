@@ -48,6 +48,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "warmup_steps": None,
     "min_lr_ratio": 0.05,  # the cosine ends at lr * min_lr_ratio
     "grad_clip": 1.0,
+    "label_smoothing": 0.0,  # classification tasks: cross entropy against (1 - s) one-hot + s uniform
     "eval_every": None,  # steps between evaluations; default once per epoch
     "val_fraction": 0.1,  # part of the training data held out to pick the best model
     "time_limit": None,  # minutes: stop training cleanly after this long, then evaluate
@@ -56,10 +57,11 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "deterministic": False,
     "num_workers": 0,
+    "threads": None,  # torch's CPU threads in this process; default: torch's own (OMP_NUM_THREADS, else all cores)
     "progress": True,
 }
 # Settings a resumed run may change without breaking exactness.
-RUNTIME_KEYS = ("device", "num_workers", "time_limit", "progress")
+RUNTIME_KEYS = ("device", "num_workers", "time_limit", "progress", "threads")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -90,6 +92,10 @@ def resolve_config(task: Task, file_cfg: dict[str, Any] | None, flags: dict[str,
         raise TaskInputError(f"--max-steps must be positive, got {cfg['max_steps']}")
     if float(cfg["lr"]) <= 0:
         raise TaskInputError(f"--lr must be positive, got {cfg['lr']}")
+    if not 0.0 <= float(cfg.get("label_smoothing") or 0.0) < 1.0:
+        raise TaskInputError(f"label_smoothing must lie in [0, 1), got {cfg['label_smoothing']}")
+    if cfg.get("threads") is not None and int(cfg["threads"]) <= 0:
+        raise TaskInputError(f"--threads must be positive, got {cfg['threads']}")
     if cfg["out"] is None:
         cfg["out"] = str(Path("runs") / f"{task.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     return cfg
@@ -234,6 +240,8 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
             raise TaskInputError(f"{resume_dir} has no last.ckpt to resume from")
 
     task = get_task(cfg["task"])
+    if cfg.get("threads"):  # e.g. two runs side by side on a small CPU: one thread each instead of two teams
+        torch.set_num_threads(int(cfg["threads"]))
     rank, world, device = setup_distributed(cfg["device"])
     main = rank == 0
     seed = int(cfg["seed"])

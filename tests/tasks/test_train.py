@@ -121,3 +121,32 @@ def test_param_groups_and_schedule():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(100) == pytest.approx(0.1) and all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+def test_label_smoothing_changes_the_training_loss(tmp_path):
+    task = ToyTask()
+    task.cfg = {"noise": 0.0}
+    model = ToyModel().eval()  # no dropout: both losses see the same logits
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    batch = {"x": x, "y": (x.sum(1) > 0).long()}
+    g = torch.Generator().manual_seed(0)
+    plain = task.train_loss(model, batch, g)
+    task.cfg = {"noise": 0.0, "label_smoothing": 0.2}
+    smooth = task.train_loss(model, batch, g)
+    logp = torch.log_softmax(model(x), -1)
+    expected = -(0.8 * logp.gather(1, batch["y"][:, None])[:, 0] + 0.2 * logp.mean(-1)).mean()
+    torch.testing.assert_close(smooth, expected)
+    assert not torch.isclose(plain, smooth)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        toy_cfg(tmp_path, label_smoothing=1.0)
+
+
+def test_threads_setting_sets_torch_threads(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        train(toy_cfg(tmp_path / "one", threads=1, max_steps=2))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="--threads must be positive"):
+        toy_cfg(tmp_path, threads=0)
