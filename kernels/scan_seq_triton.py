@@ -8,6 +8,12 @@ generated for each N, since Triton has no register arrays). Time advances in reg
 group's B_n, C_n rows (the same row for every thread, so loads broadcast) are loaded once, softplus and delta * u are
 computed once per element, the tiles are split into TR columns in registers (`tl.split`, no data movement), and each
 step costs per state one exp2, one multiply and two FMAs. No shuffles and no shared memory in the inner loop.
+
+One warp of 32 channels is too little work per SM at batch x dim below ~100k, so both directions split time:
+the forward into segments (a pass for each segment's own end state from zero, `_seg_combine_kernel` to chain them,
+the main pass from each segment's true entering state), the backward into groups (`bwd_local_kernel` for each
+group's own adjoint sum, the same chaining kernel run against the scan order, then the main backward per group).
+Each costs one extra pass over the inputs and buys 10-30x more warps.
 """
 
 from __future__ import annotations
@@ -219,7 +225,8 @@ def _compile_source(name: str, src: str):
     """Turn generated source into a Triton kernel (registered in linecache so that Triton can read its source)."""
     filename = f"<seqbackbone-generated {name}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
-    scope = {"tl": tl, "triton": triton, "_softplus": _softplus}
+    # a module name, which Triton reads when one generated function calls another
+    scope = {"__name__": __name__, "tl": tl, "triton": triton, "_softplus": _softplus, **_SHFL}
     exec(compile(src, filename, "exec"), scope)
     return triton.jit(scope[name])
 
@@ -260,12 +267,12 @@ def fwd_kernel(N: int, TR: int):
 
 _BWD_ARGS = (
     "u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, mask_ptr, hsave_ptr, dout_ptr, dlast_ptr, "
-    "du_ptr, ddelta_ptr, dz_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbiasp_ptr, dh0_ptr, scratch_ptr, "
-    "dim, L, n_seg, dim_per_group, n_dblocks, s_u_b, s_u_d, s_dl_b, s_dl_d, s_z_b, s_z_d, "
+    "du_ptr, ddelta_ptr, dz_ptr, dBp_ptr, dCp_ptr, dAp_ptr, dDp_ptr, dbiasp_ptr, dh0_ptr, scratch_ptr, gin_ptr, "
+    "dim, L, n_seg, dim_per_group, n_dblocks, segs_per_prog, s_u_b, s_u_d, s_dl_b, s_dl_d, s_z_b, s_z_d, "
     "s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_do_b, s_do_d, s_m_b, "
     "BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, "
     "SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DLAST: tl.constexpr, "
-    "K: tl.constexpr"
+    "HAS_GIN: tl.constexpr, K: tl.constexpr, USE_SHFL: tl.constexpr"
 )
 
 
@@ -277,6 +284,12 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     chunks against the scan order, recomputes h and a = exp2(delta A log2 e) within the chunk, and runs the adjoint
     g_t = dy_t C_t + a_{t+1} g_{t+1}. a_t h_{t-1} = h_t - b_t gives dA and ddelta. dB and dC are summed over the
     program's channels (a warp reduction) and written as partials per channel block.
+
+    Grid axis 2 splits time into groups of `segs_per_prog` segments, so that enough warps run: each group starts from
+    the adjoint entering it from later steps (gin, chained from `bwd_local_kernel`'s per-group sums) and writes its own
+    dA / dD / dbias partials. With USE_SHFL (one warp of 32 channels, compiled GPU code only) the 2 x TR sums per state
+    and register chunk (dB and dC at each step) are reduced together by a transposing butterfly of warp shuffles:
+    9 shuffles for 8 sums instead of 5 per sum.
     """
     lv = TR.bit_length() - 1
     name = f"_scan_seq_bwd_n{N}_t{TR}"
@@ -292,14 +305,31 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i1}grp = ((pid_d * BLOCK_D) // dim_per_group).to(tl.int64)")
     w(f"{i1}loc = tl.arange(0, {TR})")
     w(f"{i1}zero_d = tl.zeros([BLOCK_D, {TR}], dtype=tl.int32)")
+    w(f"{i1}pid_q = tl.program_id(2)")
+    w(f"{i1}n_q = tl.num_programs(2)")
+    w(f"{i1}q_lo = pid_q * segs_per_prog")
+    w(f"{i1}n_loc = tl.minimum(segs_per_prog, n_seg - q_lo)")
     w(f"{i1}st_base = (pid_b * dim + offs_d64) * {N}")
+    # per-group partials of dA, dD, dbias and the adjoint entering the group
+    w(f"{i1}qd = (pid_b * n_q + pid_q) * dim + offs_d64")
     w(f"{i1}ar_d = tl.arange(0, BLOCK_D)")
-    w(f"{i1}scr = scratch_ptr + (pid_b * n_dblocks + pid_d) * (K * {N} * BLOCK_D) + ar_d")
+    # per-program scratch: the state entering each register chunk
+    w(f"{i1}scr = scratch_ptr + ((pid_b * n_dblocks + pid_d) * n_q + pid_q) * (K * {N} * BLOCK_D) + ar_d")
     w(f"{i1}part = (pid_b * n_dblocks + pid_d) * {N} * L")
+    # the transposing warp reduction: lane l ends with the sum of value l >> SH; lanes with l % 2**SH == 0 store it
+    levels = (2 * TR).bit_length() - 1
+    w(f"{i1}lane = tl.arange(0, BLOCK_D)")
+    w(f"{i1}red_v = lane >> {5 - levels}")
+    w(f"{i1}red_store = (lane & {(1 << (5 - levels)) - 1}) == 0")
+    w(f"{i1}red_is_b = red_v < {TR}")
+    w(f"{i1}red_t = red_v % {TR}")
     for n in range(N):
         w(f"{i1}a2_{n} = tl.load(A_ptr + offs_d * {N} + {n}, mask=d_ok, other=0.0) * {LOG2E}")
         w(f"{i1}dA{n} = tl.zeros([BLOCK_D], dtype=tl.float32)")
-    w(f"{i1}if HAS_DLAST:")
+    w(f"{i1}if HAS_GIN:")
+    for n in range(N):
+        w(f"{i2}G{n} = tl.load(gin_ptr + qd * {N} + {n}, mask=d_ok, other=0.0)")
+    w(f"{i1}elif HAS_DLAST:")
     for n in range(N):
         w(f"{i2}G{n} = tl.load(dlast_ptr + st_base + {n}, mask=d_ok, other=0.0).to(tl.float32)")
     w(f"{i1}else:")
@@ -351,11 +381,11 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
             w(f"{ind}    dy = dout")
 
     # ---- segments, against the scan order
-    w(f"{i1}for si in range(n_seg):")
+    w(f"{i1}for si in range(n_loc):")
     w(f"{i2}if REVERSE:")
-    w(f"{i3}seg = si")
+    w(f"{i3}seg = q_lo + si")
     w(f"{i2}else:")
-    w(f"{i3}seg = n_seg - 1 - si")
+    w(f"{i3}seg = q_lo + n_loc - 1 - si")
     w(f"{i2}sv = ((pid_b * n_seg + seg) * dim + offs_d64) * {N}")
     for n in range(N):
         w(f"{i2}h{n} = tl.load(hsave_ptr + sv + {n}, mask=d_ok, other=0.0)")
@@ -434,10 +464,17 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
                 w(f"{ind}dA{n} += hb * {dts[t]}")
                 w(f"{ind}g = a{t} * g")
             w(f"{ind}G{n} = g")
-            _join(L_, dB, "dBt", lv, ind)
-            _join(L_, dC, "dCt", lv, ind)
-            w(f"{ind}tl.store(dBp_ptr + part + {n} * L + offs_t, tl.sum(dBt, axis=0), mask=t_ok)")
-            w(f"{ind}tl.store(dCp_ptr + part + {n} * L + offs_t, tl.sum(dCt, axis=0), mask=t_ok)")
+            w(f"{ind}if USE_SHFL:")
+            vals = [dB[t] for t in range(TR)] + [dC[t] for t in range(TR)]
+            red = _shfl_reduce(L_, vals, f"r{n}", ind + "    ")
+            w(f"{ind}    red_t_abs = (seg * K + k) * {TR} + red_t")
+            w(f"{ind}    red_ptr = tl.where(red_is_b, dBp_ptr, dCp_ptr) + part + {n} * L + red_t_abs")
+            w(f"{ind}    tl.store(red_ptr, {red}, mask=red_store & (red_t_abs < L))")
+            w(f"{ind}else:")
+            _join(L_, dB, "dBt", lv, ind + "    ")
+            _join(L_, dC, "dCt", lv, ind + "    ")
+            w(f"{ind}    tl.store(dBp_ptr + part + {n} * L + offs_t, tl.sum(dBt, axis=0), mask=t_ok)")
+            w(f"{ind}    tl.store(dCp_ptr + part + {n} * L + offs_t, tl.sum(dCt, axis=0), mask=t_ok)")
         _join(L_, ys, "y", lv, ind)
         _join(L_, accs, "acc", lv, ind)
         _join(L_, dds, "dda", lv, ind)
@@ -465,15 +502,157 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i4}tl.store(dz_ptr + g_row + offs_t[None, :], (dzf * y).to(dz_ptr.dtype.element_ty), mask=m2)")
     w(f"{i2}tl.debug_barrier()")
     for n in range(N):
-        w(f"{i1}tl.store(dAp_ptr + st_base + {n}, dA{n}, mask=d_ok)")
-        w(f"{i1}tl.store(dh0_ptr + st_base + {n}, G{n}, mask=d_ok)")
+        w(f"{i1}tl.store(dAp_ptr + qd * {N} + {n}, dA{n}, mask=d_ok)")
+    # with several groups the chain of per-group sums gives the initial state's gradient
+    w(f"{i1}if not HAS_GIN:")
+    for n in range(N):
+        w(f"{i2}tl.store(dh0_ptr + st_base + {n}, G{n}, mask=d_ok)")
     w(f"{i1}if HAS_D:")
-    w(f"{i2}tl.store(dDp_ptr + pid_b * dim + offs_d, dD_acc, mask=d_ok)")
+    w(f"{i2}tl.store(dDp_ptr + qd, dD_acc, mask=d_ok)")
     w(f"{i1}if HAS_BIAS:")
-    w(f"{i2}tl.store(dbiasp_ptr + pid_b * dim + offs_d, dbias_acc, mask=d_ok)")
+    w(f"{i2}tl.store(dbiasp_ptr + qd, dbias_acc, mask=d_ok)")
     return name, "\n".join(L_) + "\n"
+
+
+def _shfl_reduce(lines: list[str], vals: list[str], name: str, ind: str) -> str:
+    """Sum each of len(vals) (a power of two, <= 32) per-lane vectors over the 32 lanes of a warp with a transposing
+    butterfly: at each level a lane keeps half of its values and receives the partner's sums for them. Lane l ends
+    with the full sum of value l >> (5 - levels). Returns the name of the result vector."""
+    cur = list(vals)
+    bit = 16
+    k = 0
+    while len(cur) > 1:
+        half = len(cur) // 2
+        lines.append(f"{ind}{name}_hi{k} = (lane & {bit}) != 0")
+        nxt = []
+        for j in range(half):
+            lo_v, hi_v = cur[j], cur[j + half]
+            lines.append(f"{ind}{name}_s{k}_{j} = tl.where({name}_hi{k}, {lo_v}, {hi_v})")
+            lines.append(f"{ind}{name}_k{k}_{j} = tl.where({name}_hi{k}, {hi_v}, {lo_v}) + "
+                         f"_shfl_xor_{bit}({name}_s{k}_{j})")
+            nxt.append(f"{name}_k{k}_{j}")
+        cur = nxt
+        bit //= 2
+        k += 1
+    out = cur[0]
+    while bit >= 1:
+        lines.append(f"{ind}{name}_a{bit} = {out} + _shfl_xor_{bit}({out})")
+        out = f"{name}_a{bit}"
+        bit //= 2
+    return out
+
+
+def _shfl_source(mask: int) -> tuple[str, str]:
+    # butterfly exchange with lane ^ mask (inline PTX: Triton has no warp-shuffle primitive)
+    name = f"_shfl_xor_{mask}"
+    src = (
+        f"def {name}(x):\n"
+        f"    xi = x.to(tl.int32, bitcast=True)\n"
+        f"    yi = tl.inline_asm_elementwise('shfl.sync.bfly.b32 $0, $1, {mask}, 0x1f, 0xffffffff;', '=r,r', [xi],\n"
+        f"                                   dtype=tl.int32, is_pure=True, pack=1)\n"
+        f"    return yi.to(tl.float32, bitcast=True)\n"
+    )
+    return name, src
+
+
+_SHFL: dict = {}
+for _m in (16, 8, 4, 2, 1):
+    _SHFL[f"_shfl_xor_{_m}"] = _compile_source(*_shfl_source(_m))
 
 
 @functools.cache
 def bwd_kernel(N: int, TR: int):
     return _compile_source(*_bwd_source(N, TR))
+
+
+_BWD_LOCAL_ARGS = (
+    "delta_ptr, A_ptr, C_ptr, z_ptr, bias_ptr, mask_ptr, dout_ptr, gloc_ptr, sdt_ptr, "
+    "dim, L, n_seg, dim_per_group, segs_per_prog, s_dl_b, s_dl_d, s_z_b, s_z_d, s_C_b, s_C_g, s_C_n, "
+    "s_do_b, s_do_d, s_m_b, "
+    "BLOCK_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, "
+    "REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, K: tl.constexpr"
+)
+
+
+def _bwd_local_source(N: int, TR: int) -> tuple[str, str]:
+    """Each time group's own contribution to the adjoint entering it, from zero at its far end:
+    g <- a_t (g + dy_t C_t) over its steps against the scan order, and its delta sum (the decay across the group is
+    exp(A sum delta)). Chained by `_seg_combine_kernel`, these give every group of the backward its starting adjoint."""
+    lv = TR.bit_length() - 1
+    name = f"_scan_seq_bwd_local_n{N}_t{TR}"
+    L_ = []
+    w = L_.append
+    i1, i2, i3 = "    ", "        ", "            "
+    w(f"def {name}({_BWD_LOCAL_ARGS}):")
+    w(f"{i1}pid_b = tl.program_id(0).to(tl.int64)")
+    w(f"{i1}pid_d = tl.program_id(1)")
+    w(f"{i1}pid_q = tl.program_id(2)")
+    w(f"{i1}n_q = tl.num_programs(2)")
+    w(f"{i1}offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)")
+    w(f"{i1}d_ok = offs_d < dim")
+    w(f"{i1}offs_d64 = offs_d.to(tl.int64)")
+    w(f"{i1}grp = ((pid_d * BLOCK_D) // dim_per_group).to(tl.int64)")
+    w(f"{i1}loc = tl.arange(0, {TR})")
+    w(f"{i1}zero_d = tl.zeros([BLOCK_D, {TR}], dtype=tl.int32)")
+    w(f"{i1}q_lo = pid_q * segs_per_prog")
+    w(f"{i1}n_loc = tl.minimum(segs_per_prog, n_seg - q_lo)")
+    w(f"{i1}qd = (pid_b * n_q + pid_q) * dim + offs_d64")
+    for n in range(N):
+        w(f"{i1}a2_{n} = tl.load(A_ptr + offs_d * {N} + {n}, mask=d_ok, other=0.0) * {LOG2E}")
+        w(f"{i1}g{n} = tl.zeros([BLOCK_D], dtype=tl.float32)")
+    w(f"{i1}dsum = tl.zeros([BLOCK_D], dtype=tl.float32)")
+    w(f"{i1}if HAS_BIAS:")
+    w(f"{i2}bias = tl.load(bias_ptr + offs_d, mask=d_ok, other=0.0).to(tl.float32)")
+    w(f"{i1}dl_row = delta_ptr + pid_b * s_dl_b + offs_d64[:, None] * s_dl_d")
+    w(f"{i1}z_row = z_ptr + pid_b * s_z_b + offs_d64[:, None] * s_z_d")
+    w(f"{i1}do_row = dout_ptr + pid_b * s_do_b + offs_d64[:, None] * s_do_d")
+    w(f"{i1}C_row = C_ptr + pid_b * s_C_b + grp * s_C_g")
+    w(f"{i1}for si in range(n_loc * K):")
+    w(f"{i2}if REVERSE:")
+    w(f"{i3}rc = q_lo * K + si")
+    w(f"{i2}else:")
+    w(f"{i3}rc = (q_lo + n_loc) * K - 1 - si")
+    w(f"{i2}offs_t = rc * {TR} + loc")
+    w(f"{i2}t_ok = offs_t < L")
+    w(f"{i2}valid = t_ok")
+    w(f"{i2}if HAS_MASK:")
+    w(f"{i3}valid = valid & (tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=t_ok, other=0) != 0)")
+    w(f"{i2}ok2 = d_ok[:, None] & valid[None, :]")
+    w(f"{i2}bc_ok = valid[None, :] & (zero_d == 0)")
+    w(f"{i2}bc_offs = offs_t[None, :] + zero_d")
+    w(f"{i2}dt = tl.load(dl_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+    w(f"{i2}if HAS_BIAS:")
+    w(f"{i3}dt = dt + bias[:, None]")
+    w(f"{i2}if SOFTPLUS:")
+    w(f"{i3}dt = _softplus(dt)")
+    w(f"{i2}dt = tl.where(ok2, dt, 0.0)")
+    w(f"{i2}dsum += tl.sum(dt, axis=1)")
+    w(f"{i2}dy = tl.load(do_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+    w(f"{i2}if HAS_Z:")
+    w(f"{i3}zz = tl.load(z_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+    w(f"{i3}dy = dy * zz / (1.0 + tl.exp2(-zz * {LOG2E}))")
+    dts = _split(L_, "dt", "dtc", lv, i2)
+    dys = _split(L_, "dy", "dyc", lv, i2)
+    Cs = []
+    for n in range(N):
+        w(f"{i2}Ct{n} = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+        Cs.append(_split(L_, f"Ct{n}", f"Cc{n}", lv, i2))
+
+    def steps(order, ind):
+        for t in order:
+            for n in range(N):
+                w(f"{ind}g{n} = tl.exp2({dts[t]} * a2_{n}) * (g{n} + {dys[t]} * {Cs[n][t]})")
+
+    w(f"{i2}if REVERSE:")
+    steps(range(TR), i3)
+    w(f"{i2}else:")
+    steps(range(TR - 1, -1, -1), i3)
+    for n in range(N):
+        w(f"{i1}tl.store(gloc_ptr + qd * {N} + {n}, g{n}, mask=d_ok)")
+    w(f"{i1}tl.store(sdt_ptr + qd, dsum, mask=d_ok)")
+    return name, "\n".join(L_) + "\n"
+
+
+@functools.cache
+def bwd_local_kernel(N: int, TR: int):
+    return _compile_source(*_bwd_local_source(N, TR))

@@ -2,7 +2,12 @@
 
 Dimensions: b batch, d dim (channels), n N (states), l L (time), g groups of B/C, c chunks of BLOCK_T steps.
 
-One program owns (one batch row, BLOCK_D channels) and walks over L in chunks of BLOCK_T steps, in scan order.
+The default kernels are the sequential ones of `scan_seq_triton` (one channel per thread, time split into segments
+so that enough warps run; the launchers are `_seq_fwd` and the sequential branch of `scan_bwd`). This module keeps
+the tile kernels built on `tl.associative_scan` (faster only for small batch x dim when segments are off), the
+launchers, the tile choice and the autograd Function.
+
+The associative-scan kernels: one program owns (one batch row, BLOCK_D channels) and walks over L in chunks of BLOCK_T steps, in scan order.
 Per chunk it loads (BLOCK_D, BLOCK_T) tiles of u, delta, z once, computes softplus and delta * u once per element,
 then for each state n (a static loop) runs `tl.associative_scan` along time on (exp2(delta A_n log2 e), delta u B_n),
 with the state entering the chunk folded into the first step, and accumulates y += h C_n. The state lives in
@@ -30,17 +35,22 @@ BWD_CONFIG: tuple[int, int, int] | None = None
 
 def fwd_config(batch: int, dim: int, L: int, training: bool = False) -> tuple[int, int, int]:
     """Forward tiles, chosen from H200 measurements (BENCHMARKS.md). BLOCK_T = 0 selects the sequential kernel
-    (scan_seq_triton: one channel per thread, one warp per program), best once batch x dim fills the GPU; below
-    that, wide time tiles of the associative-scan kernel, or 64-step tiles when the backward needs saved states."""
+    (scan_seq_triton: one channel per thread, one warp per program), split into time segments until enough warps
+    run; without segments, wide time tiles of the associative-scan kernel serve small batch x dim better."""
     if FWD_CONFIG is not None:
         return FWD_CONFIG
-    if batch * dim >= 8192:
+    if batch * dim >= 8192 or FWD_SEGMENTS:
         return (32, 0, 1)
     return (16, 64, 4) if training else (2, 512, 4)
 
 
 # register-chunk length of the sequential backward kernel; 0 selects the tl.associative_scan backward kernel
-BWD_SEQ_TR = 0
+BWD_SEQ_TR = 4
+# the sequential backward splits time into groups until about this many warps run (a pass for each group's own
+# adjoint sum, a chaining kernel, then the main pass per group); BWD_SHFL reduces dB / dC with warp shuffles
+BWD_SEGMENTS = True
+BWD_SEG_TARGET_WARPS = 4224
+BWD_SHFL = True
 
 
 def bwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
@@ -418,11 +428,11 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
     return out, (hlast if write_last else None), (hsave if save_states else None)
 
 
-# the sequential forward splits L into segments until about this many warps run (8 per SM on an H200); a first pass
+# the sequential forward splits L into segments until about this many warps run (32 per SM on an H200); a first pass
 # finds each segment's own end state, a small kernel chains them, and the main pass starts each segment from its state
-# (not yet measured on a GPU, so off by default; `python -m seqbackbone.bench kernels --variants` times it)
-SEG_TARGET_WARPS = 1056
-FWD_SEGMENTS = False
+# (H200: 853 us against 955 us unsplit at (8, 1536, 4096), 3.3 ms against 29 ms at (1, 1536, 131072))
+SEG_TARGET_WARPS = 4224
+FWD_SEGMENTS = True
 
 
 def _seq_fwd(args, flags, grid, N, block_t, n_chunks, A, initial_state, hlast, write_last, reverse):
@@ -459,6 +469,37 @@ def _seq_fwd(args, flags, grid, N, block_t, n_chunks, A, initial_state, hlast, w
                                                          **{**flags, "HAS_H0": True, "WRITE_LAST": False})
 
 
+def group_adjoints(dout, dlast, delta, A, C, z, delta_bias, delta_softplus, reverse, mask, dh0, block_d, num_warps,
+                   n_chunks, per_q, n_q, K):
+    """The adjoint entering each time group of the sequential backward, (b, n_q, d, n) fp32: each group's own sum
+    (from zero at its far end) and delta sum, chained against the scan order from dlast; writes dh0 on the way."""
+    from .scan_seq_triton import _seg_combine_kernel, bwd_local_kernel
+
+    batch, dim, L = delta.shape
+    N = A.shape[1]
+    groups = C.shape[1]
+    dev, f32 = delta.device, torch.float32
+    zt = z if z is not None else delta
+    mk = mask.view(torch.uint8) if mask is not None else delta
+    gloc = torch.empty((batch, n_q, dim, N), dtype=f32, device=dev)
+    sdt = torch.empty((batch, n_q, dim), dtype=f32, device=dev)
+    gin = torch.empty((batch, n_q, dim, N), dtype=f32, device=dev)
+    tr = BWD_SEQ_TR
+    LAST_KERNEL["bwd_local"] = bwd_local_kernel(N, tr)[(batch, triton.cdiv(dim, block_d), n_q)](
+        delta, A, C, zt, delta_bias if delta_bias is not None else A, mk, dout, gloc, sdt,
+        dim, L, n_chunks, dim // groups, per_q, delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
+        C.stride(0), C.stride(1), C.stride(2), dout.stride(0), dout.stride(1),
+        mk.stride(0) if mask is not None else 0,
+        BLOCK_D=block_d, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        REVERSE=bool(reverse), HAS_MASK=mask is not None, K=K, num_warps=num_warps,
+    )
+    _seg_combine_kernel[(batch, triton.cdiv(dim, 32))](
+        gloc, sdt, A, dlast if dlast is not None else A, gin, dh0, dim, n_q,
+        N=N, N_P2=triton.next_power_of_2(N), BLOCK_D=32, HAS_H0=dlast is not None, REVERSE=not reverse,
+    )
+    return gin
+
+
 def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask, hsave, config=None):
     """Launch the backward kernel and reduce its partial sums. Returns the gradients of every input."""
     batch, dim, L = u.shape
@@ -476,31 +517,43 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, r
     dz = _empty((batch, dim, L), z.dtype, dev) if z is not None else du
     dBp = _empty((batch, n_dblocks, N, L), f32, dev)
     dCp = _empty((batch, n_dblocks, N, L), f32, dev)
-    dAp = _empty((batch, dim, N), f32, dev)
-    dDp = _empty((batch, dim), f32, dev) if D is not None else dAp
-    dbiasp = _empty((batch, dim), f32, dev) if delta_bias is not None else dAp
-    dh0 = _empty((batch, dim, N), f32, dev)
     zt = z if z is not None else u
     mk = mask.view(torch.uint8) if mask is not None else u
-    grid = (batch, n_dblocks)
     tr = BWD_SEQ_TR
-    if tr and block_t % tr == 0:
+    seq = bool(tr) and block_t % tr == 0
+    # time groups of the sequential backward (grid axis 2), enough for about BWD_SEG_TARGET_WARPS warps
+    n_q = 1
+    if seq and BWD_SEGMENTS:
+        n_q = max(1, min(n_chunks, triton.cdiv(BWD_SEG_TARGET_WARPS, batch * n_dblocks * num_warps)))
+    per_q = triton.cdiv(n_chunks, n_q)
+    n_q = triton.cdiv(n_chunks, per_q)
+    dAp = _empty((batch * n_q, dim, N), f32, dev)
+    dDp = _empty((batch * n_q, dim), f32, dev) if D is not None else dAp
+    dbiasp = _empty((batch * n_q, dim), f32, dev) if delta_bias is not None else dAp
+    dh0 = _empty((batch, dim, N), f32, dev)
+    grid = (batch, n_dblocks)
+    if seq:
         from .scan_seq_triton import bwd_kernel
 
         K = block_t // tr
+        gin = dAp
+        if n_q > 1:
+            gin = group_adjoints(dout, dlast, delta, A, C, z, delta_bias, delta_softplus, reverse, mask, dh0,
+                                 block_d, num_warps, n_chunks, per_q, n_q, K)
         # per program: the state entering each register chunk of the current chunk (only its own thread reads it)
-        scratch = torch.empty((batch, n_dblocks, K, N, block_d), dtype=f32, device=dev)
-        LAST_KERNEL["bwd"] = bwd_kernel(N, tr)[grid](
+        scratch = torch.empty((batch, n_dblocks, n_q, K, N, block_d), dtype=f32, device=dev)
+        use_shfl = BWD_SHFL and block_d == 32 and num_warps == 1 and dev.type == "cuda" and 2 * tr <= 32
+        LAST_KERNEL["bwd"] = bwd_kernel(N, tr)[(batch, n_dblocks, n_q)](
             u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk, hsave,
             dout, dlast if dlast is not None else A,
-            du, ddelta, dz, dBp, dCp, dAp, dDp, dbiasp, dh0, scratch,
-            dim, L, n_chunks, dim // groups, n_dblocks,
+            du, ddelta, dz, dBp, dCp, dAp, dDp, dbiasp, dh0, scratch, gin,
+            dim, L, n_chunks, dim // groups, n_dblocks, per_q,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
             B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
             dout.stride(0), dout.stride(1), mk.stride(0) if mask is not None else 0,
             BLOCK_D=block_d, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), HAS_MASK=mask is not None,
-            HAS_DLAST=dlast is not None, K=K, num_warps=num_warps,
+            HAS_DLAST=dlast is not None, HAS_GIN=n_q > 1, K=K, USE_SHFL=use_shfl, num_warps=num_warps,
         )
     else:
         _assoc_bwd = _scan_bwd_kernel

@@ -23,9 +23,10 @@ import torch
 SHAPES = [(8, 1536, 4096, 16), (2, 1536, 16384, 16), (1, 1536, 131072, 16)]
 # upstream mamba_ssm 2.3.2 CUDA selective_scan_fn on an H200 (ANCHORS.md): fwd, fwd+bwd in us
 UPSTREAM = {SHAPES[0]: (885.0, 4370.0), SHAPES[1]: (1096.0, 4781.0), SHAPES[2]: (4447.0, 19891.0)}
-# (channels, steps, warps); steps 0 = the sequential kernel, "segments" = split over time into segments
-FWD_VARIANTS = [(32, 0, 1), (32, 0, 1, "segments"), (64, 0, 2, "segments"), (32, 64, 4), (2, 512, 4)]
-BWD_VARIANTS = [(16, 64, 4), (32, 32, 4)]
+# (channels, steps, warps[, how]); steps 0 = the sequential kernel, "segments" = split over time into segments
+FWD_VARIANTS = [(32, 0, 1, "segments"), (32, 0, 1), (2, 512, 4)]
+# sequential backward (32 channels, 64-step chunks, 1 warp) split into time groups or not; the associative-scan one
+BWD_VARIANTS = [(32, 64, 1, "groups"), (32, 64, 1), (16, 64, 4, "assoc")]
 
 
 def copy_bandwidth(nbytes: int = 2 << 30) -> float:
@@ -105,7 +106,11 @@ def time_kernels(shape, fwd_cfgs, bwd_cfgs) -> list[dict]:
         finally:
             st.FWD_SEGMENTS = default_segments
     dout = torch.randn_like(x["u"])
-    for cfg in bwd_cfgs:
+    default_bwd = (st.BWD_SEQ_TR, st.BWD_SEGMENTS)
+    for variant in bwd_cfgs:
+        cfg = tuple(variant[:3])
+        how = variant[3] if len(variant) > 3 else ""
+        st.BWD_SEQ_TR, st.BWD_SEGMENTS = (0, False) if how == "assoc" else (4, how == "groups")
         try:
             _, _, hsave = st.scan_fwd(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"],
                                       True, False, None, None, save_states=True, write_last=False,
@@ -115,9 +120,11 @@ def time_kernels(shape, fwd_cfgs, bwd_cfgs) -> list[dict]:
             f()
             t = triton.testing.do_bench(f, warmup=25, rep=100, return_mode="median") * 1e3
             k = _compiled("bwd")
-            rows.append(dict(kernel="bwd", cfg=cfg, us=t, **k))
+            rows.append(dict(kernel="bwd", cfg=variant, us=t, **k))
         except Exception as e:
-            rows.append(dict(kernel="bwd", cfg=cfg, error=repr(e)[:200]))
+            rows.append(dict(kernel="bwd", cfg=variant, error=repr(e)[:200]))
+        finally:
+            st.BWD_SEQ_TR, st.BWD_SEGMENTS = default_bwd
     return rows
 
 

@@ -50,9 +50,22 @@ def test_forward_realistic(dtype, reverse, mask, groups):
     assert _rel(out, ref) < TOL[dtype] and _rel(last, ref_last) < TOL[torch.float32] * 10
 
 
+def _use_backward(monkeypatch, bwd: str) -> None:
+    """'assoc': the tl.associative_scan backward; 'seq': the sequential one, split into time groups, with the
+    warp-shuffle reduction of dB / dC."""
+    if bwd == "seq":
+        monkeypatch.setattr(scan_triton, "BWD_SEQ_TR", 4)
+        monkeypatch.setattr(scan_triton, "BWD_SEGMENTS", True)
+        monkeypatch.setattr(scan_triton, "BWD_SHFL", True)
+    else:
+        monkeypatch.setattr(scan_triton, "BWD_SEQ_TR", 0)
+
+
+@pytest.mark.parametrize("bwd", ["assoc", "seq"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("reverse,mask,groups", [(False, True, None), (True, False, 2)])
-def test_gradients_realistic(dtype, reverse, mask, groups):
+def test_gradients_realistic(monkeypatch, bwd, dtype, reverse, mask, groups):
+    _use_backward(monkeypatch, bwd)
     x = _inputs(dtype, 2, 256, 2048, groups=groups, mask=mask, initial_state=True, seed=1)
     names = [k for k, v in x.items() if v.is_floating_point()]
     xt = {k: (v.requires_grad_(True) if k in names else v) for k, v in x.items()}
@@ -67,9 +80,11 @@ def test_gradients_realistic(dtype, reverse, mask, groups):
         assert _rel(xt[k].grad, xr[k].grad) < GRAD_TOL[dtype], (k, _rel(xt[k].grad, xr[k].grad))
 
 
+@pytest.mark.parametrize("bwd", ["assoc", "seq"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_long_sequence(dtype):
+def test_long_sequence(monkeypatch, bwd, dtype):
     """L = 131072 at batch 1: forward and gradients against the chunked PyTorch scan (fp32)."""
+    _use_backward(monkeypatch, bwd)
     x = _inputs(dtype, 1, 64, 131072, mask=True, seed=2)
     names = [k for k, v in x.items() if v.is_floating_point()]
     xt = {k: (v.requires_grad_(True) if k in names else v) for k, v in x.items()}

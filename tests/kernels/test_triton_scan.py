@@ -47,10 +47,10 @@ CASES = [
     (3, 4, None, True, True, True, "default"),
     (6, 8, 3, False, True, True, "default"),
     (4, 4, 2, True, False, False, "default"),
-    (3, 4, None, True, True, True, "segments"),
-    (4, 4, 2, False, True, False, "segments"),
-    (3, 4, None, True, True, True, "seq_bwd"),
-    (4, 4, 2, False, False, True, "seq_bwd"),
+    (3, 4, None, True, True, True, "one_segment"),
+    (4, 4, 2, False, True, False, "one_segment"),
+    (3, 4, None, True, True, True, "assoc_bwd"),
+    (4, 4, 2, False, False, True, "assoc_bwd"),
 ]
 
 
@@ -58,11 +58,16 @@ CASES = [
 @pytest.mark.parametrize("dim,n_state,groups,reverse,mask,initial_state,kernels", CASES)
 def test_scan_matches_fp64_loop(small_tiles, monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial_state,
                                 kernels):
-    """Default kernels; the sequential forward split into time segments; the sequential backward."""
-    if kernels == "segments":
-        monkeypatch.setattr(scan_triton, "FWD_SEGMENTS", True)
-    if kernels == "seq_bwd":
-        monkeypatch.setattr(scan_triton, "BWD_SEQ_TR", 4)
+    """Default kernels (sequential, split into time segments / groups: here one per 16-step chunk, 3 at L = 37);
+    both directions unsplit; the associative-scan backward."""
+    monkeypatch.setattr(scan_triton, "SEG_TARGET_WARPS", 10**6)
+    monkeypatch.setattr(scan_triton, "BWD_SEG_TARGET_WARPS", 10**6)
+    if kernels == "one_segment":
+        monkeypatch.setattr(scan_triton, "FWD_SEGMENTS", False)
+        monkeypatch.setattr(scan_triton, "BWD_SEGMENTS", False)
+    if kernels == "assoc_bwd":
+        monkeypatch.setattr(scan_triton, "BWD_SEQ_TR", 0)
+        monkeypatch.setattr(scan_triton, "BWD_SEG_TARGET_WARPS", 10**6)
     dev = _device()
     args = random_scan_inputs(batch=2, dim=dim, length=37, n_state=n_state, groups=groups, mask=mask,
                               initial_state=initial_state, dtype=torch.float32)
@@ -137,3 +142,25 @@ def test_scan_fp16(small_tiles):
     assert out.dtype == torch.float16 and _rel(out, ref) < TOL[torch.float16]
     out.sum().backward()
     assert x["u"].grad.dtype == torch.float16 and torch.isfinite(x["u"].grad).all()
+
+
+@pytest.mark.parametrize("n_values", [2, 4, 8, 16, 32])
+def test_transposing_warp_reduction(n_values):
+    """The generated warp-shuffle reduction of the sequential backward, run with numpy standing in for the warp:
+    lane l must end with the sum over the 32 lanes of value l >> (5 - log2 n_values)."""
+    import numpy as np
+    from seqbackbone.kernels.scan_seq_triton import _shfl_reduce
+
+    lines: list[str] = []
+    names = [f"v{i}" for i in range(n_values)]
+    result = _shfl_reduce(lines, names, "r", "")
+    lane = np.arange(32)
+    rng = np.random.default_rng(n_values)
+    values = {name: rng.standard_normal(32) for name in names}
+    scope = {"lane": lane, "tl": type("tl", (), {"where": staticmethod(np.where)}), **values}
+    for m in (16, 8, 4, 2, 1):
+        scope[f"_shfl_xor_{m}"] = lambda x, m=m: x[lane ^ m]
+    exec("\n".join(lines), scope)
+    levels = n_values.bit_length() - 1
+    want = np.stack([values[name].sum() for name in names])[lane >> (5 - levels)]
+    np.testing.assert_allclose(scope[result], want, rtol=1e-12)
