@@ -3,6 +3,10 @@
 Labels may be any strings (e.g. EI / IE / N); they are mapped to ids in sorted order (numerically when all are
 integers) and the mapping is stored in the run's config.json. Training flips each sequence to its reverse complement
 with probability 1/2; evaluation averages the logits of a sequence and of its reverse complement ("conjoin").
+Strand-specific data (sequences read on their gene's strand) should turn both off (`--set rc_augment=false --set
+rc_conjoin=false`). Where the signal sits at a fixed offset in equal-length windows (splice sites at the centre),
+learned position embeddings help a great deal: `--set 'model_kwargs={"encoder_kwargs": {"max_len": 64}}'` (max_len at
+least the longest sequence; see scripts/real_data.sh for measured recipes).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Data: a folder of `{label}_{speaker}_{index}.wav` files (the Free Spoken Digit Dataset; takes 0-4 are the test
 set) or one sub-folder per label (see `seqbackbone.data.audio`). Recordings are resampled to the model's sample rate,
-kept whole (no cropping) and batched by similar length with a mask over the padding. Each recording is scaled to a
+kept whole (no cropping) and batched by similar length with a mask over the padding (padded up to one of a few
+bucket lengths, `pad_bucket`, so that GPU kernels see few distinct shapes). Each recording is scaled to a
 peak of 1 (speakers were recorded at different levels); training plays each recording at 0.9, 1 or 1.1 times its
 speed and adds a random gain and faint white noise.
 """
