@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One call on a GPU machine (two GPUs if present): GPU tests, kernel / model / decoding benchmarks on the last GPU,
-# the real-data training runs side by side on the first, a two-process DDP check, all packed into $OUT/results.tar.gz.
+# One call on a GPU machine (two GPUs if present): the decoding benchmark, the real-data training runs side by side on
+# the first GPU, GPU tests and kernel / model benchmarks on the last, a two-process DDP check when there are two GPUs,
+# all packed into $OUT/results.tar.gz. PARTS picks what runs.
 # Usage (repo root, data copied to DATA, soundfile wheels in .whl): bash scripts/device_results.sh DATA MINUTES
 set -uo pipefail
 DATA=${1:-../shared/data}
 MINUTES=${2:-6}
-PARTS=${PARTS:-"runs ddp tests kernels models decode"}  # what to do
+PARTS=${PARTS:-"decode runs ddp tests kernels models"}  # what to do
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 OUT=${OUT:-out}
 R=/tmp/results  # only the archive goes to $OUT (the call returns few files and two folder levels)
@@ -30,37 +31,31 @@ NGPU=$(python3 -c "import torch; print(torch.cuda.device_count())")
 LAST=$((NGPU - 1))
 SB="python3 -m seqbackbone"
 
-# 1. Real-data runs (scripts/real_data.sh) and the waveform language model, side by side on GPU 0.
+# 1. Decoding benchmark first, alone on the GPU (timings).
+has decode && timeout ${DECODE_S:-90} python3 -m seqbackbone.bench.decode --out "$R/bench/decode.md" --no-compile \
+    > "$R/bench/decode.txt" 2>&1
+
+# 2. Real-data runs (scripts/real_data.sh, the waveform language model and its samples included), side by side on GPU 0.
 RUNS=()
 if has runs; then
     CUDA_VISIBLE_DEVICES=0 bash scripts/real_data.sh "$R/runs" "$DATA" "$MINUTES" > "$R/logs/real_data.txt" 2>&1 &
     RUNS+=($!)
-    CUDA_VISIBLE_DEVICES=0 timeout $(( ${MINUTES%.*} * 60 + 150 )) $SB train waveform-lm --data "$DATA/fsdd" \
-        --device cuda --time-limit "$MINUTES" --out "$R/runs/waveform-lm" --no-progress > "$R/logs/waveform-lm.txt" 2>&1 &
-    RUNS+=($!)
 fi
 
-# 2. DDP on two GPUs (a short dna-motifs run), when there are two.
+# 3. DDP on two GPUs (a short dna-motifs run), when there are two.
 if has ddp && [ "$NGPU" -ge 2 ]; then
     timeout 90 torchrun --standalone --nproc_per_node 2 -m seqbackbone train dna-motifs --device cuda \
         --max-steps 40 --out "$R/runs/ddp-dna-motifs" --no-progress > "$R/logs/ddp.txt" 2>&1
     echo "ddp exit $?" >> "$R/logs/ddp.txt"
 fi
 
-# 3. On the last GPU: GPU tests, then the benchmarks (alone on their GPU while the runs share GPU 0).
+# 4. On the last GPU: GPU tests (beside the runs when there is one GPU: correctness only), then the benchmarks.
 export CUDA_VISIBLE_DEVICES=$LAST
-has tests && timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$R/logs/gpu_tests.txt" 2>&1
+has tests && timeout ${TESTS_S:-240} python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$R/logs/gpu_tests.txt" 2>&1
 has kernels && python3 -m seqbackbone.bench kernels > "$R/bench/kernels.txt" 2>&1
 has models && python3 -m seqbackbone.bench models --out "$R/bench/models" --budget-s ${MODELS_BUDGET:-120} > "$R/bench/models.txt" 2>&1
-has decode && python3 -m seqbackbone.bench.decode --out "$R/bench/decode.md" --no-compile > "$R/bench/decode.txt" 2>&1
 unset CUDA_VISIBLE_DEVICES
 [ ${#RUNS[@]} -gt 0 ] && wait "${RUNS[@]}"
-
-# 4. A few generated digits from the waveform model.
-if [ -d "$R/runs/waveform-lm/model" ]; then
-    $SB generate "$R/runs/waveform-lm" --num 4 --length 8000 --prompt "$DATA/fsdd/3_theo_0.wav" \
-        --prompt-seconds 0.15 --top-p 0.95 --seed 0 --out "$R/generated" > "$R/logs/generate.txt" 2>&1
-fi
 for f in "$R"/runs/*/results.json; do echo "$f"; cat "$f"; echo; done > "$R/summary.txt"
 echo "elapsed $(( $(date +%s) - start )) s" >> "$R/summary.txt"
 cat "$R/summary.txt"
