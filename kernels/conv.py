@@ -1,5 +1,5 @@
 """Depthwise causal 1-D convolution: `causal_conv1d` (dispatching), `causal_conv1d_ref` (plain PyTorch) and
-`causal_conv1d_update` (one decoding step on a rolling window).
+`causal_conv1d_update` (one decoding step on a rolling window) with its twin `causal_conv1d_update_ref`.
 
 Dimensions: batch (b), dim = channels (d), L = time (l), width = kernel taps (w).
 Causal: out_t = bias + sum_k weight[k] x[t - (w-1) + k]. Anti-causal (reverse=True): out_t = bias +
@@ -114,27 +114,32 @@ def causal_conv1d(
     return _causal_conv1d_torch(x, weight, bias, activation, mask, reverse)
 
 
-def causal_conv1d_update(
-    x: torch.Tensor,
-    conv_state: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-) -> torch.Tensor:
-    """One decoding step. x: (batch, dim); conv_state: (batch, dim, width), the last `width` inputs, oldest first,
-    rolled in place to take x; weight: (dim, width) or (dim, 1, width). Returns (batch, dim) in x's dtype, equal to
-    the last output of `causal_conv1d` over the same history."""
+def _check_conv_update(
+    x: object, conv_state: object, weight: object, bias: object, activation: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     x = check_tensor("x", x, shape=(None, None))
     batch, dim = x.shape
     weight = check_tensor("weight", weight, device=x.device)
     if weight.dim() == 3 and weight.shape[1] == 1:
-        weight = weight[:, 0]
+        weight = weight[:, 0]  # nn.Conv1d(groups=dim) keeps it as (dim, 1, width)
     check_tensor("weight", weight, shape=(dim, None))
     width = weight.shape[1]
+    if width < 1:
+        raise ValueError(f"weight must have shape (dim, width) with width >= 1, got {tuple(weight.shape)}")
     conv_state = check_tensor("conv_state", conv_state, shape=(batch, dim, width), device=x.device)
     bias = check_optional("bias", bias, shape=(dim,), device=x.device)
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
+    return x, conv_state, weight, bias
+
+
+def _causal_conv1d_update_torch(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None,
+) -> torch.Tensor:
     cdt = torch.float64 if torch.float64 in (x.dtype, weight.dtype, conv_state.dtype) else torch.float32
     conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
     conv_state[:, :, -1] = x
@@ -144,3 +149,34 @@ def causal_conv1d_update(
     if activation == "silu":
         out = F.silu(out)
     return out.to(x.dtype)
+
+
+def causal_conv1d_update_ref(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """One decoding step in plain PyTorch. x: (batch, dim); conv_state: (batch, dim, width), the last `width` inputs,
+    oldest first, rolled in place to take x (rounded to conv_state's dtype); weight: (dim, width) or (dim, 1, width);
+    bias: (dim,). Sums in fp32 (fp64 for fp64 inputs). Returns (batch, dim) in x's dtype, equal to the last output of
+    `causal_conv1d` over the same history."""
+    return _causal_conv1d_update_torch(*_check_conv_update(x, conv_state, weight, bias, activation), activation)
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> torch.Tensor:
+    """One decoding step; same contract as `causal_conv1d_update_ref`, one Triton kernel on CUDA tensors (roll,
+    taps, bias and activation together)."""
+    x, conv_state, weight, bias = _check_conv_update(x, conv_state, weight, bias, activation)
+    if backend(x) == "triton":
+        from .conv_update_triton import causal_conv1d_update_triton
+
+        return causal_conv1d_update_triton(x, conv_state, weight, bias, activation)
+    return _causal_conv1d_update_torch(x, conv_state, weight, bias, activation)

@@ -110,3 +110,87 @@ def selective_state_update(
 
         return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     return _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+# --- the layer's form: dt in low rank, A as A_log ---
+
+
+def _check_fused(
+    state: object, x: object, dt_low: object, dt_weight: object, A_log: object, B: object, C: object, D: object,
+    z: object, dt_bias: object
+) -> tuple[torch.Tensor, ...]:
+    state = check_tensor("state", state, shape=(None, None, None))
+    batch, dim, n_state = state.shape
+    dev = state.device
+    x = check_tensor("x", x, shape=(batch, dim), device=dev)
+    dt_weight = check_tensor("dt_weight", dt_weight, shape=(dim, None), device=dev)
+    dt_low = check_tensor("dt_low", dt_low, shape=(batch, dt_weight.shape[1]), device=dev)
+    if isinstance(A_log, torch.Tensor) and A_log.is_complex():
+        raise TypeError(f"A_log must be real (dim, N), got {A_log.dtype}")
+    A_log = check_tensor("A_log", A_log, shape=(dim, n_state), device=dev)
+    # the rest as the plain update checks them (x stands in for dt, checked above in its own form)
+    state, x, _, A_log, B, C, D, z, dt_bias = _check_step(state, x, x, A_log, B, C, D, z, dt_bias)
+    return state, x, dt_low, dt_weight, A_log, B, C, D, z, dt_bias
+
+
+def _fused_torch(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt_low: torch.Tensor,
+    dt_weight: torch.Tensor,
+    A_log: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    dt_bias: torch.Tensor | None,
+    dt_softplus: bool,
+) -> torch.Tensor:
+    dt = F.linear(dt_low, dt_weight.to(dt_low.dtype))  # (b, d) in the inputs' dtype, as the parallel forward has it
+    A = -torch.exp(A_log.to(torch.promote_types(torch.promote_types(state.dtype, A_log.dtype), torch.float32)))
+    return _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def selective_state_update_fused_ref(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt_low: torch.Tensor,
+    dt_weight: torch.Tensor,
+    A_log: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """A Mamba layer's SSM step in plain PyTorch: dt = dt_low @ dt_weight^T (in the inputs' dtype), A = -exp(A_log),
+    then `selective_state_update_ref`. state: (batch, dim, N), updated in place; x, z: (batch, dim); dt_low:
+    (batch, R); dt_weight: (dim, R); A_log: (dim, N); B, C: (batch, N) or (batch, groups, N); D, dt_bias: (dim,).
+    Returns (batch, dim) in x's dtype."""
+    args = _check_fused(state, x, dt_low, dt_weight, A_log, B, C, D, z, dt_bias)
+    return _fused_torch(*args, dt_softplus)
+
+
+def selective_state_update_fused(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt_low: torch.Tensor,
+    dt_weight: torch.Tensor,
+    A_log: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """Same contract as `selective_state_update_fused_ref`; on CUDA tensors one Triton kernel does the dt projection,
+    softplus, exp(A_log), state update, D skip and gate, reading strided slices (of x_proj's and in_proj's outputs)
+    where they lie."""
+    args = _check_fused(state, x, dt_low, dt_weight, A_log, B, C, D, z, dt_bias)
+    if backend(args[0]) == "triton":
+        from .step_triton import selective_state_update_fused_triton
+
+        return selective_state_update_fused_triton(*args, dt_softplus)
+    return _fused_torch(*args, dt_softplus)

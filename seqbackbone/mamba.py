@@ -20,7 +20,8 @@ from einops import rearrange, repeat
 from torch import nn
 
 from seqbackbone.cache import MambaCache
-from seqbackbone.kernels import causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from seqbackbone.kernels import causal_conv1d, causal_conv1d_update, selective_scan
+from seqbackbone.kernels.step import selective_state_update_fused
 
 BIDIRECTIONAL_MODES = (None, "add", "tied")
 
@@ -256,13 +257,15 @@ class Mamba(nn.Module):
             )
         self._check_cache(cache)
         check_step_input(x_t, self.d_model, cache.batch_size)
+        # On CUDA this is six kernels with the block's norm: in_proj, conv step, x_proj, SSM step, out_proj. u, z, dt,
+        # B and C stay strided views of the projections' outputs; the SSM step projects dt itself, forms A from A_log
+        # and reads D and dt_bias in their stored dtype, so no per-step casts or exps run as kernels of their own.
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, Di) each
         u = causal_conv1d_update(u, cache.conv_state, self.conv1d.weight, self.conv1d.bias, self.activation)
-        dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight)  # (B, Di); bias goes in the update
-        A = -torch.exp(self.A_log.float())
-        y = selective_state_update(
-            cache.ssm_state, u, dt, A, B, C, self.D.float(), z=z, dt_bias=self.dt_proj.bias.float(), dt_softplus=True
+        dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, R), (B, N) x2
+        y = selective_state_update_fused(
+            cache.ssm_state, u, dt, self.dt_proj.weight, self.A_log, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
+            dt_softplus=True,
         )
         return self.out_proj(y)
 
