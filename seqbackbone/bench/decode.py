@@ -8,12 +8,16 @@ since compiling takes a while), greedy `generate` is timed at two lengths after 
 (which also captures the graph); the difference divided by the extra tokens is the steady per-step time, free of the
 prefill and the capture. The floor is one read of every weight per step: 2 bytes x parameters / copy bandwidth,
 where the bandwidth is a device-to-device copy measured in the same run (bytes read + written per second).
+The header also gives the kernels one step launches at batch 1 (what a CUDA graph replays per token), on the path the
+run takes and on the op-by-op PyTorch path (SEQBACKBONE_KERNELS=torch): profiled on CUDA, counted op by op elsewhere.
 A configuration that fails is reported as such and the rest still run; the table file is rewritten after every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import sys
 import time
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from seqbackbone.kernels.dispatch import interpreting
 
 
 @dataclass
@@ -128,28 +134,161 @@ def measure(
     return row
 
 
-def kernels_per_step(model: torch.nn.Module, device: torch.device) -> int:
-    """GPU kernels (and copies) one eager decoding step at batch 1 launches: what a CUDA graph replays per token."""
-    from torch.profiler import ProfilerActivity, profile
+# ops that allocate or re-describe memory without launching a kernel
+_NO_KERNEL = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "set_", "resize_",
+              "lift_fresh", "_local_scalar_dense"}
 
+
+def _storages(value: object) -> set[int]:
+    if isinstance(value, torch.Tensor):
+        return {value.untyped_storage().data_ptr()}
+    if isinstance(value, list | tuple):
+        return set().union(*(_storages(v) for v in value)) if value else set()
+    return set()
+
+
+def _launches_kernel(func: torch._ops.OpOverload, args: tuple, kwargs: dict, out: object) -> bool:
+    if not any("Tensor" in str(r.type) for r in func._schema.returns):  # e.g. promote_types
+        return False
+    if func.overloadpacket.__name__ in _NO_KERNEL:
+        return False
+    if func.is_view:
+        # aliasing ops (views; `to`, `reshape` and `contiguous` below autograd in inference mode) cost a copy only
+        # when they return new memory
+        inputs = _storages(list(args) + list(kwargs.values()))
+        return not _storages(out) <= inputs
+    return True
+
+
+class OpCounter:
+    """Counts what one call would launch on a GPU, on any device: every ATen op below autograd that computes
+    (views and allocations excluded), plus one per Triton kernel launch (Triton's interpreter on the CPU; the tensor
+    copies the interpreter makes are not counted). `ops` lists the names in order."""
+
+    def __init__(self) -> None:
+        self.ops: list[str] = []
+
+    def __enter__(self) -> OpCounter:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+        paused = [0]
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                if not paused[0] and _launches_kernel(func, args, kwargs, out):
+                    counter.ops.append(func.overloadpacket.__name__)
+                return out
+
+        self._mode = _Mode()
+        self._restore = None
+        try:
+            from triton.runtime.interpreter import InterpretedFunction
+        except Exception:  # no Triton: only ATen ops can run
+            InterpretedFunction = None
+        if InterpretedFunction is not None:
+            run = InterpretedFunction.run
+
+            def counted_run(fn, *args, **kwargs):
+                if not kwargs.get("warmup", False):
+                    counter.ops.append("triton:" + fn.__name__)
+                paused[0] += 1
+                try:
+                    return run(fn, *args, **kwargs)
+                finally:
+                    paused[0] -= 1
+
+            InterpretedFunction.run = counted_run
+            self._restore = (InterpretedFunction, run)
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        if self._restore is not None:
+            cls, run = self._restore
+            cls.run = run
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+
+def _step_decoder(model: torch.nn.Module, batch: int, device: torch.device):
     from seqbackbone.generation import StepDecoder
 
-    decoder = StepDecoder(model, 1)
-    decoder.prefill(prompt_for_codes(model, device))
-    token = torch.zeros(1, dtype=torch.long, device=device)
-    decoder.step(token)
+    decoder = StepDecoder(model, batch)
+    decoder.prefill(prompt_for_codes(model, device, batch))
+    decoder.step(torch.zeros(batch, dtype=torch.long, device=device))  # warm-up: Triton compiles
     _sync(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        decoder.step(token)
+    return decoder
+
+
+def step_ops(model: torch.nn.Module, device: torch.device, batch: int = 1) -> list[str]:
+    """Names of the kernels one decoding step (the part a CUDA graph replays) launches, counted by `OpCounter`."""
+    decoder = _step_decoder(model, batch, device)
+    with torch.inference_mode(), OpCounter() as counter:
+        decoder._run_step()
+    return counter.ops
+
+
+def kernels_per_step(model: torch.nn.Module, device: torch.device) -> int:
+    """GPU kernels (and copies) one eager decoding step at batch 1 launches, profiled on CUDA: what a CUDA graph
+    replays per token."""
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder = _step_decoder(model, 1, device)
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        decoder._run_step()
         _sync(device)
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
-def prompt_for_codes(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
-    """A (1, 8) prompt of code / token ids for the decoder itself (below generate's waveform handling)."""
+@contextlib.contextmanager
+def _kernels_env(value: str | None):
+    """SEQBACKBONE_KERNELS set to `value` (unset for None) for the duration."""
+    before = os.environ.get("SEQBACKBONE_KERNELS")
+    if value is None:
+        os.environ.pop("SEQBACKBONE_KERNELS", None)
+    else:
+        os.environ["SEQBACKBONE_KERNELS"] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SEQBACKBONE_KERNELS", None)
+        else:
+            os.environ["SEQBACKBONE_KERNELS"] = before
+
+
+def count_kernels(model: torch.nn.Module, device: torch.device) -> dict[str, str]:
+    """Header lines: kernels per decoding step at batch 1 on the path the run uses and on the op-by-op PyTorch path
+    (SEQBACKBONE_KERNELS=torch, the step before its kernels were fused). Profiled on CUDA; on other devices counted
+    by `OpCounter` (the ops a GPU would launch)."""
+    lines = {}
+    paths = [("kernels per step", os.environ.get("SEQBACKBONE_KERNELS")),
+             ("kernels per step, op-by-op PyTorch path", "torch")]
+    if os.environ.get("SEQBACKBONE_KERNELS") == "torch" or device.type != "cuda" and not interpreting():
+        paths = paths[1:]  # the run itself is on the PyTorch path
+    for name, env in paths:
+        try:
+            with _kernels_env(env):
+                if device.type == "cuda":
+                    lines[name] = f"{kernels_per_step(model, device)} GPU kernels and copies (eager, batch 1, profiled)"
+                else:
+                    lines[name] = f"{len(step_ops(model, device))} ops that launch kernels (batch 1, counted)"
+        except Exception as err:
+            lines[name] = f"not counted: {type(err).__name__}: {err}".splitlines()[0][:200]
+    return lines
+
+
+def prompt_for_codes(model: torch.nn.Module, device: torch.device, batch: int = 1) -> torch.Tensor:
+    """A (batch, 8) prompt of code / token ids for the decoder itself (below generate's waveform handling)."""
     from seqbackbone.generation import _lm_parts
 
-    return torch.randint(0, _lm_parts(model).vocab_size, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)
+    vocab = _lm_parts(model).vocab_size
+    return torch.randint(0, vocab, (batch, 8), generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def markdown(rows: list[Row], header: dict[str, str]) -> str:
@@ -206,11 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         header["copy bandwidth"] = f"failed: {type(err).__name__}: {err}"
 
-    if device.type == "cuda":
-        try:
-            header["kernels per step"] = f"{kernels_per_step(model, device)} GPU kernels and copies (eager, batch 1)"
-        except Exception as err:
-            header["kernels per step"] = f"not counted: {type(err).__name__}: {err}".splitlines()[0][:200]
+    header.update(count_kernels(model, device))
 
     # (cuda_graph, compile); compiled rows last, so a slow compile cannot hold up the plain ones
     modes = [(True, False), (False, False)] if device.type == "cuda" else [(False, False)]
