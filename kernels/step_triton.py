@@ -75,12 +75,13 @@ def _sm_count(device_type: str, index: int | None) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _block_d(batch: int, dim: int, block_n: int, device: torch.device) -> int:
-    """Channels per program: the largest power of two up to 2048 / N tile elements that still gives every SM two
-    programs (batch 1 decoding has few rows, so smaller blocks spread the work), but at least 16."""
+def _block_d(batch: int, dim: int, block_n: int, block_r: int, device: torch.device) -> int:
+    """Channels per program: the largest power of two up to 2048 / N state elements (and 4096 / R dt_proj weights)
+    that still gives every SM two programs (batch 1 decoding has few rows, so smaller blocks spread the work), but at
+    least 16."""
     if BLOCK_D is not None:
         return BLOCK_D
-    block_d = max(1, min(triton.next_power_of_2(dim), 2048 // block_n))
+    block_d = max(1, min(triton.next_power_of_2(dim), 2048 // block_n, 4096 // block_r))
     want = 2 * _sm_count(device.type, device.index)
     while block_d > 16 and batch * triton.cdiv(dim, block_d) < want:
         block_d //= 2
@@ -99,9 +100,10 @@ def _launch(state, x, dt, W, A, B, C, D, z, dt_bias, dt_softplus, a_log):
     if batch == 0 or dim == 0:
         return out
     block_n = triton.next_power_of_2(N)
-    block_d = _block_d(batch, dim, block_n, state.device)
     rank = 1 if W is None else W.shape[1]
-    tile = block_d * max(block_n, triton.next_power_of_2(rank))
+    block_r = triton.next_power_of_2(rank)
+    block_d = _block_d(batch, dim, block_n, block_r, state.device)
+    tile = block_d * max(block_n, block_r)
     grid = (batch, triton.cdiv(dim, block_d))
     zt = z if z is not None else x
     _step_kernel[grid](
@@ -112,7 +114,7 @@ def _launch(state, x, dt, W, A, B, C, D, z, dt_bias, dt_softplus, a_log):
         W.stride(0) if W is not None else 0, zt.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=bool(dt_softplus),
         DT_PROJ=W is not None, A_LOG=bool(a_log), ACC=acc, BLOCK_D=block_d, BLOCK_N=block_n,
-        BLOCK_R=triton.next_power_of_2(rank), num_warps=1 if tile <= 256 else (2 if tile <= 1024 else 4),
+        BLOCK_R=block_r, num_warps=1 if tile <= 256 else (2 if tile <= 1024 else 4),
     )
     return out
 

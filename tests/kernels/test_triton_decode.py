@@ -199,3 +199,21 @@ def test_fused_bad_inputs(fn, bad, error, message):
     with pytest.raises(error) as info:
         fn(**args)
     assert message in str(info.value)
+
+
+def test_default_tiles(monkeypatch):
+    """The block sizes picked by size (not the small test tiles), with a channel count that leaves a partial block."""
+    monkeypatch.setattr(conv_update_triton, "BLOCK_D", None)
+    monkeypatch.setattr(step_triton, "BLOCK_D", None)
+    batch, dim, n_state, rank = 2, 200, 16, 13
+    state, conv_state = torch.randn(batch, dim, n_state, device=DEV), torch.randn(batch, dim, 4, device=DEV)
+    ref_state, ref_conv = state.clone(), conv_state.clone()
+    x, weight, bias = torch.randn(batch, dim, device=DEV), torch.randn(dim, 4, device=DEV), torch.randn(dim, device=DEV)
+    u = causal_conv1d_update_triton(x, conv_state, weight, bias, "silu")
+    assert _rel(u, causal_conv1d_update_ref(x, ref_conv, weight, bias, "silu")) < TOL[torch.float32]
+    _, dt_low, B, C, z, p = _fused_inputs(batch, dim, n_state, rank, 1, torch.float32, True)
+    got = selective_state_update_fused_triton(state, u, dt_low, p["dt_weight"], p["A_log"], B[:, None], C[:, None],
+                                              p["D"], z, p["dt_bias"], True)
+    want = selective_state_update_fused_ref(ref_state, u, dt_low, p["dt_weight"], p["A_log"], B, C, p["D"], z,
+                                            p["dt_bias"], True)
+    assert _rel(got, want) < FUSED_TOL[torch.float32] and _rel(state, ref_state) < FUSED_TOL[torch.float32]
