@@ -161,9 +161,10 @@ def _launches_kernel(func: torch._ops.OpOverload, args: tuple, kwargs: dict, out
 
 
 class OpCounter:
-    """Counts what one call would launch on a GPU, on any device: every ATen op below autograd that computes
-    (views and allocations excluded), plus one per Triton kernel launch (Triton's interpreter on the CPU; the tensor
-    copies the interpreter makes are not counted). `ops` lists the names in order."""
+    """Counts the ops one call launches, on any device: every ATen op below autograd that computes (views and
+    allocations excluded; a matmul counts once, however many kernels cuBLAS splits it into), plus one per Triton
+    kernel launch (compiled, or through the interpreter on the CPU, whose own tensor copies are not counted).
+    `ops` lists the names in order."""
 
     def __init__(self) -> None:
         self.ops: list[str] = []
@@ -182,33 +183,35 @@ class OpCounter:
                     counter.ops.append(func.overloadpacket.__name__)
                 return out
 
-        self._mode = _Mode()
-        self._restore = None
-        try:
-            from triton.runtime.interpreter import InterpretedFunction
-        except Exception:  # no Triton: only ATen ops can run
-            InterpretedFunction = None
-        if InterpretedFunction is not None:
-            run = InterpretedFunction.run
-
+        def counted(run):
             def counted_run(fn, *args, **kwargs):
                 if not kwargs.get("warmup", False):
-                    counter.ops.append("triton:" + fn.__name__)
-                paused[0] += 1
+                    counter.ops.append("triton:" + fn.fn.__name__)
+                paused[0] += 1  # the interpreter's own tensor copies are no GPU kernels
                 try:
                     return run(fn, *args, **kwargs)
                 finally:
                     paused[0] -= 1
 
-            InterpretedFunction.run = counted_run
-            self._restore = (InterpretedFunction, run)
+            return counted_run
+
+        self._mode = _Mode()
+        self._restore = []
+        try:
+            from triton.runtime.interpreter import InterpretedFunction
+            from triton.runtime.jit import JITFunction
+        except Exception:  # no Triton: only ATen ops can run
+            pass
+        else:
+            for cls in (InterpretedFunction, JITFunction):  # launches on the CPU's interpreter and on a GPU
+                self._restore.append((cls, cls.run))
+                cls.run = counted(cls.run)
         self._mode.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._mode.__exit__(*exc)
-        if self._restore is not None:
-            cls, run = self._restore
+        for cls, run in self._restore:
             cls.run = run
 
     def __len__(self) -> int:
@@ -264,8 +267,8 @@ def _kernels_env(value: str | None):
 
 def count_kernels(model: torch.nn.Module, device: torch.device) -> dict[str, str]:
     """Header lines: kernels per decoding step at batch 1 on the path the run uses and on the op-by-op PyTorch path
-    (SEQBACKBONE_KERNELS=torch, the step before its kernels were fused). Profiled on CUDA; on other devices counted
-    by `OpCounter` (the ops a GPU would launch)."""
+    (SEQBACKBONE_KERNELS=torch, the step before its kernels were fused): counted by `OpCounter` (the ops a GPU would
+    launch), and on CUDA also profiled (what the GPU ran: a matmul may take more than one kernel)."""
     lines = {}
     paths = [("kernels per step", os.environ.get("SEQBACKBONE_KERNELS")),
              ("kernels per step, op-by-op PyTorch path", "torch")]
@@ -274,10 +277,12 @@ def count_kernels(model: torch.nn.Module, device: torch.device) -> dict[str, str
     for name, env in paths:
         try:
             with _kernels_env(env):
+                counted = f"{len(step_ops(model, device))} ops that launch kernels (batch 1, counted)"
                 if device.type == "cuda":
-                    lines[name] = f"{kernels_per_step(model, device)} GPU kernels and copies (eager, batch 1, profiled)"
+                    profiled = kernels_per_step(model, device)
+                    lines[name] = f"{profiled} GPU kernels and copies (eager, batch 1, profiled); {counted}"
                 else:
-                    lines[name] = f"{len(step_ops(model, device))} ops that launch kernels (batch 1, counted)"
+                    lines[name] = counted
         except Exception as err:
             lines[name] = f"not counted: {type(err).__name__}: {err}".splitlines()[0][:200]
     return lines
