@@ -1,8 +1,13 @@
-"""One decoding step of the selective scan: `selective_state_update` (dispatching) and its PyTorch twin.
+"""One decoding step of the selective scan: `selective_state_update` (dispatching) and its PyTorch twin, and the
+Mamba layer's form of it, `selective_state_update_fused` (and `_ref`).
 
-Dimensions: batch (b), dim = channels (d), N = states (n), groups of B/C (g), dim // groups (k).
+Dimensions: batch (b), dim = channels (d), N = states (n), groups of B/C (g), dim // groups (k), R = dt rank (r).
 
     dt = softplus(dt + dt_bias);  state = exp(dt A) state + dt B x;  out = (C . state + D x) * silu(z)
+
+The fused form takes what the layer has at hand: dt in low rank (dt = dt_low @ dt_weight^T, dt_weight the dt_proj
+weight (d, r)) and A_log (A = -exp(A_log)), so on CUDA the projection, the exp and the parameter casts happen inside
+the one kernel instead of as kernels of their own every step.
 """
 
 from __future__ import annotations
