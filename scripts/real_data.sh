@@ -21,6 +21,10 @@
 # embeddings, embedding dropout 0.1 and label smoothing 0.1 (these exact settings), 96.9% validation accuracy (97.2%
 # test); position embeddings alone, 10 epochs, 96.1% (97.5%), train loss 0.002 by the end; no position embeddings,
 # 10 epochs, 89.8% (89.9%).
+# Spoken digits from log-mel patches (the task's augmentation: speed 0.9 / 1 / 1.1, gain, faint noise), the
+# 64-wide, 2-layer model and settings below, on the CPU: 99.6% validation accuracy, 99.2% test, 3 minutes on one
+# thread; with SpecAugment (2 bands of <= 8 mel bins, 2 spans of <= 10 frames) as well, 97.8% and 96.4% (it
+# underfits in 10 epochs).
 # Promoters (251 bases, reverse complements in training and averaged at test, the task's defaults): position embeddings
 # made no difference on the CPU (64-wide, 2 layers, 2,550 of the training sequences, 4 epochs: 80.2% validation with,
 # 81.3% without; 81.7% on 300 other training sequences for both), so the tiny model runs without them.
@@ -41,12 +45,11 @@ run() {  # name, task, data, extra flags...
     echo "exit status $?" >> "$RUNS/$name.log"
 }
 
-# Spoken digits, two front ends on the same waveforms: learned frames, and log-mel patches with SpecAugment.
+# Spoken digits, two front ends on the same waveforms: learned frames, and log-mel patches.
 run spoken-digits      spoken-digits  "$DATA/fsdd"          --model mamba_audio_cls_small --epochs 40 --batch-size 32 --lr 1e-3 \
     --set label_smoothing=0.1 &
-run spoken-digits-mel  spoken-digits  "$DATA/fsdd"          --model mamba_audio_mel_cls_small --epochs 60 --batch-size 32 \
-    --lr 1e-3 --set label_smoothing=0.1 \
-    --set 'model_kwargs={"drop_rate": 0.3, "encoder_kwargs": {"freq_masks": 2, "freq_mask_width": 8, "time_masks": 2, "time_mask_width": 10}}' &
+run spoken-digits-mel  spoken-digits  "$DATA/fsdd"          --model mamba_audio_mel_cls_small --epochs 10 --batch-size 32 \
+    --lr 2e-3 --set label_smoothing=0.1 --set 'model_kwargs={"d_model": 64, "n_layer": 2, "drop_rate": 0.3}' &
 run splice             dna-classify   "$DATA/dna/splice"    --model mamba_dna_cls_tiny --epochs 8 --batch-size 32 --lr 2e-3 \
     --set rc_augment=false --set rc_conjoin=false --set weight_decay=0.1 --set label_smoothing=0.1 \
     --set 'model_kwargs={"d_model": 64, "n_layer": 2, "drop_rate": 0.3, "encoder_kwargs": {"max_len": 64, "drop_rate": 0.1}}' &
