@@ -32,7 +32,7 @@ LAST=$((NGPU - 1))
 SB="python3 -m seqbackbone"
 
 # 1. Decoding benchmark first, alone on the GPU (timings).
-has decode && timeout ${DECODE_S:-90} python3 -m seqbackbone.bench.decode --out "$R/bench/decode.md" --no-compile \
+has decode && timeout ${DECODE_S:-90} python3 -m seqbackbone.bench.decode --out "$R/bench/decode.md" --no-compile ${DECODE_ARGS:-} \
     > "$R/bench/decode.txt" 2>&1
 
 # 2. Real-data runs (scripts/real_data.sh, the waveform language model and its samples included), side by side on GPU 0.
