@@ -431,8 +431,12 @@ def _cut(t: torch.Tensor | None, how: str, sl: slice, axis: int = 1) -> torch.Te
 def _run(fn, items: list) -> list:
     """fn(*item) for each item, on the worker threads when there are several, without autograd recording."""
 
+    # grad and inference modes are thread-local: carry the caller's inference mode into the workers, so that
+    # inference tensors (e.g. a decoding cache made under torch.inference_mode) may be updated there
+    inference = torch.is_inference_mode_enabled()
+
     def call(item):
-        with torch.no_grad():
+        with torch.inference_mode(inference), torch.no_grad():
             return fn(*item)
 
     if len(items) == 1:

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-MODULES = {"kernels": "kernels", "cpu-scan": "cpu_scan", "models": "models"}
+MODULES = {"kernels": "kernels", "cpu-scan": "cpu_scan", "models": "models", "decode": "decode"}
 
 
 def main(argv: list[str]) -> int:

@@ -324,6 +324,19 @@ def test_split_over_threads(monkeypatch, batch, dim, groups, workers):
     assert torch.get_num_threads() == threads  # the caller's setting is untouched
 
 
+def test_split_over_threads_in_inference_mode(monkeypatch):
+    """Under torch.inference_mode (a decoding cache is made of inference tensors) the worker threads run in the
+    caller's mode too: the split scan works on inference tensors and gives the unsplit result."""
+    monkeypatch.setattr(scan_torch, "PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(scan_torch, "WORKERS", 2)
+    args = random_scan_inputs(batch=4, dim=3, length=9, n_state=2, mask=True, initial_state=True)
+    want, want_last = chunked(4)(**args, return_last_state=True)
+    with torch.inference_mode():
+        inputs = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        out, last = chunked(4)(**inputs, return_last_state=True)
+    assert torch.allclose(out, want, atol=1e-6) and torch.allclose(last, want_last, atol=1e-6)
+
+
 def test_default_chunk_size_is_used_and_switchable(monkeypatch):
     args = random_scan_inputs(batch=1, dim=2, length=20, n_state=2, dtype=torch.float64)
     want = selective_scan(**args)
