@@ -276,6 +276,41 @@ _BWD_ARGS = (
 )
 
 
+def _bwd_chunk_inputs(w, ind: str, TR: int, chunk: str, with_u: bool, full: bool) -> None:
+    """Emit the inputs of register chunk `chunk` (an expression) for the backward kernels: offs_t and masks, the dt
+    tile (bias, softplus; 0 on padded steps), with_u: u and du = dt u, full: dout, the gate's sigmoid, dy (the
+    gradient at the scan's output) and dzf (dz / y)."""
+    w(f"{ind}offs_t = ({chunk}) * {TR} + loc")
+    w(f"{ind}t_ok = offs_t < L")
+    w(f"{ind}valid = t_ok")
+    w(f"{ind}if HAS_MASK:")
+    w(f"{ind}    valid = valid & (tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=t_ok, other=0) != 0)")
+    w(f"{ind}m2 = d_ok[:, None] & t_ok[None, :]")
+    w(f"{ind}ok2 = d_ok[:, None] & valid[None, :]")
+    w(f"{ind}bc_ok = valid[None, :] & (zero_d == 0)")
+    w(f"{ind}bc_offs = offs_t[None, :] + zero_d")
+    w(f"{ind}dtr = tl.load(dl_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+    w(f"{ind}if HAS_BIAS:")
+    w(f"{ind}    dtr = dtr + bias[:, None]")
+    w(f"{ind}if SOFTPLUS:")
+    w(f"{ind}    dt = _softplus(dtr)")
+    w(f"{ind}else:")
+    w(f"{ind}    dt = dtr")
+    w(f"{ind}dt = tl.where(ok2, dt, 0.0)")
+    if with_u:
+        w(f"{ind}u = tl.load(u_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+        w(f"{ind}du = dt * u")
+    if full:
+        w(f"{ind}dout = tl.load(do_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+        w(f"{ind}if HAS_Z:")
+        w(f"{ind}    zz = tl.load(z_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+        w(f"{ind}    sig = 1.0 / (1.0 + tl.exp2(-zz * {LOG2E}))")
+        w(f"{ind}    dy = dout * zz * sig")
+        w(f"{ind}    dzf = dout * sig * (1.0 + zz * (1.0 - sig))")
+        w(f"{ind}else:")
+        w(f"{ind}    dy = dout")
+
+
 def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     """Backward over segments of K register chunks (the forward saved the state entering each segment).
 
@@ -349,37 +384,6 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i1}B_row = B_ptr + pid_b * s_B_b + grp * s_B_g")
     w(f"{i1}C_row = C_ptr + pid_b * s_C_b + grp * s_C_g")
 
-    def chunk_inputs(ind, full):
-        """offs_t of register chunk (seg, k); masks; dt, du tiles (and dout/z work when `full`)."""
-        w(f"{ind}offs_t = (seg * K + k) * {TR} + loc")
-        w(f"{ind}t_ok = offs_t < L")
-        w(f"{ind}valid = t_ok")
-        w(f"{ind}if HAS_MASK:")
-        w(f"{ind}    valid = valid & (tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=t_ok, other=0) != 0)")
-        w(f"{ind}m2 = d_ok[:, None] & t_ok[None, :]")
-        w(f"{ind}ok2 = d_ok[:, None] & valid[None, :]")
-        w(f"{ind}bc_ok = valid[None, :] & (zero_d == 0)")
-        w(f"{ind}bc_offs = offs_t[None, :] + zero_d")
-        w(f"{ind}u = tl.load(u_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
-        w(f"{ind}dtr = tl.load(dl_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
-        w(f"{ind}if HAS_BIAS:")
-        w(f"{ind}    dtr = dtr + bias[:, None]")
-        w(f"{ind}if SOFTPLUS:")
-        w(f"{ind}    dt = _softplus(dtr)")
-        w(f"{ind}else:")
-        w(f"{ind}    dt = dtr")
-        w(f"{ind}dt = tl.where(ok2, dt, 0.0)")
-        w(f"{ind}du = dt * u")
-        if full:
-            w(f"{ind}dout = tl.load(do_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
-            w(f"{ind}if HAS_Z:")
-            w(f"{ind}    zz = tl.load(z_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
-            w(f"{ind}    sig = 1.0 / (1.0 + tl.exp2(-zz * {LOG2E}))")
-            w(f"{ind}    dy = dout * zz * sig")
-            w(f"{ind}    dzf = dout * sig * (1.0 + zz * (1.0 - sig))")
-            w(f"{ind}else:")
-            w(f"{ind}    dy = dout")
-
     # ---- segments, against the scan order
     w(f"{i1}for si in range(n_loc):")
     w(f"{i2}if REVERSE:")
@@ -397,7 +401,7 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i4}k = kk")
     for n in range(N):
         w(f"{i3}tl.store(scr + (k * {N} + {n}) * BLOCK_D, h{n})")
-    chunk_inputs(i3, full=False)
+    _bwd_chunk_inputs(w, i3, TR, "seg * K + k", with_u=True, full=False)
     dts = _split(L_, "dt", "p1dt", lv, i3)
     dus = _split(L_, "du", "p1du", lv, i3)
     Bs = []
@@ -421,7 +425,7 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i4}k = kk")
     w(f"{i3}else:")
     w(f"{i4}k = K - 1 - kk")
-    chunk_inputs(i3, full=True)
+    _bwd_chunk_inputs(w, i3, TR, "seg * K + k", with_u=True, full=True)
     dts = _split(L_, "dt", "dtc", lv, i3)
     dus = _split(L_, "du", "duc", lv, i3)
     dys = _split(L_, "dy", "dyc", lv, i3)
@@ -612,25 +616,8 @@ def _bwd_local_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i3}rc = q_lo * K + si")
     w(f"{i2}else:")
     w(f"{i3}rc = (q_lo + n_loc) * K - 1 - si")
-    w(f"{i2}offs_t = rc * {TR} + loc")
-    w(f"{i2}t_ok = offs_t < L")
-    w(f"{i2}valid = t_ok")
-    w(f"{i2}if HAS_MASK:")
-    w(f"{i3}valid = valid & (tl.load(mask_ptr + pid_b * s_m_b + offs_t, mask=t_ok, other=0) != 0)")
-    w(f"{i2}ok2 = d_ok[:, None] & valid[None, :]")
-    w(f"{i2}bc_ok = valid[None, :] & (zero_d == 0)")
-    w(f"{i2}bc_offs = offs_t[None, :] + zero_d")
-    w(f"{i2}dt = tl.load(dl_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
-    w(f"{i2}if HAS_BIAS:")
-    w(f"{i3}dt = dt + bias[:, None]")
-    w(f"{i2}if SOFTPLUS:")
-    w(f"{i3}dt = _softplus(dt)")
-    w(f"{i2}dt = tl.where(ok2, dt, 0.0)")
+    _bwd_chunk_inputs(w, i2, TR, "rc", with_u=False, full=True)
     w(f"{i2}dsum += tl.sum(dt, axis=1)")
-    w(f"{i2}dy = tl.load(do_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
-    w(f"{i2}if HAS_Z:")
-    w(f"{i3}zz = tl.load(z_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
-    w(f"{i3}dy = dy * zz / (1.0 + tl.exp2(-zz * {LOG2E}))")
     dts = _split(L_, "dt", "dtc", lv, i2)
     dys = _split(L_, "dy", "dyc", lv, i2)
     Cs = []
