@@ -7,7 +7,9 @@ Dimensions: B batch, L prompt length, T new tokens, V vocabulary (code book) siz
     token t --embed--> backbone.step(cache) --head--> logits --sample--> token t + 1      (T - 1 times)
 
 The step runs on static buffers (the cache, the input token, the logits), so on CUDA it is captured once as a CUDA
-graph and replayed per token; on the CPU the same code runs eagerly. Sampling (temperature, top-k, top-p) happens
+graph and replayed per token; on the CPU the same code runs eagerly. Where `fused_decode_supported(model, batch)`
+holds (a plain causal Mamba LM, batch <= 8, on CUDA) the whole step is one persistent Triton kernel
+(seqbackbone.kernels.decode); SEQBACKBONE_FUSED_DECODE=0 turns that off. Sampling (temperature, top-k, top-p) happens
 outside the graph so that any `torch.Generator` can drive it.
 
 Waveform language models take and return float waveforms in [-1, 1]: the prompt is mu-law encoded into the model's
@@ -25,6 +27,8 @@ import torch
 from torch import nn
 
 from .cache import InferenceCache, MambaCache
+from .kernels.decode import FusedDecodeStep, fused_decode_enabled, fused_decode_supported
+from .kernels.dispatch import forced_backend
 
 __all__ = [
     "StepDecoder",
@@ -192,6 +196,10 @@ class StepDecoder:
                 [layer.ssm_state for layer in self.cache.layers],
             )
             self.token = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+            # the whole step as one kernel where the model allows it (it reads and advances the cache's own tensors)
+            self.fused: FusedDecodeStep | None = None
+            if not compile and fused_decode_supported(model, batch_size):
+                self.fused = FusedDecodeStep(model, self.token, *self._states)
             self.logits: torch.Tensor | None = None
             self.graph: torch.cuda.CUDAGraph | None = None
             if cuda_graph:
@@ -201,6 +209,9 @@ class StepDecoder:
         return [t.data_ptr() for layer in self.cache.layers for t in (layer.conv_state, layer.ssm_state)]
 
     def _run_step(self) -> None:
+        if self.fused is not None:
+            self.logits = self.fused()
+            return
         parts = self.parts
         self.logits = self._fn(parts.embed, parts.backbone, parts.head, self.token, *self._states)
 
@@ -249,7 +260,8 @@ _DECODERS: weakref.WeakKeyDictionary[nn.Module, StepDecoder] = weakref.WeakKeyDi
 
 
 def _decoder_key(model: nn.Module, batch_size: int, cuda_graph: bool, compile: bool) -> tuple:
-    return (batch_size, cuda_graph, compile, _param_key(model))
+    # the backend and the fused-step switch decide which step runs, so a change of either needs a new decoder
+    return (batch_size, cuda_graph, compile, fused_decode_enabled(), forced_backend(), _param_key(model))
 
 
 def _decoder_for(model: nn.Module, batch_size: int, cuda_graph: bool, compile: bool = False) -> StepDecoder:

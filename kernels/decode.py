@@ -1,0 +1,278 @@
+"""A whole decoding step of a Mamba language model as one kernel launch: `FusedDecodeStep` and the check
+`fused_decode_supported(model, batch)`.
+
+Dimensions: B batch (1..8), Dm d_model, Di d_inner, N d_state, R dt_rank, W d_conv, V vocabulary.
+
+    token ids (B,) --embed--> [rmsnorm, in_proj, conv step, x_proj, SSM step, out_proj] x layers --norm_f, head-->
+    logits (B, V) fp32, every layer's conv window and SSM state advanced in place
+
+The step computes exactly what `embed -> MambaBackbone.step -> head` computes (the same roundings to the activation
+dtype, sums in fp32), in one persistent Triton kernel with grid-wide barriers between its phases
+(kernels/decode_triton.py). It reads the model's parameters and the cache's state tensors where they lie, through
+tables of their addresses: a decoder built on it sees in-place weight updates, and a CUDA graph captures one kernel.
+
+`SEQBACKBONE_FUSED_DECODE=0` turns it off (the decoder then runs the layer-by-layer step). On the CPU it runs only
+through the Triton interpreter (SEQBACKBONE_KERNELS=triton, TRITON_INTERPRET=1), with one program.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import nn
+
+from .dispatch import backend, forced_backend, interpreting, triton_available
+
+MAX_BATCH = 8
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# weight elements one program holds per tile (8 warps: 64 per thread; ptxas reports fewer spills than at 128)
+_TILE = 16384
+_NUM_WARPS = 8
+
+
+def fused_decode_enabled() -> bool:
+    """False when SEQBACKBONE_FUSED_DECODE is set to 0 / false / off."""
+    return os.environ.get("SEQBACKBONE_FUSED_DECODE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def _embedding_encoders() -> tuple[type, ...]:
+    # encoders whose embed(ids) is exactly self.embedding(ids)
+    from seqbackbone.encoders.audio import MuLawEncoder
+    from seqbackbone.encoders.dna import DnaEncoder
+
+    return (MuLawEncoder, DnaEncoder)
+
+
+def fused_decode_unsupported_reason(model: nn.Module, batch: int) -> str | None:
+    """Why the fused step cannot run `model` at batch size `batch` (None when it can)."""
+    from seqbackbone.backbone import Block, MambaBackbone
+    from seqbackbone.heads import LMHead
+    from seqbackbone.layers.norm import RMSNorm
+    from seqbackbone.mamba import Mamba
+
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        return f"batch must be an int in [1, {MAX_BATCH}], got {batch!r}"
+    if not triton_available():
+        return "triton is not available"
+    encoder, backbone, head = (getattr(model, k, None) for k in ("encoder", "backbone", "head"))
+    if not isinstance(encoder, _embedding_encoders()) or not isinstance(getattr(encoder, "embedding", None),
+                                                                        nn.Embedding):
+        return f"the encoder must embed by a table lookup, got {type(encoder).__name__}"
+    emb = encoder.embedding
+    if emb.max_norm is not None:
+        return "the embedding renormalises rows (max_norm)"
+    if not isinstance(backbone, MambaBackbone) or not backbone.causal:
+        return "the backbone must be a causal MambaBackbone"
+    if len(backbone.layers) < 1:
+        return "the backbone has no layers"
+    if isinstance(head, LMHead):
+        head_w, head_b = head.weight, None
+    elif isinstance(head, nn.Linear):
+        head_w, head_b = head.weight, head.bias
+    else:
+        return f"the head must be a tied LMHead or an nn.Linear, got {type(head).__name__}"
+    act = emb.weight.dtype
+    if act not in _DTYPES:
+        return f"the embedding's dtype must be one of {_DTYPES}, got {act}"
+    if not isinstance(backbone.norm_f, RMSNorm):
+        return "the norms must be RMSNorm"
+    if not backbone.residual_in_fp32 and act != torch.float32:
+        return "a low-precision residual stream (residual_in_fp32=False) is not supported"
+    eps = backbone.norm_f.eps
+    device = emb.weight.device
+    tensors = [emb.weight, head_w, backbone.norm_f.weight] + ([head_b] if head_b is not None else [])
+    for i, block in enumerate(backbone.layers):
+        mixer = getattr(block, "mixer", None)
+        if type(block) is not Block or type(mixer) is not Mamba or not isinstance(block.norm, RMSNorm):
+            return f"layer {i} is not a plain Mamba block with an RMSNorm"
+        if block.norm.eps != eps:
+            return f"layer {i}'s norm eps {block.norm.eps} differs from norm_f's {eps}"
+        if mixer.bidirectional is not None or mixer.activation != "silu":
+            return f"layer {i} is not a causal silu Mamba layer"
+        if mixer.in_proj.bias is not None or mixer.out_proj.bias is not None or mixer.x_proj.bias is not None:
+            return f"layer {i} has in_proj / x_proj / out_proj biases"
+        if mixer.d_model != backbone.d_model:
+            return f"layer {i} has d_model {mixer.d_model}"
+        for w in (block.norm.weight, mixer.in_proj.weight, mixer.conv1d.weight, mixer.x_proj.weight,
+                  mixer.dt_proj.weight, mixer.out_proj.weight):
+            if w.dtype != act:
+                return f"layer {i}'s weights must share the embedding's dtype {act}, got {w.dtype}"
+        tensors += [block.norm.weight, mixer.in_proj.weight, mixer.conv1d.weight, mixer.x_proj.weight,
+                    mixer.dt_proj.weight, mixer.dt_proj.bias, mixer.A_log, mixer.D, mixer.out_proj.weight]
+        if mixer.conv1d.bias is not None:
+            tensors.append(mixer.conv1d.bias)
+    if head_w.dtype != act or head_w.shape[1] != backbone.d_model:
+        return f"the head weight must be (V, {backbone.d_model}) in {act}, got {tuple(head_w.shape)} {head_w.dtype}"
+    first = backbone.layers[0].mixer
+    for i, block in enumerate(backbone.layers):
+        m = block.mixer
+        same = (m.d_inner, m.d_state, m.d_conv, m.dt_rank, m.conv1d.bias is None) == (
+            first.d_inner, first.d_state, first.d_conv, first.dt_rank, first.conv1d.bias is None)
+        if not same:
+            return f"layer {i}'s shapes differ from layer 0's"
+        for a, b in ((m.A_log, first.A_log), (m.D, first.D), (m.dt_proj.bias, first.dt_proj.bias)):
+            if a.dtype != b.dtype or a.dtype not in _DTYPES:
+                return f"layer {i}'s A_log / D / dt bias dtypes differ from layer 0's or are unsupported"
+        if m.conv1d.bias is not None and (m.conv1d.bias.dtype != first.conv1d.bias.dtype
+                                          or m.conv1d.bias.dtype not in _DTYPES):
+            return f"layer {i}'s conv bias dtype differs from layer 0's or is unsupported"
+    for t in tensors:
+        if t.device != device:
+            return f"all parameters must be on one device, found {t.device} and {device}"
+        if not t.is_contiguous():
+            return "every parameter must be contiguous"
+    if device.type == "cuda":
+        if backend(emb.weight) != "triton":
+            return "SEQBACKBONE_KERNELS=torch"
+    elif not (forced_backend() == "triton" and interpreting()):
+        return f"on {device.type} the fused step runs only under the Triton interpreter"
+    return None
+
+
+def fused_decode_supported(model: nn.Module, batch: int) -> bool:
+    """True when `FusedDecodeStep` can run `model` at batch size `batch`: a causal Mamba LM (token-lookup encoder,
+    plain pre-norm RMSNorm blocks without projection biases, tied LMHead or nn.Linear head), 1 <= batch <= 8,
+    bf16 / fp16 / fp32 weights, on CUDA (or the CPU under the Triton interpreter), and SEQBACKBONE_FUSED_DECODE not 0.
+    """
+    return fused_decode_enabled() and fused_decode_unsupported_reason(model, batch) is None
+
+
+@functools.cache
+def _sm_count(index: int | None) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _block(items: int, programs: int, lo: int, hi: int) -> int:
+    """Power-of-two block of `items` rows giving about one block per program, within [lo, hi]."""
+    want = _pow2(-(-items // max(1, programs)))
+    return max(lo, min(max(lo, hi), want))
+
+
+class FusedDecodeStep:
+    """One decoding step of `model` in one kernel launch, on static buffers.
+
+    token: (B,) long, read at every call; conv_states[l]: (B, Di, W) and ssm_states[l]: (B, Di, N) fp32, both
+    contiguous, advanced in place. `__call__()` returns the logits (B, V) fp32 (a static buffer, overwritten by the
+    next call). `programs` sets how many programs the work is planned for (default: the SM count on CUDA, 1 under
+    the interpreter, which always launches one program); tests use it to cut the work into many small items.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        token: torch.Tensor,
+        conv_states: list[torch.Tensor],
+        ssm_states: list[torch.Tensor],
+        programs: int | None = None,
+    ) -> None:
+        batch = token.shape[0] if isinstance(token, torch.Tensor) and token.dim() == 1 else None
+        reason = fused_decode_unsupported_reason(model, batch) if batch is not None else "token must be (B,)"
+        if reason is not None:
+            raise ValueError(f"the fused decoding step cannot run this model: {reason}")
+        if token.dtype != torch.long:
+            raise TypeError(f"token must be int64 token ids (B,), got {token.dtype}")
+        backbone = model.backbone
+        mixers = [block.mixer for block in backbone.layers]
+        m0 = mixers[0]
+        emb = model.encoder.embedding.weight
+        self.device = emb.device
+        if token.device != self.device:
+            raise ValueError(f"token must be on the model's device {self.device}, got {token.device}")
+        Dm, Di, N, R, W = backbone.d_model, m0.d_inner, m0.d_state, m0.dt_rank, m0.d_conv
+        if len(conv_states) != len(mixers) or len(ssm_states) != len(mixers):
+            raise ValueError(f"need {len(mixers)} conv and SSM states, got {len(conv_states)} and {len(ssm_states)}")
+        conv_dtype = conv_states[0].dtype
+        for name, states, shape in (("conv_states", conv_states, (batch, Di, W)),
+                                    ("ssm_states", ssm_states, (batch, Di, N))):
+            for t in states:
+                dtype_ok = t.dtype == (torch.float32 if name == "ssm_states" else conv_dtype)
+                if tuple(t.shape) != shape or not t.is_contiguous() or not dtype_ok or t.device != self.device:
+                    kind = "fp32" if name == "ssm_states" else "one dtype"
+                    raise ValueError(
+                        f"{name} must be contiguous {shape} tensors ({kind}) on {self.device}, got "
+                        f"{tuple(t.shape)} {t.dtype} on {t.device}"
+                    )
+        if conv_dtype not in _DTYPES:
+            raise ValueError(f"conv_states dtype must be one of {_DTYPES}, got {conv_dtype}")
+
+        head = model.head
+        head_w = head.weight
+        head_b = getattr(head, "bias", None) if isinstance(head, nn.Linear) else None
+        V = head_w.shape[0]
+        self.token = token
+        self.conv_states, self.ssm_states = conv_states, ssm_states
+
+        def table(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=self.device)
+
+        self._tables = [
+            table([b.norm.weight for b in backbone.layers]),
+            table([m.in_proj.weight for m in mixers]),
+            table([m.conv1d.weight for m in mixers]),
+            table([m.conv1d.bias if m.conv1d.bias is not None else m.conv1d.weight for m in mixers]),
+            table([m.x_proj.weight for m in mixers]),
+            table([m.dt_proj.weight for m in mixers]),
+            table([m.dt_proj.bias for m in mixers]),
+            table([m.A_log for m in mixers]),
+            table([m.D for m in mixers]),
+            table([m.out_proj.weight for m in mixers]),
+            table(conv_states),
+            table(ssm_states),
+        ]
+        # keep every tensor the tables point to alive for as long as the step exists
+        self._params = list(model.parameters())
+
+        on_gpu = self.device.type == "cuda"
+        self.grid = _sm_count(self.device.index) if on_gpu else 1
+        plan = programs if programs is not None else self.grid
+        X = R + 2 * N
+        block_dm, block_di = _pow2(Dm), _pow2(Di)
+        block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)
+        ch_conv = _block(Di, 32, 2, _TILE // block_x)  # few items: P3 sums their partials
+        n_conv = -(-Di // ch_conv)
+        f32 = dict(dtype=torch.float32, device=self.device)
+        self.logits = torch.empty(batch, V, **f32)
+        self._resid = torch.empty(batch, Dm, **f32)
+        self._xz = torch.empty(batch, 2 * Di, **f32)
+        self._xc = torch.empty(batch, Di, **f32)
+        self._part = torch.empty(n_conv, batch, X, **f32)
+        self._y = torch.empty(batch, Di, **f32)
+        self._barrier = torch.zeros(2, dtype=torch.int32, device=self.device)  # count, generation: self-resetting
+
+        import triton.language as tl
+
+        from . import decode_triton  # noqa: F401 (imports triton)
+
+        tl_dtype = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+        self._constexprs = dict(
+            ADT=tl_dtype[emb.dtype], CONV_DT=tl_dtype[conv_dtype], ALOG_DT=tl_dtype[m0.A_log.dtype],
+            D_DT=tl_dtype[m0.D.dtype], DTB_DT=tl_dtype[m0.dt_proj.bias.dtype],
+            CB_DT=tl_dtype[m0.conv1d.bias.dtype if m0.conv1d.bias is not None else emb.dtype],
+            HAS_CONV_BIAS=m0.conv1d.bias is not None, HAS_HEAD_BIAS=head_b is not None,
+            BLOCK_B=batch, BLOCK_DM=block_dm, BLOCK_DI=block_di, BLOCK_N=block_n, BLOCK_R=block_r,
+            BLOCK_W=max(2, _pow2(W)), BLOCK_X=block_x, BLOCK_J=min(32, _pow2(n_conv)),
+            ROWS_IN=_block(2 * Di, plan, 2, _TILE // block_dm),
+            CH_CONV=ch_conv,
+            CH_SSM=_block(Di, plan, 2, _TILE // max(block_n, block_r)),
+            ROWS_OUT=_block(Dm, plan, 2, _TILE // (2 * block_di)),
+            ROWS_HEAD=_block(V, plan, 2, _TILE // block_dm),
+        )
+        self._args = (
+            token, emb, head_w, head_b if head_b is not None else head_w, backbone.norm_f.weight, self.logits,
+            *self._tables,
+            self._resid, self._xz, self._xc, self._part, self._y, self._barrier,
+            len(mixers), Dm, Di, N, R, W, V, float(backbone.norm_f.eps),
+        )
+
+    def __call__(self) -> torch.Tensor:
+        """Runs the step: logits (B, V) fp32 for the tokens in `token`; the states advance in place."""
+        from .decode_triton import launch
+
+        launch(self.grid, self._args, self._constexprs, _NUM_WARPS)
+        return self.logits

@@ -1,0 +1,275 @@
+"""One whole decoding step of a Mamba language model in a single persistent Triton kernel.
+
+Dimensions: B batch (BLOCK_B rows, all handled together so each weight tile is read once), Dm d_model, Di d_inner,
+N d_state, R dt_rank, W d_conv, X = R + 2N (x_proj's outputs), V vocabulary.
+
+One program per SM; every phase spreads its items over the programs (`item = pid, pid + P, ...`) and a grid-wide
+barrier separates the phases that depend on each other's results:
+
+    per layer l:   P1 in_proj   xz = rmsnorm(residual) @ W_in^T            items: row blocks of W_in (2Di x Dm)
+                   P2 conv      window rolls, xc = silu(conv + bias),       items: channel blocks
+                                partial x_proj sums W_x[:, blk] @ xc (one slot per item, no float atomics)
+                   P3 SSM       x_dbl = sum of partials, dt = softplus(W_dt dt_low + bias), h = exp(dt A) h + dt B xc,
+                                y = (C . h + D xc) silu(z)                  items: channel blocks
+                   P4 out_proj  residual += y @ W_out^T                    items: row blocks of W_out (Dm x Di)
+    then:          logits = rmsnorm_f(residual) @ W_head^T (+ bias)         items: row blocks of the head
+
+Layer 0 reads its residual straight from the embedding (the prenorm block's "residual is None" case), so no phase
+runs before P1. Weights are reached through int64 tables of each layer's data pointer (no stacked copies: a model
+trained on in place stays current). Every result that the reference rounds to the activation dtype (a projection's
+output, the normed hidden, the conv output, the SSM output) is rounded here too; sums run in fp32.
+
+Each phase loads its first weight tile before it waits at the barrier that guards its activations, so the weight
+latency hides behind the barrier. Loads of data other programs wrote use cache_modifier ".cg" (L2, never a stale L1
+line). Under the interpreter the programs run one after another, so the host launches a single program there.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl  # noqa: F401 (triton: the jit decorator)
+
+
+@triton.jit
+def _grid_barrier(bar_ptr, nprog):
+    """Self-resetting grid barrier: bar_ptr[0] counts arrivals, bar_ptr[1] is the generation. The last arriver
+    resets the count and bumps the generation; the others spin until the generation moves. Needs every program
+    resident at once (grid <= SM count, one program per SM)."""
+    tl.debug_barrier()
+    gen = tl.atomic_add(bar_ptr + 1, 0, sem="acquire", scope="gpu")
+    arrived = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
+    if arrived == nprog - 1:
+        tl.atomic_xchg(bar_ptr, 0, sem="relaxed", scope="gpu")
+        tl.atomic_add(bar_ptr + 1, 1, sem="release", scope="gpu")
+    else:
+        while tl.atomic_add(bar_ptr + 1, 0, sem="acquire", scope="gpu") == gen:
+            pass
+    tl.debug_barrier()
+
+
+@triton.jit
+def _layer_ptr(tab, layer, DT: tl.constexpr):
+    return tl.load(tab + layer).to(tl.pointer_type(DT))
+
+
+@triton.jit
+def _round(x, ADT: tl.constexpr):
+    """fp32 -> the activation dtype -> fp32 (what storing and reloading a torch result would do)."""
+    return x.to(ADT).to(tl.float32)
+
+
+@triton.jit
+def _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, offs, ok, Dm, ADT: tl.constexpr):
+    """Row b of the fp32 residual stream entering `layer` (the embedding for layer 0)."""
+    if layer == 0:
+        tok = tl.load(tok_ptr + b).to(tl.int64)
+        s = tl.load(emb_ptr + tok * Dm + offs, mask=ok, other=0.0).to(tl.float32)
+    else:
+        s = tl.load(resid_ptr + b * Dm + offs, mask=ok, other=0.0, cache_modifier=".cg")
+    return s
+
+
+@triton.jit
+def _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs, ok, Dm, eps, ADT: tl.constexpr):
+    """rmsnorm of residual row b, rounded to the activation dtype (as the norm module returns it)."""
+    s = _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, offs, ok, Dm, ADT)
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=0) / Dm + eps)
+    return _round(s * rstd * norm_w, ADT)
+
+
+@triton.jit
+def _decode_step_kernel(
+    tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
+    norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab,
+    conv_tab, ssm_tab,
+    resid_ptr, xz_ptr, xc_ptr, part_ptr, y_ptr, bar_ptr,
+    n_layer, Dm, Di, N, R, W, V, eps,
+    ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
+    CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_DI: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr,
+    ROWS_IN: tl.constexpr, CH_CONV: tl.constexpr, CH_SSM: tl.constexpr, ROWS_OUT: tl.constexpr,
+    ROWS_HEAD: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    X = R + 2 * N
+    offs_m = tl.arange(0, BLOCK_DM)
+    m_ok = offs_m < Dm
+    offs_i = tl.arange(0, BLOCK_DI)
+    i_ok = offs_i < Di
+    offs_n = tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_r = tl.arange(0, BLOCK_R)
+    r_ok = offs_r < R
+    offs_w = tl.arange(0, BLOCK_W)
+    w_ok = offs_w < W
+    offs_x = tl.arange(0, BLOCK_X)
+    x_ok = offs_x < X
+    offs_j = tl.arange(0, BLOCK_J)
+    n_in = tl.cdiv(2 * Di, ROWS_IN)
+    n_conv = tl.cdiv(Di, CH_CONV)
+    n_ssm = tl.cdiv(Di, CH_SSM)
+    n_out = tl.cdiv(Dm, ROWS_OUT)
+
+    for layer in range(n_layer):
+        # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
+        w_in = _layer_ptr(in_tab, layer, ADT)
+        norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+        item = pid
+        rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
+        tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                       mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
+        if layer > 0:
+            _grid_barrier(bar_ptr, nprog)  # the previous layer's P4 wrote the residual
+        while item < n_in:
+            rows_ok = rows < 2 * Di
+            wt = tile.to(tl.float32)
+            for b in tl.static_range(BLOCK_B):
+                xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
+                acc = tl.sum(wt * xn[None, :], axis=1)
+                tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
+            item += nprog
+            rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
+            tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                           mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
+
+        # ---- P2: conv window step and partial x_proj sums ------------------------------------------------------
+        conv_w = _layer_ptr(convw_tab, layer, ADT)
+        conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
+        w_x = _layer_ptr(xproj_tab, layer, ADT)
+        item = pid
+        ch = item * CH_CONV + tl.arange(0, CH_CONV)
+        c_ok = ch < Di
+        taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :], other=0.0)
+        wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
+        _grid_barrier(bar_ptr, nprog)  # P1 wrote xz
+        while item < n_conv:
+            c_ok = ch < Di
+            taps32 = taps.to(tl.float32)
+            wx32 = wxt.to(tl.float32)
+            if HAS_CONV_BIAS:
+                cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+            for b in tl.static_range(BLOCK_B):
+                row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
+                older = tl.load(row + offs_w[None, :] + 1, mask=c_ok[:, None] & (offs_w[None, :] + 1 < W), other=0.0)
+                u = tl.load(xz_ptr + b * 2 * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg").to(CONV_DT)
+                window = tl.where(offs_w[None, :] == W - 1, u[:, None], older)
+                tl.store(row + offs_w[None, :], window, mask=c_ok[:, None] & w_ok[None, :])
+                out = tl.sum(window.to(tl.float32) * taps32, axis=1)
+                if HAS_CONV_BIAS:
+                    out += cbias
+                out = _round(out / (1.0 + tl.exp(-out)), ADT)
+                out = tl.where(c_ok, out, 0.0)
+                tl.store(xc_ptr + b * Di + ch, out, mask=c_ok)
+                part = tl.sum(wx32 * out[:, None], axis=0)  # (BLOCK_X,)
+                tl.store(part_ptr + (item * BLOCK_B + b) * X + offs_x, part, mask=x_ok)
+            item += nprog
+            ch = item * CH_CONV + tl.arange(0, CH_CONV)
+            c_ok = ch < Di
+            taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :],
+                           other=0.0)
+            wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
+
+        # ---- P3: SSM state update ------------------------------------------------------------------------------
+        dt_w = _layer_ptr(dtw_tab, layer, ADT)
+        a_log = _layer_ptr(alog_tab, layer, ALOG_DT)
+        ssm = _layer_ptr(ssm_tab, layer, tl.float32)
+        item = pid
+        ch = item * CH_SSM + tl.arange(0, CH_SSM)
+        c_ok = ch < Di
+        wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
+        alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        _grid_barrier(bar_ptr, nprog)  # P2 wrote xc and the partial sums
+        while item < n_ssm:
+            c_ok = ch < Di
+            cn_ok = c_ok[:, None] & n_ok[None, :]
+            wdt32 = wdt.to(tl.float32)
+            A = -tl.exp(alog.to(tl.float32))
+            Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+            dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+            for b in tl.static_range(BLOCK_B):
+                # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
+                dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
+                Bv = tl.zeros([BLOCK_N], dtype=tl.float32)
+                Cv = tl.zeros([BLOCK_N], dtype=tl.float32)
+                for j0 in range(0, n_conv, BLOCK_J):
+                    js = j0 + offs_j
+                    j_ok = (js < n_conv)[:, None]
+                    base = part_ptr + (js[:, None] * BLOCK_B + b) * X
+                    dt_low += tl.sum(tl.load(base + offs_r[None, :], mask=j_ok & r_ok[None, :], other=0.0,
+                                             cache_modifier=".cg"), axis=0)
+                    Bv += tl.sum(tl.load(base + R + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
+                                         cache_modifier=".cg"), axis=0)
+                    Cv += tl.sum(tl.load(base + R + N + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
+                                         cache_modifier=".cg"), axis=0)
+                dt_low = _round(dt_low, ADT)
+                Bv = _round(Bv, ADT)
+                Cv = _round(Cv, ADT)
+                dt = _round(tl.sum(wdt32 * dt_low[None, :], axis=1), ADT) + dtb
+                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+                x = tl.load(xc_ptr + b * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
+                z = tl.load(xz_ptr + b * 2 * Di + Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
+                h_ptrs = ssm + b * Di * N + ch[:, None] * N + offs_n[None, :]
+                h = tl.load(h_ptrs, mask=cn_ok, other=0.0)
+                h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
+                tl.store(h_ptrs, h, mask=cn_ok)
+                y = tl.sum(h * Cv[None, :], axis=1) + Dv * x
+                y = _round(y * (z / (1.0 + tl.exp(-z))), ADT)
+                tl.store(y_ptr + b * Di + ch, y, mask=c_ok)
+            item += nprog
+            ch = item * CH_SSM + tl.arange(0, CH_SSM)
+            c_ok = ch < Di
+            wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
+            alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :],
+                           other=0.0)
+
+        # ---- P4: residual += y @ W_out^T ---------------------------------------------------------------------
+        w_out = _layer_ptr(out_tab, layer, ADT)
+        item = pid
+        rows = item * ROWS_OUT + tl.arange(0, ROWS_OUT)
+        tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
+                       mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
+        _grid_barrier(bar_ptr, nprog)  # P3 wrote y
+        while item < n_out:
+            rows_ok = rows < Dm
+            wt = tile.to(tl.float32)
+            for b in tl.static_range(BLOCK_B):
+                yv = tl.load(y_ptr + b * Di + offs_i, mask=i_ok, other=0.0, cache_modifier=".cg")
+                o = _round(tl.sum(wt * yv[None, :], axis=1), ADT)
+                s = _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, rows, rows_ok, Dm, ADT)
+                tl.store(resid_ptr + b * Dm + rows, s + o, mask=rows_ok)
+            item += nprog
+            rows = item * ROWS_OUT + tl.arange(0, ROWS_OUT)
+            tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
+                           mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
+
+    # ---- final norm and head ---------------------------------------------------------------------------------
+    norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+    item = pid
+    rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
+    tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                   mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
+    _grid_barrier(bar_ptr, nprog)  # the last P4 wrote the residual
+    n_head = tl.cdiv(V, ROWS_HEAD)
+    while item < n_head:
+        rows_ok = rows < V
+        wt = tile.to(tl.float32)
+        if HAS_HEAD_BIAS:
+            hb = tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)
+        for b in tl.static_range(BLOCK_B):
+            hidden = _normed_row(n_layer, b, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_m, m_ok, Dm, eps, ADT)
+            lg = tl.sum(wt * hidden[None, :], axis=1)
+            if HAS_HEAD_BIAS:
+                lg += hb
+            tl.store(logits_ptr + b * V + rows, _round(lg, ADT), mask=rows_ok)
+        item += nprog
+        rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
+        tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                       mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
+
+
+def launch(grid: int, args: tuple, constexprs: dict, num_warps: int) -> None:
+    """Runs the step kernel on `grid` programs (at most one per SM: they meet at grid barriers)."""
+    _decode_step_kernel[(grid,)](*args, **constexprs, num_warps=num_warps)
+
