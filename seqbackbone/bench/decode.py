@@ -3,13 +3,15 @@
     python -m seqbackbone.bench.decode --out decode.md                 # ~90M-parameter LM, bf16, on CUDA
     python -m seqbackbone.bench.decode --device cpu --d-model 64 --n-layer 2 --steps 16 --out /tmp/decode.md
 
-For each batch size, with and without CUDA graphs (and with the step through torch.compile inside the graph, last,
-since compiling takes a while), greedy `generate` is timed at two lengths after a warm-up call
-(which also captures the graph); the difference divided by the extra tokens is the steady per-step time, free of the
-prefill and the capture. The floor is one read of every weight per step: 2 bytes x parameters / copy bandwidth,
-where the bandwidth is a device-to-device copy measured in the same run (bytes read + written per second).
-The header also gives the kernels one step launches at batch 1 (what a CUDA graph replays per token), on the path the
-run takes and on the op-by-op PyTorch path (SEQBACKBONE_KERNELS=torch): profiled on CUDA, counted op by op elsewhere.
+For each batch size, with and without CUDA graphs (under CUDA graphs both with the whole step as one kernel,
+seqbackbone.kernels.decode, batch <= 8, and layer by layer, SEQBACKBONE_FUSED_DECODE=0; and with the step through
+torch.compile inside the graph, last, since compiling takes a while), greedy `generate` is timed at two lengths after
+a warm-up call (which also captures the graph); the difference divided by the extra tokens is the steady per-step
+time, free of the prefill and the capture. The floor is one read of every weight per step: 2 bytes x parameters /
+copy bandwidth, where the bandwidth is a device-to-device copy measured in the same run (bytes read + written per
+second). The header also gives the kernels one step launches at batch 1 (what a CUDA graph replays per token): as
+one kernel, layer by layer, and on the op-by-op PyTorch path (SEQBACKBONE_KERNELS=torch): profiled on CUDA, counted
+op by op elsewhere.
 A configuration that fails is reported as such and the rest still run; the table file is rewritten after every row.
 """
 
@@ -35,6 +37,8 @@ class Row:
     batch: int
     cuda_graph: bool
     compile: bool = False
+    fused: bool | None = None  # None: as the environment says; False: SEQBACKBONE_FUSED_DECODE=0
+    path: str | None = None  # the step that ran: "one kernel" or "layer by layer"
     step_us: float | None = None
     tokens_per_s: float | None = None
     floor_ratio: float | None = None
@@ -43,7 +47,8 @@ class Row:
     @property
     def mode(self) -> str:
         how = "CUDA graph" if self.cuda_graph else "eager"
-        return how + (" + torch.compile" if self.compile else "")
+        how += " + torch.compile" if self.compile else ""
+        return how + (f", {self.path}" if self.path else "")
 
 
 def _sync(device: torch.device) -> None:
@@ -110,12 +115,42 @@ def time_generate(
     return statistics.median(times)
 
 
+def _path(model: torch.nn.Module, batch: int, compile: bool) -> str:
+    from seqbackbone.kernels.decode import fused_decode_supported
+
+    return "one kernel" if not compile and fused_decode_supported(model, batch) else "layer by layer"
+
+
+@contextlib.contextmanager
+def _fused_env(fused: bool | None):
+    """SEQBACKBONE_FUSED_DECODE=0 for the duration when fused is False (unchanged for None)."""
+    before = os.environ.get("SEQBACKBONE_FUSED_DECODE")
+    if fused is not None:
+        os.environ["SEQBACKBONE_FUSED_DECODE"] = "1" if fused else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SEQBACKBONE_FUSED_DECODE", None)
+        else:
+            os.environ["SEQBACKBONE_FUSED_DECODE"] = before
+
+
 def measure(
     model: torch.nn.Module, batch: int, cuda_graph: bool, compile: bool, args: argparse.Namespace,
-    device: torch.device, floor_s: float | None,
+    device: torch.device, floor_s: float | None, fused: bool | None = None,
 ) -> Row:
-    row = Row(batch, cuda_graph, compile)
+    with _fused_env(fused):
+        return _measure(model, batch, cuda_graph, compile, args, device, floor_s, fused)
+
+
+def _measure(
+    model: torch.nn.Module, batch: int, cuda_graph: bool, compile: bool, args: argparse.Namespace,
+    device: torch.device, floor_s: float | None, fused: bool | None,
+) -> Row:
+    row = Row(batch, cuda_graph, compile, fused)
     try:
+        row.path = _path(model, batch, compile)
         prompt = prompt_for(model, batch, args.prompt_len, device)
         time_generate(model, prompt, args.steps, cuda_graph, compile, 1)  # warm-up: compile, capture
         short = time_generate(model, prompt, args.steps, cuda_graph, compile, args.repeats)
@@ -228,20 +263,23 @@ def _step_decoder(model: torch.nn.Module, batch: int, device: torch.device):
     return decoder
 
 
-def step_ops(model: torch.nn.Module, device: torch.device, batch: int = 1) -> list[str]:
-    """Names of the kernels one decoding step (the part a CUDA graph replays) launches, counted by `OpCounter`."""
-    decoder = _step_decoder(model, batch, device)
-    with torch.inference_mode(), OpCounter() as counter:
-        decoder._run_step()
+def step_ops(model: torch.nn.Module, device: torch.device, batch: int = 1, fused: bool = False) -> list[str]:
+    """Names of the kernels one decoding step (the part a CUDA graph replays) launches, counted by `OpCounter`:
+    layer by layer, or with `fused` the one-kernel step where the model allows it."""
+    with _fused_env(fused):
+        decoder = _step_decoder(model, batch, device)
+        with torch.inference_mode(), OpCounter() as counter:
+            decoder._run_step()
     return counter.ops
 
 
-def kernels_per_step(model: torch.nn.Module, device: torch.device) -> int:
+def kernels_per_step(model: torch.nn.Module, device: torch.device, fused: bool = False) -> int:
     """GPU kernels (and copies) one eager decoding step at batch 1 launches, profiled on CUDA: what a CUDA graph
-    replays per token."""
+    replays per token (layer by layer, or with `fused` the one-kernel step where the model allows it)."""
     from torch.profiler import ProfilerActivity, profile
 
-    decoder = _step_decoder(model, 1, device)
+    with _fused_env(fused):
+        decoder = _step_decoder(model, 1, device)
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         decoder._run_step()
         _sync(device)
@@ -270,16 +308,17 @@ def count_kernels(model: torch.nn.Module, device: torch.device) -> dict[str, str
     (SEQBACKBONE_KERNELS=torch, the step before its kernels were fused): counted by `OpCounter` (the ops a GPU would
     launch), and on CUDA also profiled (what the GPU ran: a matmul may take more than one kernel)."""
     lines = {}
-    paths = [("kernels per step", os.environ.get("SEQBACKBONE_KERNELS")),
-             ("kernels per step, op-by-op PyTorch path", "torch")]
+    paths = [("kernels per step, one-kernel step", os.environ.get("SEQBACKBONE_KERNELS"), True),
+             ("kernels per step, layer by layer", os.environ.get("SEQBACKBONE_KERNELS"), False),
+             ("kernels per step, op-by-op PyTorch path", "torch", False)]
     if os.environ.get("SEQBACKBONE_KERNELS") == "torch" or device.type != "cuda" and not interpreting():
-        paths = paths[1:]  # the run itself is on the PyTorch path
-    for name, env in paths:
+        paths = paths[2:]  # the run itself is on the PyTorch path
+    for name, env, fused in paths:
         try:
             with _kernels_env(env):
-                counted = f"{len(step_ops(model, device))} ops that launch kernels (batch 1, counted)"
+                counted = f"{len(step_ops(model, device, fused=fused))} ops that launch kernels (batch 1, counted)"
                 if device.type == "cuda":
-                    profiled = kernels_per_step(model, device)
+                    profiled = kernels_per_step(model, device, fused=fused)
                     lines[name] = f"{profiled} GPU kernels and copies (eager, batch 1, profiled); {counted}"
                 else:
                     lines[name] = counted
@@ -313,7 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="mamba_wave_lm_base", help="registered language model to build")
     p.add_argument("--d-model", type=int, default=768)
     p.add_argument("--n-layer", type=int, default=24)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--steps", type=int, default=256, help="extra tokens between the two timed lengths")
     p.add_argument("--repeats", type=int, default=3)
@@ -352,14 +391,20 @@ def main(argv: list[str] | None = None) -> int:
 
     header.update(count_kernels(model, device))
 
-    # (cuda_graph, compile); compiled rows last, so a slow compile cannot hold up the plain ones
-    modes = [(True, False), (False, False)] if device.type == "cuda" else [(False, False)]
+    # (cuda_graph, compile, fused); compiled rows last, so a slow compile cannot hold up the plain ones. The
+    # layer-by-layer row beside the one-kernel row measures both steps in the same run.
+    if device.type == "cuda":
+        modes = [(True, False, None), (True, False, False), (False, False, None)]
+    else:
+        modes = [(False, False, None)]
     if args.compile:
-        modes += [(True, True)] if device.type == "cuda" else [(False, True)]
+        modes += [(True, True, None)] if device.type == "cuda" else [(False, True, None)]
     rows = []
-    for cuda_graph, compile in modes:
+    for cuda_graph, compile, fused in modes:
         for batch in args.batch_sizes:
-            row = measure(model, batch, cuda_graph, compile, args, device, floor_s)
+            if fused is False and not _path(model, batch, compile) == "one kernel":
+                continue  # the default row already ran layer by layer
+            row = measure(model, batch, cuda_graph, compile, args, device, floor_s, fused)
             rows.append(row)
             status = row.error or f"{row.step_us:,.0f} us/step, {row.tokens_per_s:,.0f} tokens/s"
             print(f"batch {batch:>3} {row.mode}: {status}", file=sys.stderr, flush=True)
