@@ -272,7 +272,7 @@ _BWD_ARGS = (
     "s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_do_b, s_do_d, s_m_b, "
     "BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, "
     "SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_DLAST: tl.constexpr, "
-    "HAS_GIN: tl.constexpr, K: tl.constexpr, USE_SHFL: tl.constexpr"
+    "HAS_GIN: tl.constexpr, K: tl.constexpr, USE_SHFL: tl.constexpr, PTX: tl.constexpr"
 )
 
 
@@ -311,7 +311,7 @@ def _bwd_chunk_inputs(w, ind: str, TR: int, chunk: str, with_u: bool, full: bool
         w(f"{ind}    dy = dout")
 
 
-def _bwd_source(N: int, TR: int) -> tuple[str, str]:
+def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     """Backward over segments of K register chunks (the forward saved the state entering each segment).
 
     Per segment: phase 1 runs the recurrence forward from the saved state and writes the state entering each register
@@ -326,8 +326,11 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     and register chunk (dB and dC at each step) are reduced together by a transposing butterfly of warp shuffles:
     9 shuffles for 8 sums instead of 5 per sum.
     """
+    if variant not in BWD_VARIANTS:
+        raise ValueError(f"bwd_kernel: variant is {variant!r}; expected one of {BWD_VARIANTS}")
+    chain = variant != "base"
     lv = TR.bit_length() - 1
-    name = f"_scan_seq_bwd_n{N}_t{TR}"
+    name = f"_scan_seq_bwd_n{N}_t{TR}_{variant}"
     L_ = []
     w = L_.append
     i1, i2, i3, i4 = "    ", "        ", "            ", "                "
@@ -405,8 +408,15 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     dts = _split(L_, "dt", "p1dt", lv, i3)
     dus = _split(L_, "du", "p1du", lv, i3)
     Bs = []
+    if chain:
+        _opaque_strides(w, i3)
+        w(f"{i3}bp = B_row + bc_offs")
     for n in range(N):
-        w(f"{i3}Bt{n} = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+        if chain:
+            w(f"{i3}Bt{n} = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
+            w(f"{i3}bp += sBn")
+        else:
+            w(f"{i3}Bt{n} = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
         Bs.append(_split(L_, f"Bt{n}", f"p1B{n}", lv, i3))
 
     def p1_steps(order, ind):
@@ -429,6 +439,13 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     dts = _split(L_, "dt", "dtc", lv, i3)
     dus = _split(L_, "du", "duc", lv, i3)
     dys = _split(L_, "dy", "dyc", lv, i3)
+    if chain:
+        _opaque_strides(w, i3)
+        w(f"{i3}bp = B_row + bc_offs")
+        w(f"{i3}cp = C_row + bc_offs")
+        w(f"{i3}red_t_abs = (seg * K + k) * {TR} + red_t")
+        w(f"{i3}red_ptr = tl.where(red_is_b, dBp_ptr, dCp_ptr) + part + red_t_abs")
+        w(f"{i3}red_m = red_store & (red_t_abs < L)")
 
     def p2(order, ind):
         fwd_order = list(order)
@@ -436,9 +453,15 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
         ys, accs, dds = {}, {}, {}
         for n in range(N):
             w(f"{ind}hh = tl.load(scr + (k * {N} + {n}) * BLOCK_D)")
-            w(f"{ind}Bt = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+            if chain:
+                w(f"{ind}Bt = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
+                w(f"{ind}Ct = tl.load(cp, mask=bc_ok, other=0.0).to(tl.float32)")
+                w(f"{ind}bp += sBn")
+                w(f"{ind}cp += sCn")
+            else:
+                w(f"{ind}Bt = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+                w(f"{ind}Ct = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
             Bc = _split(L_, "Bt", f"B{n}", lv, ind)
-            w(f"{ind}Ct = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
             Cc = _split(L_, "Ct", f"C{n}", lv, ind)
             for t in fwd_order:
                 w(f"{ind}a{t} = tl.exp2({dts[t]} * a2_{n})")
@@ -471,9 +494,13 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
             w(f"{ind}if USE_SHFL:")
             vals = [dB[t] for t in range(TR)] + [dC[t] for t in range(TR)]
             red = _shfl_reduce(L_, vals, f"r{n}", ind + "    ")
-            w(f"{ind}    red_t_abs = (seg * K + k) * {TR} + red_t")
-            w(f"{ind}    red_ptr = tl.where(red_is_b, dBp_ptr, dCp_ptr) + part + {n} * L + red_t_abs")
-            w(f"{ind}    tl.store(red_ptr, {red}, mask=red_store & (red_t_abs < L))")
+            if chain:
+                w(f"{ind}    tl.store(red_ptr, {red}, mask=red_m)")
+                w(f"{ind}    red_ptr += sL")
+            else:
+                w(f"{ind}    red_t_abs = (seg * K + k) * {TR} + red_t")
+                w(f"{ind}    red_ptr = tl.where(red_is_b, dBp_ptr, dCp_ptr) + part + {n} * L + red_t_abs")
+                w(f"{ind}    tl.store(red_ptr, {red}, mask=red_store & (red_t_abs < L))")
             w(f"{ind}else:")
             _join(L_, dB, "dBt", lv, ind + "    ")
             _join(L_, dC, "dCt", lv, ind + "    ")
@@ -516,6 +543,21 @@ def _bwd_source(N: int, TR: int) -> tuple[str, str]:
     w(f"{i1}if HAS_BIAS:")
     w(f"{i2}tl.store(dbiasp_ptr + qd, dbias_acc, mask=d_ok)")
     return name, "\n".join(L_) + "\n"
+
+
+def _opaque_strides(w, ind: str, which: tuple[str, ...] = ("B", "C", "L")) -> None:
+    """Per register chunk, the row strides of B, C and of the dB / dC partials as values the compiler cannot trace
+    to the kernel's arguments (with PTX): otherwise it hoists the 16 states' row pointers out of the time loop,
+    3 x 16 64-bit registers held through the whole loop."""
+    names = {"B": ("sBn", "s_B_n"), "C": ("sCn", "s_C_n"), "L": ("sL", "L")}
+    w(f"{ind}if PTX:")
+    # + 16 x (a zero): the strides keep the divisibility that vectorises the loads
+    w(f"{ind}    zq = 16 * _opaque_zero(L)")
+    for x in which:
+        w(f"{ind}    {names[x][0]} = {names[x][1]} + zq")
+    w(f"{ind}else:")
+    for x in which:
+        w(f"{ind}    {names[x][0]} = {names[x][1]}")
 
 
 def _shfl_reduce(lines: list[str], vals: list[str], name: str, ind: str) -> str:
@@ -562,11 +604,20 @@ def _shfl_source(mask: int) -> tuple[str, str]:
 _SHFL: dict = {}
 for _m in (16, 8, 4, 2, 1):
     _SHFL[f"_shfl_xor_{_m}"] = _compile_source(*_shfl_source(_m))
+# an int32 zero that the compiler cannot treat as a constant or move (not pure: it stays where it is written)
+_SHFL["_opaque_zero"] = _compile_source("_opaque_zero", (
+    "def _opaque_zero(x):\n"
+    "    return tl.inline_asm_elementwise('mov.b32 $0, 0;', '=r,r', [x], dtype=tl.int32, is_pure=False, pack=1)\n"
+))
+
+# main backward kernels: "base" indexes each state's B / C rows from the kernel's arguments; "chain" walks them with
+# a pointer advanced by an opaque stride per state (fewer registers, see `_opaque_strides`)
+BWD_VARIANTS = ("base", "chain")
 
 
 @functools.cache
-def bwd_kernel(N: int, TR: int):
-    return _compile_source(*_bwd_source(N, TR))
+def bwd_kernel(N: int, TR: int, variant: str = "base"):
+    return _compile_source(*_bwd_source(N, TR, variant))
 
 
 _BWD_LOCAL_ARGS = (
@@ -574,16 +625,19 @@ _BWD_LOCAL_ARGS = (
     "dim, L, n_seg, dim_per_group, segs_per_prog, s_dl_b, s_dl_d, s_z_b, s_z_d, s_C_b, s_C_g, s_C_n, "
     "s_do_b, s_do_d, s_m_b, "
     "BLOCK_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, "
-    "REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, K: tl.constexpr"
+    "REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, K: tl.constexpr, PTX: tl.constexpr"
 )
 
 
-def _bwd_local_source(N: int, TR: int) -> tuple[str, str]:
+def _bwd_local_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     """Each time group's own contribution to the adjoint entering it, from zero at its far end:
     g <- a_t (g + dy_t C_t) over its steps against the scan order, and its delta sum (the decay across the group is
     exp(A sum delta)). Chained by `_seg_combine_kernel`, these give every group of the backward its starting adjoint."""
+    if variant not in BWD_VARIANTS:
+        raise ValueError(f"bwd_local_kernel: variant is {variant!r}; expected one of {BWD_VARIANTS}")
+    chain = variant != "base"
     lv = TR.bit_length() - 1
-    name = f"_scan_seq_bwd_local_n{N}_t{TR}"
+    name = f"_scan_seq_bwd_local_n{N}_t{TR}_{variant}"
     L_ = []
     w = L_.append
     i1, i2, i3 = "    ", "        ", "            "
@@ -621,8 +675,15 @@ def _bwd_local_source(N: int, TR: int) -> tuple[str, str]:
     dts = _split(L_, "dt", "dtc", lv, i2)
     dys = _split(L_, "dy", "dyc", lv, i2)
     Cs = []
+    if chain:
+        _opaque_strides(w, i2, ("C",))
+        w(f"{i2}cp = C_row + bc_offs")
     for n in range(N):
-        w(f"{i2}Ct{n} = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+        if chain:
+            w(f"{i2}Ct{n} = tl.load(cp, mask=bc_ok, other=0.0).to(tl.float32)")
+            w(f"{i2}cp += sCn")
+        else:
+            w(f"{i2}Ct{n} = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
         Cs.append(_split(L_, f"Ct{n}", f"Cc{n}", lv, i2))
 
     def steps(order, ind):
@@ -641,5 +702,5 @@ def _bwd_local_source(N: int, TR: int) -> tuple[str, str]:
 
 
 @functools.cache
-def bwd_local_kernel(N: int, TR: int):
-    return _compile_source(*_bwd_local_source(N, TR))
+def bwd_local_kernel(N: int, TR: int, variant: str = "base"):
+    return _compile_source(*_bwd_local_source(N, TR, variant))

@@ -51,6 +51,14 @@ BWD_SEQ_TR = 4
 BWD_SEGMENTS = True
 BWD_SEG_TARGET_WARPS = 4224
 BWD_SHFL = True
+# code shape of the sequential backward kernels (scan_seq_triton.BWD_VARIANTS): "chain" walks the 16 states' B / C rows
+# with a pointer advanced by a stride the compiler cannot trace, so that it does not hoist 48 row pointers out of the
+# time loop (sm_90, triton 3.6 offline: main backward 168 registers and no spills against 255 and 6 spills, 9% fewer
+# instructions; the group pass 96 registers against 128); "base" is the former shape
+BWD_VARIANT = "chain"
+# register cap (ptxas maxnreg) of the main backward kernel, None for the compiler's choice; one warp per program, so
+# 65536 / (32 x registers) warps fit on an SM: 168 -> 12, 144 -> 14, 128 -> 16 (with a few spills at 128)
+BWD_MAXNREG: int | None = None
 
 
 def bwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:
@@ -485,13 +493,13 @@ def group_adjoints(dout, dlast, delta, A, C, z, delta_bias, delta_softplus, reve
     sdt = torch.empty((batch, n_q, dim), dtype=f32, device=dev)
     gin = torch.empty((batch, n_q, dim, N), dtype=f32, device=dev)
     tr = BWD_SEQ_TR
-    LAST_KERNEL["bwd_local"] = bwd_local_kernel(N, tr)[(batch, triton.cdiv(dim, block_d), n_q)](
+    LAST_KERNEL["bwd_local"] = bwd_local_kernel(N, tr, BWD_VARIANT)[(batch, triton.cdiv(dim, block_d), n_q)](
         delta, A, C, zt, delta_bias if delta_bias is not None else A, mk, dout, gloc, sdt,
         dim, L, n_chunks, dim // groups, per_q, delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
         C.stride(0), C.stride(1), C.stride(2), dout.stride(0), dout.stride(1),
         mk.stride(0) if mask is not None else 0,
         BLOCK_D=block_d, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        REVERSE=bool(reverse), HAS_MASK=mask is not None, K=K, num_warps=num_warps,
+        REVERSE=bool(reverse), HAS_MASK=mask is not None, K=K, PTX=dev.type == "cuda", num_warps=num_warps,
     )
     _seg_combine_kernel[(batch, triton.cdiv(dim, 32))](
         gloc, sdt, A, dlast if dlast is not None else A, gin, dh0, dim, n_q,
@@ -543,7 +551,8 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, r
         # per program: the state entering each register chunk of the current chunk (only its own thread reads it)
         scratch = torch.empty((batch, n_dblocks, n_q, K, N, block_d), dtype=f32, device=dev)
         use_shfl = BWD_SHFL and block_d == 32 and num_warps == 1 and dev.type == "cuda" and 2 * tr <= 32
-        LAST_KERNEL["bwd"] = bwd_kernel(N, tr)[(batch, n_dblocks, n_q)](
+        opts = {"maxnreg": BWD_MAXNREG} if BWD_MAXNREG and dev.type == "cuda" else {}
+        LAST_KERNEL["bwd"] = bwd_kernel(N, tr, BWD_VARIANT)[(batch, n_dblocks, n_q)](
             u, delta, A, B, C, D if D is not None else A, zt, delta_bias if delta_bias is not None else A, mk, hsave,
             dout, dlast if dlast is not None else A,
             du, ddelta, dz, dBp, dCp, dAp, dDp, dbiasp, dh0, scratch, gin,
@@ -553,7 +562,8 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, r
             dout.stride(0), dout.stride(1), mk.stride(0) if mask is not None else 0,
             BLOCK_D=block_d, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), REVERSE=bool(reverse), HAS_MASK=mask is not None,
-            HAS_DLAST=dlast is not None, HAS_GIN=n_q > 1, K=K, USE_SHFL=use_shfl, num_warps=num_warps,
+            HAS_DLAST=dlast is not None, HAS_GIN=n_q > 1, K=K, USE_SHFL=use_shfl, PTX=dev.type == "cuda",
+            num_warps=num_warps, **opts,
         )
     else:
         _assoc_bwd = _scan_bwd_kernel

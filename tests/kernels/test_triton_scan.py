@@ -51,6 +51,7 @@ CASES = [
     (4, 4, 2, False, True, False, "one_segment"),
     (3, 4, None, True, True, True, "assoc_bwd"),
     (4, 4, 2, False, False, True, "assoc_bwd"),
+    (4, 4, 2, True, True, True, "base_bwd"),
 ]
 
 
@@ -59,12 +60,14 @@ CASES = [
 def test_scan_matches_fp64_loop(small_tiles, monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial_state,
                                 kernels):
     """Default kernels (sequential, split into time segments / groups: here one per 16-step chunk, 3 at L = 37);
-    both directions unsplit; the associative-scan backward."""
+    both directions unsplit; the associative-scan backward; the sequential backward kernels' former code shape."""
     monkeypatch.setattr(scan_triton, "SEG_TARGET_WARPS", 10**6)
     monkeypatch.setattr(scan_triton, "BWD_SEG_TARGET_WARPS", 10**6)
     if kernels == "one_segment":
         monkeypatch.setattr(scan_triton, "FWD_SEGMENTS", False)
         monkeypatch.setattr(scan_triton, "BWD_SEGMENTS", False)
+    if kernels == "base_bwd":
+        monkeypatch.setattr(scan_triton, "BWD_VARIANT", "base")
     if kernels == "assoc_bwd":
         monkeypatch.setattr(scan_triton, "BWD_SEQ_TR", 0)
         monkeypatch.setattr(scan_triton, "BWD_SEG_TARGET_WARPS", 10**6)
@@ -142,6 +145,16 @@ def test_scan_fp16(small_tiles):
     assert out.dtype == torch.float16 and _rel(out, ref) < TOL[torch.float16]
     out.sum().backward()
     assert x["u"].grad.dtype == torch.float16 and torch.isfinite(x["u"].grad).all()
+
+
+def test_bwd_variant_names():
+    from seqbackbone.kernels.scan_seq_triton import BWD_VARIANTS, bwd_kernel, bwd_local_kernel
+
+    assert scan_triton.BWD_VARIANT in BWD_VARIANTS
+    with pytest.raises(ValueError, match="variant"):
+        bwd_kernel(4, 4, "unrolled")
+    with pytest.raises(ValueError, match="variant"):
+        bwd_local_kernel(4, 4, "unrolled")
 
 
 @pytest.mark.parametrize("n_values", [2, 4, 8, 16, 32])
