@@ -30,6 +30,9 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # weight elements one program holds per tile (8 warps: 64 per thread; ptxas reports fewer spills than at 128)
 _TILE = 16384
 _NUM_WARPS = 8
+# constexpr overrides of the planned tile sizes (ROWS_IN, CH_CONV, CH_SSM, ROWS_OUT, ROWS_HEAD, powers of two) and
+# num_warps, for tuning on a GPU (scripts/decode_gpu_check.py --tune); empty = the plan below
+TUNE: dict[str, int] = {}
 
 
 def fused_decode_enabled() -> bool:
@@ -234,7 +237,7 @@ class FusedDecodeStep:
         X = R + 2 * N
         block_dm, block_di = _pow2(Dm), _pow2(Di)
         block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)
-        ch_conv = _block(Di, 32, 2, _TILE // block_x)  # few items: P3 sums their partials
+        ch_conv = TUNE.get("CH_CONV") or _block(Di, 32, 2, _TILE // block_x)  # few items: P3 sums their partials
         n_conv = -(-Di // ch_conv)
         f32 = dict(dtype=torch.float32, device=self.device)
         self.logits = torch.empty(batch, V, **f32)
@@ -260,9 +263,11 @@ class FusedDecodeStep:
             ROWS_IN=_block(2 * Di, plan, 2, _TILE // block_dm),
             CH_CONV=ch_conv,
             CH_SSM=_block(Di, plan, 2, _TILE // max(block_n, block_r)),
-            ROWS_OUT=_block(Dm, plan, 2, _TILE // (2 * block_di)),
+            ROWS_OUT=_block(Dm, plan, 2, _TILE // (4 * block_di)),
             ROWS_HEAD=_block(V, plan, 2, _TILE // block_dm),
         )
+        self._num_warps = TUNE.get("num_warps", _NUM_WARPS)
+        self._constexprs.update({k: v for k, v in TUNE.items() if k in self._constexprs})
         self._args = (
             token, emb, head_w, head_b if head_b is not None else head_w, backbone.norm_f.weight, self.logits,
             *self._tables,
@@ -274,5 +279,5 @@ class FusedDecodeStep:
         """Runs the step: logits (B, V) fp32 for the tokens in `token`; the states advance in place."""
         from .decode_triton import launch
 
-        launch(self.grid, self._args, self._constexprs, _NUM_WARPS)
+        launch(self.grid, self._args, self._constexprs, self._num_warps)
         return self.logits

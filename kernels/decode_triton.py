@@ -125,7 +125,7 @@ def _decode_step_kernel(
         while item < n_in:
             rows_ok = rows < 2 * Di
             wt = tile.to(tl.float32)
-            for b in tl.static_range(BLOCK_B):
+            for b in range(BLOCK_B):
                 xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
                 acc = tl.sum(wt * xn[None, :], axis=1)
                 tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
@@ -150,7 +150,7 @@ def _decode_step_kernel(
             wx32 = wxt.to(tl.float32)
             if HAS_CONV_BIAS:
                 cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-            for b in tl.static_range(BLOCK_B):
+            for b in range(BLOCK_B):
                 row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
                 older = tl.load(row + offs_w[None, :] + 1, mask=c_ok[:, None] & (offs_w[None, :] + 1 < W), other=0.0)
                 u = tl.load(xz_ptr + b * 2 * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg").to(CONV_DT)
@@ -188,7 +188,7 @@ def _decode_step_kernel(
             A = -tl.exp(alog.to(tl.float32))
             Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
             dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-            for b in tl.static_range(BLOCK_B):
+            for b in range(BLOCK_B):
                 # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
                 dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
                 Bv = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -234,7 +234,7 @@ def _decode_step_kernel(
         while item < n_out:
             rows_ok = rows < Dm
             wt = tile.to(tl.float32)
-            for b in tl.static_range(BLOCK_B):
+            for b in range(BLOCK_B):
                 yv = tl.load(y_ptr + b * Di + offs_i, mask=i_ok, other=0.0, cache_modifier=".cg")
                 o = _round(tl.sum(wt * yv[None, :], axis=1), ADT)
                 s = _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, rows, rows_ok, Dm, ADT)
@@ -257,7 +257,7 @@ def _decode_step_kernel(
         wt = tile.to(tl.float32)
         if HAS_HEAD_BIAS:
             hb = tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)
-        for b in tl.static_range(BLOCK_B):
+        for b in range(BLOCK_B):
             hidden = _normed_row(n_layer, b, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_m, m_ok, Dm, eps, ADT)
             lg = tl.sum(wt * hidden[None, :], axis=1)
             if HAS_HEAD_BIAS:

@@ -129,22 +129,28 @@ def main() -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--replays", type=int, default=300)
+    p.add_argument("--tune", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="tile-size / num_warps overrides of the fused kernel, e.g. ROWS_IN=8 ROWS_OUT=2 num_warps=4")
     p.add_argument("--timeout", type=float, default=420.0, help="seconds before the watchdog ends the process")
     args = p.parse_args()
     # a deadlocked grid barrier would block the host forever: dump every thread's stack and exit instead
     faulthandler.dump_traceback_later(args.timeout, exit=True)
 
+    from seqbackbone.kernels import decode
     from seqbackbone.kernels.decode import fused_decode_unsupported_reason
 
     import seqbackbone
     from seqbackbone.bench.decode import copy_bandwidth
+
+    decode.TUNE.update({k: int(v) for k, v in (item.split("=", 1) for item in args.tune)})
 
     torch.manual_seed(0)
     model = seqbackbone.create_model(args.model, d_model=args.d_model, n_layer=args.n_layer)
     model = model.to("cuda", torch.bfloat16).eval()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.model}: d_model {args.d_model}, {args.n_layer} layers, {n_params / 1e6:.1f}M parameters, bf16, "
-          f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)",
+          f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs); "
+          f"tile overrides {decode.TUNE or 'none'}",
           flush=True)
     for batch in args.batch_sizes:
         reason = fused_decode_unsupported_reason(model, batch)
