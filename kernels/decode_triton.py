@@ -1,6 +1,6 @@
 """One whole decoding step of a Mamba language model in a single persistent Triton kernel.
 
-Dimensions: B batch (BLOCK_B rows, all handled together so each weight tile is read once), Dm d_model, Di d_inner,
+Dimensions: B batch (a run-time loop over the rows inside each item, so each weight tile is read once), Dm d_model, Di d_inner,
 N d_state, R dt_rank, W d_conv, X = R + 2N (x_proj's outputs), V vocabulary.
 
 One program per SM; every phase spreads its items over the programs (`item = pid, pid + P, ...`) and a grid-wide
@@ -77,16 +77,16 @@ def _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs, ok, Dm, eps
     return _round(s * rstd * norm_w, ADT)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["batch"])  # batch 1 as a constant lets the compiler hoist too much
 def _decode_step_kernel(
     tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
     norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab,
     conv_tab, ssm_tab,
     resid_ptr, xz_ptr, xc_ptr, part_ptr, y_ptr, bar_ptr,
-    n_layer, Dm, Di, N, R, W, V, eps,
+    batch, n_layer, Dm, Di, N, R, W, V, eps,
     ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
     CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_DI: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_DM: tl.constexpr, BLOCK_DI: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr,
     ROWS_IN: tl.constexpr, CH_CONV: tl.constexpr, CH_SSM: tl.constexpr, ROWS_OUT: tl.constexpr,
     ROWS_HEAD: tl.constexpr,
@@ -125,7 +125,7 @@ def _decode_step_kernel(
         while item < n_in:
             rows_ok = rows < 2 * Di
             wt = tile.to(tl.float32)
-            for b in range(BLOCK_B):
+            for b in range(batch):
                 xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
                 acc = tl.sum(wt * xn[None, :], axis=1)
                 tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
@@ -150,7 +150,7 @@ def _decode_step_kernel(
             wx32 = wxt.to(tl.float32)
             if HAS_CONV_BIAS:
                 cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-            for b in range(BLOCK_B):
+            for b in range(batch):
                 row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
                 older = tl.load(row + offs_w[None, :] + 1, mask=c_ok[:, None] & (offs_w[None, :] + 1 < W), other=0.0)
                 u = tl.load(xz_ptr + b * 2 * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg").to(CONV_DT)
@@ -163,7 +163,7 @@ def _decode_step_kernel(
                 out = tl.where(c_ok, out, 0.0)
                 tl.store(xc_ptr + b * Di + ch, out, mask=c_ok)
                 part = tl.sum(wx32 * out[:, None], axis=0)  # (BLOCK_X,)
-                tl.store(part_ptr + (item * BLOCK_B + b) * X + offs_x, part, mask=x_ok)
+                tl.store(part_ptr + (item * batch + b) * X + offs_x, part, mask=x_ok)
             item += nprog
             ch = item * CH_CONV + tl.arange(0, CH_CONV)
             c_ok = ch < Di
@@ -188,7 +188,7 @@ def _decode_step_kernel(
             A = -tl.exp(alog.to(tl.float32))
             Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
             dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-            for b in range(BLOCK_B):
+            for b in range(batch):
                 # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
                 dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
                 Bv = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -196,7 +196,7 @@ def _decode_step_kernel(
                 for j0 in range(0, n_conv, BLOCK_J):
                     js = j0 + offs_j
                     j_ok = (js < n_conv)[:, None]
-                    base = part_ptr + (js[:, None] * BLOCK_B + b) * X
+                    base = part_ptr + (js[:, None] * batch + b) * X
                     dt_low += tl.sum(tl.load(base + offs_r[None, :], mask=j_ok & r_ok[None, :], other=0.0,
                                              cache_modifier=".cg"), axis=0)
                     Bv += tl.sum(tl.load(base + R + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
@@ -234,7 +234,7 @@ def _decode_step_kernel(
         while item < n_out:
             rows_ok = rows < Dm
             wt = tile.to(tl.float32)
-            for b in range(BLOCK_B):
+            for b in range(batch):
                 yv = tl.load(y_ptr + b * Di + offs_i, mask=i_ok, other=0.0, cache_modifier=".cg")
                 o = _round(tl.sum(wt * yv[None, :], axis=1), ADT)
                 s = _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, rows, rows_ok, Dm, ADT)
@@ -257,7 +257,7 @@ def _decode_step_kernel(
         wt = tile.to(tl.float32)
         if HAS_HEAD_BIAS:
             hb = tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)
-        for b in range(BLOCK_B):
+        for b in range(batch):
             hidden = _normed_row(n_layer, b, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_m, m_ok, Dm, eps, ADT)
             lg = tl.sum(wt * hidden[None, :], axis=1)
             if HAS_HEAD_BIAS:
