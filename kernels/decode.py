@@ -247,7 +247,8 @@ class FusedDecodeStep:
         self._xc = torch.empty(batch, Di, **f32)
         self._part = torch.empty(n_conv, batch, X, **f32)
         self._y = torch.empty(batch, Di, **f32)
-        self._barrier = torch.zeros(2, dtype=torch.int32, device=self.device)  # count, generation: self-resetting
+        # arrivals at grid barriers, ever growing (2^63 of them): stays a multiple of the grid between launches
+        self._barrier = torch.zeros(1, dtype=torch.int64, device=self.device)
 
         import triton.language as tl
 

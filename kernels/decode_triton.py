@@ -32,18 +32,15 @@ import triton.language as tl  # noqa: F401 (triton: the jit decorator)
 
 @triton.jit
 def _grid_barrier(bar_ptr, nprog):
-    """Self-resetting grid barrier: bar_ptr[0] counts arrivals, bar_ptr[1] is the generation. The last arriver
-    resets the count and bumps the generation; the others spin until the generation moves. Needs every program
-    resident at once (grid <= SM count, one program per SM)."""
+    """Grid barrier on one monotonic int64 counter: every program adds 1 and waits until the count reaches the next
+    multiple of nprog. No reset is needed (each episode starts at a multiple of nprog, across launches and graph
+    replays too), and it takes two round trips to L2 (the arrival, then the polls) rather than the four or five of
+    a count + generation pair. Needs every program resident at once (grid <= SM count, one program per SM)."""
     tl.debug_barrier()
-    gen = tl.atomic_add(bar_ptr + 1, 0, sem="acquire", scope="gpu")
-    arrived = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
-    if arrived == nprog - 1:
-        tl.atomic_xchg(bar_ptr, 0, sem="relaxed", scope="gpu")
-        tl.atomic_add(bar_ptr + 1, 1, sem="release", scope="gpu")
-    else:
-        while tl.atomic_add(bar_ptr + 1, 0, sem="acquire", scope="gpu") == gen:
-            pass
+    old = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
+    target = (old // nprog + 1) * nprog
+    while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
+        pass
     tl.debug_barrier()
 
 

@@ -81,6 +81,8 @@ def test_fused_steps_match_reference(triton_path, monkeypatch, batch, kw, progra
         for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
             torch.testing.assert_close(f.conv_state, r.conv_state, atol=2e-5, rtol=2e-5)  # in_proj sums
             torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
+    # four grid barriers per layer (three in layer 0, which starts from the embedding, and one before the head)
+    assert step._barrier.item() == 5 * 4 * kw["n_layer"]
 
 
 def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
