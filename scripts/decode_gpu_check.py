@@ -1,6 +1,7 @@
 """GPU check of the one-kernel decoding step (seqbackbone.kernels.decode) on the ~90M-parameter wave LM, bf16.
 
     python scripts/decode_gpu_check.py [--n-layer 24] [--d-model 768] [--steps 50] [--replays 300] [--timeout 420]
+        [--tune KEY=VALUE ...] [--variants K=V,K=V ...]
 
 1. Agreement: from the same prefilled state, 50 steps of the fused kernel and of the layer-by-layer step
    (`backbone.step`) on the same tokens, at batch 1 and 8: max abs difference of the logits and of every layer's conv
@@ -9,6 +10,7 @@
 2. Speed: one CUDA-graph replay of the decoder's step, fused and layer-by-layer (SEQBACKBONE_FUSED_DECODE=0), at
    batch 1 and 8: median of many replays timed with CUDA events.
 3. The weight-read floor (2 bytes x parameters / copy bandwidth) and each step's ratio to it.
+4. Optionally, other tile sizes of the fused kernel (--variants): a short agreement check and the step time of each.
 
 A watchdog ends the process (with every thread's traceback) if anything hangs, e.g. a grid barrier that deadlocks.
 """
@@ -131,6 +133,9 @@ def main() -> int:
     p.add_argument("--replays", type=int, default=300)
     p.add_argument("--tune", nargs="*", default=[], metavar="KEY=VALUE",
                    help="tile-size / num_warps overrides of the fused kernel, e.g. ROWS_IN=8 ROWS_OUT=2 num_warps=4")
+    p.add_argument("--variants", nargs="*", default=[], metavar="K=V,K=V",
+                   help="further tile settings to check (10 steps) and time on the fused path, one comma-separated "
+                        "set each, e.g. ROWS_IN=16 ROWS_IN=16,ROWS_OUT=4,num_warps=16")
     p.add_argument("--timeout", type=float, default=420.0, help="seconds before the watchdog ends the process")
     args = p.parse_args()
     # a deadlocked grid barrier would block the host forever: dump every thread's stack and exit instead
@@ -170,6 +175,17 @@ def main() -> int:
             name = "fused (1 kernel)" if ran else "layer-by-layer"
             print(f"batch {batch} {name:>16}: CUDA-graph step median {median:8.1f} us (back-to-back mean {mean:8.1f} "
                   f"us), {median / floor_us:5.2f}x floor, {batch / median * 1e6:,.0f} tokens/s", flush=True)
+    base = dict(decode.TUNE)
+    for variant in args.variants:
+        decode.TUNE.clear()
+        decode.TUNE.update(base)
+        decode.TUNE.update({k: int(v) for k, v in (item.split("=", 1) for item in variant.split(","))})
+        print(f"variant {decode.TUNE}:", flush=True)
+        for batch in args.batch_sizes:
+            check_agreement(model, batch, 10)
+            median, mean, _ = time_graph_step(model, batch, True, args.replays)
+            print(f"batch {batch} variant {variant}: CUDA-graph step median {median:8.1f} us (back-to-back mean "
+                  f"{mean:8.1f} us), {median / floor_us:5.2f}x floor", flush=True)
     faulthandler.cancel_dump_traceback_later()
     return 0
 
