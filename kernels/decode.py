@@ -31,8 +31,10 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # of it: sm_90 ptxas then reports 16 bytes of spills, against 184 with in_proj at 16 rows and more with larger tiles
 _TILE = 16384
 _NUM_WARPS = 8
-# constexpr overrides of the planned tile sizes (ROWS_IN, CH_CONV, CH_SSM, ROWS_OUT, ROWS_HEAD, powers of two) and
-# num_warps, for tuning on a GPU (scripts/decode_gpu_check.py --tune); empty = the plan below
+# constexpr overrides of the planned tile sizes (ROWS_IN, CH_CONV, CH_SSM, ROWS_OUT, ROWS_HEAD, powers of two),
+# num_warps, and MERGE_IN_CONV=1 (in_proj inside the conv phase: three grid barriers per layer instead of four, but
+# more partial x_proj sums for the SSM phase to add), for tuning on a GPU (scripts/decode_gpu_check.py --tune);
+# empty = the plan below
 TUNE: dict[str, int] = {}
 
 
@@ -238,7 +240,12 @@ class FusedDecodeStep:
         X = R + 2 * N
         block_dm, block_di = _pow2(Dm), _pow2(Di)
         block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)
-        ch_conv = TUNE.get("CH_CONV") or _block(Di, 32, 2, _TILE // block_x)  # few items: P3 sums their partials
+        merge = bool(TUNE.get("MERGE_IN_CONV", False))
+        if merge:  # in_proj's u and z rows of each channel block computed in the conv phase: one item per program
+            ch_conv = _block(Di, plan, 2, min(_TILE // block_x, _TILE // (2 * block_dm)))
+        else:  # few items: the SSM phase sums their partials
+            ch_conv = _block(Di, 32, 2, _TILE // block_x)
+        ch_conv = TUNE.get("CH_CONV") or ch_conv
         n_conv = -(-Di // ch_conv)
         f32 = dict(dtype=torch.float32, device=self.device)
         self.logits = torch.empty(batch, V, **f32)
@@ -267,6 +274,7 @@ class FusedDecodeStep:
             CH_SSM=_block(Di, plan, 2, _TILE // max(block_n, block_r)),
             ROWS_OUT=_block(Dm, plan, 2, _TILE // (4 * block_di)),
             ROWS_HEAD=_block(V, plan, 2, _TILE // block_dm),
+            MERGE_IN_CONV=merge,
         )
         self._num_warps = TUNE.get("num_warps", _NUM_WARPS)
         self._constexprs.update({k: v for k, v in TUNE.items() if k in self._constexprs})

@@ -86,7 +86,7 @@ def _decode_step_kernel(
     BLOCK_DM: tl.constexpr, BLOCK_DI: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr,
     ROWS_IN: tl.constexpr, CH_CONV: tl.constexpr, CH_SSM: tl.constexpr, ROWS_OUT: tl.constexpr,
-    ROWS_HEAD: tl.constexpr,
+    ROWS_HEAD: tl.constexpr, MERGE_IN_CONV: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -111,25 +111,26 @@ def _decode_step_kernel(
 
     for layer in range(n_layer):
         # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
-        w_in = _layer_ptr(in_tab, layer, ADT)
-        norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
-        item = pid
-        rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
-        tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
-                       mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
-        if layer > 0:
-            _grid_barrier(bar_ptr, nprog)  # the previous layer's P4 wrote the residual
-        while item < n_in:
-            rows_ok = rows < 2 * Di
-            wt = tile.to(tl.float32)
-            for b in range(batch):
-                xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
-                acc = tl.sum(wt * xn[None, :], axis=1)
-                tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
-            item += nprog
+        if not MERGE_IN_CONV:
+            w_in = _layer_ptr(in_tab, layer, ADT)
+            norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+            item = pid
             rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
             tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                            mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
+            if layer > 0:
+                _grid_barrier(bar_ptr, nprog)  # the previous layer's P4 wrote the residual
+            while item < n_in:
+                rows_ok = rows < 2 * Di
+                wt = tile.to(tl.float32)
+                for b in range(batch):
+                    xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
+                    acc = tl.sum(wt * xn[None, :], axis=1)
+                    tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
+                item += nprog
+                rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
+                tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                               mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
 
         # ---- P2: conv window step and partial x_proj sums ------------------------------------------------------
         conv_w = _layer_ptr(convw_tab, layer, ADT)
@@ -140,7 +141,18 @@ def _decode_step_kernel(
         c_ok = ch < Di
         taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :], other=0.0)
         wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
-        _grid_barrier(bar_ptr, nprog)  # P1 wrote xz
+        if MERGE_IN_CONV:
+            # in_proj's u and z rows of this block's channels here, so no barrier between in_proj and the conv
+            w_in = _layer_ptr(in_tab, layer, ADT)
+            norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+            wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :], mask=c_ok[:, None] & m_ok[None, :],
+                         other=0.0)
+            wz = tl.load(w_in + (Di + ch).to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                         mask=c_ok[:, None] & m_ok[None, :], other=0.0)
+            if layer > 0:
+                _grid_barrier(bar_ptr, nprog)  # the previous layer's P4 wrote the residual
+        else:
+            _grid_barrier(bar_ptr, nprog)  # P1 wrote xz
         while item < n_conv:
             c_ok = ch < Di
             taps32 = taps.to(tl.float32)
@@ -150,7 +162,13 @@ def _decode_step_kernel(
             for b in range(batch):
                 row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
                 older = tl.load(row + offs_w[None, :] + 1, mask=c_ok[:, None] & (offs_w[None, :] + 1 < W), other=0.0)
-                u = tl.load(xz_ptr + b * 2 * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg").to(CONV_DT)
+                if MERGE_IN_CONV:
+                    xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
+                    zv = _round(tl.sum(wz.to(tl.float32) * xn[None, :], axis=1), ADT)
+                    tl.store(xz_ptr + b * 2 * Di + Di + ch, zv, mask=c_ok)
+                    u = _round(tl.sum(wu.to(tl.float32) * xn[None, :], axis=1), ADT).to(CONV_DT)
+                else:
+                    u = tl.load(xz_ptr + b * 2 * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg").to(CONV_DT)
                 window = tl.where(offs_w[None, :] == W - 1, u[:, None], older)
                 tl.store(row + offs_w[None, :], window, mask=c_ok[:, None] & w_ok[None, :])
                 out = tl.sum(window.to(tl.float32) * taps32, axis=1)
@@ -167,6 +185,11 @@ def _decode_step_kernel(
             taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :],
                            other=0.0)
             wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
+            if MERGE_IN_CONV:
+                wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                             mask=c_ok[:, None] & m_ok[None, :], other=0.0)
+                wz = tl.load(w_in + (Di + ch).to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                             mask=c_ok[:, None] & m_ok[None, :], other=0.0)
 
         # ---- P3: SSM state update ------------------------------------------------------------------------------
         dt_w = _layer_ptr(dtw_tab, layer, ADT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from seqbackbone.kernels import decode
 from seqbackbone.kernels.decode import FusedDecodeStep, fused_decode_supported, fused_decode_unsupported_reason
 
 import seqbackbone
@@ -56,10 +57,14 @@ def _random_caches(model: torch.nn.Module, batch: int, seed: int):
 
 
 @pytest.mark.parametrize(
-    ("batch", "kw", "programs"),
-    [(1, {"d_model": 32, "n_layer": 2, "d_state": 5}, 6), (3, {"d_model": 24, "n_layer": 3, "d_state": 16}, 4)],
+    ("batch", "kw", "programs", "merge"),
+    [(1, {"d_model": 32, "n_layer": 2, "d_state": 5}, 6, False), (3, {"d_model": 24, "n_layer": 3, "d_state": 16}, 4,
+                                                                  False),
+     (2, {"d_model": 24, "n_layer": 2, "d_state": 3}, 5, True)],
 )
-def test_fused_steps_match_reference(triton_path, monkeypatch, batch, kw, programs):
+def test_fused_steps_match_reference(triton_path, monkeypatch, batch, kw, programs, merge):
+    """merge: in_proj inside the conv phase (decode.TUNE's MERGE_IN_CONV)."""
+    monkeypatch.setitem(decode.TUNE, "MERGE_IN_CONV", int(merge))
     model = _lm("mamba_dna_lm_tiny", seed=batch, **kw)
     assert fused_decode_supported(model, batch)
     fused_cache, ref_cache = _random_caches(model, batch, seed=10 + batch)
@@ -81,8 +86,9 @@ def test_fused_steps_match_reference(triton_path, monkeypatch, batch, kw, progra
         for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
             torch.testing.assert_close(f.conv_state, r.conv_state, atol=2e-5, rtol=2e-5)  # in_proj sums
             torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
-    # four grid barriers per layer (three in layer 0, which starts from the embedding, and one before the head)
-    assert step._barrier.item() == 5 * 4 * kw["n_layer"]
+    # four grid barriers per layer (three in layer 0, which starts from the embedding, and one before the head);
+    # merged, one fewer per layer
+    assert step._barrier.item() == 5 * (3 if merge else 4) * kw["n_layer"]
 
 
 def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
