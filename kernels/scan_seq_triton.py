@@ -67,13 +67,16 @@ _FWD_ARGS = (
     "s_C_b, s_C_g, s_C_n, s_o_b, s_o_d, s_m_b, sdt_ptr, chunks_per_seg, "
     "BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, "
     "SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_H0: tl.constexpr, "
-    "SAVE_H: tl.constexpr, WRITE_LAST: tl.constexpr, SAVE_EVERY: tl.constexpr, LOCAL: tl.constexpr"
+    "SAVE_H: tl.constexpr, WRITE_LAST: tl.constexpr, SAVE_EVERY: tl.constexpr, LOCAL: tl.constexpr, PTX: tl.constexpr"
 )
 
 
-def _fwd_source(N: int, TR: int) -> tuple[str, str]:
+def _fwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
+    if variant not in BWD_VARIANTS:
+        raise ValueError(f"fwd_kernel: variant is {variant!r}; expected one of {BWD_VARIANTS}")
+    chain = variant != "base"
     lv = TR.bit_length() - 1
-    name = f"_scan_seq_fwd_n{N}_t{TR}"
+    name = f"_scan_seq_fwd_n{N}_t{TR}_{variant}"
     L_ = []
     w = L_.append
     w(f"def {name}({_FWD_ARGS}):")
@@ -168,10 +171,20 @@ def _fwd_source(N: int, TR: int) -> tuple[str, str]:
     # B, C rows of the group: the same addresses for every thread (broadcast loads), split into columns
     w(f"{i2}bc_offs = offs_t[None, :] + zero_d")
     Bs, Cs = [], []
+    if chain:
+        _opaque_strides(w, i2, ("B", "C"))
+        w(f"{i2}bp = B_row + bc_offs")
+        w(f"{i2}cp = C_row + bc_offs")
     for n in range(N):
-        w(f"{i2}Bt{n} = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+        if chain:
+            w(f"{i2}Bt{n} = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
+            w(f"{i2}Ct{n} = tl.load(cp, mask=bc_ok, other=0.0).to(tl.float32)")
+            w(f"{i2}bp += sBn")
+            w(f"{i2}cp += sCn")
+        else:
+            w(f"{i2}Bt{n} = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+            w(f"{i2}Ct{n} = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
         Bs.append(_split(L_, f"Bt{n}", f"Bc{n}", lv, i2))
-        w(f"{i2}Ct{n} = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
         Cs.append(_split(L_, f"Ct{n}", f"Cc{n}", lv, i2))
 
     def steps(order, ind):
@@ -261,8 +274,8 @@ def _seg_combine_kernel(S_ptr, sdt_ptr, A_ptr, h0_ptr, init_ptr, hlast_ptr, dim,
 
 
 @functools.cache
-def fwd_kernel(N: int, TR: int):
-    return _compile_source(*_fwd_source(N, TR))
+def fwd_kernel(N: int, TR: int, variant: str = "base"):
+    return _compile_source(*_fwd_source(N, TR, variant))
 
 
 _BWD_ARGS = (

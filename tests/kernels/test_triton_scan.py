@@ -51,7 +51,7 @@ CASES = [
     (4, 4, 2, False, True, False, "one_segment"),
     (3, 4, None, True, True, True, "assoc_bwd"),
     (4, 4, 2, False, False, True, "assoc_bwd"),
-    (4, 4, 2, True, True, True, "base_bwd"),
+    (4, 4, 2, True, True, True, "base_shape"),
 ]
 
 
@@ -60,13 +60,14 @@ CASES = [
 def test_scan_matches_fp64_loop(small_tiles, monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial_state,
                                 kernels):
     """Default kernels (sequential, split into time segments / groups: here one per 16-step chunk, 3 at L = 37);
-    both directions unsplit; the associative-scan backward; the sequential backward kernels' former code shape."""
+    both directions unsplit; the associative-scan backward; the sequential kernels' former code shape."""
     monkeypatch.setattr(scan_triton, "SEG_TARGET_WARPS", 10**6)
     monkeypatch.setattr(scan_triton, "BWD_SEG_TARGET_WARPS", 10**6)
     if kernels == "one_segment":
         monkeypatch.setattr(scan_triton, "FWD_SEGMENTS", False)
         monkeypatch.setattr(scan_triton, "BWD_SEGMENTS", False)
-    if kernels == "base_bwd":
+    if kernels == "base_shape":
+        monkeypatch.setattr(scan_triton, "FWD_VARIANT", "base")
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "base")
     if kernels == "assoc_bwd":
         monkeypatch.setattr(scan_triton, "BWD_SEQ_TR", 0)
@@ -148,9 +149,11 @@ def test_scan_fp16(small_tiles):
 
 
 def test_bwd_variant_names():
-    from seqbackbone.kernels.scan_seq_triton import BWD_VARIANTS, bwd_kernel, bwd_local_kernel
+    from seqbackbone.kernels.scan_seq_triton import BWD_VARIANTS, bwd_kernel, bwd_local_kernel, fwd_kernel
 
-    assert scan_triton.BWD_VARIANT in BWD_VARIANTS
+    assert scan_triton.BWD_VARIANT in BWD_VARIANTS and scan_triton.FWD_VARIANT in BWD_VARIANTS
+    with pytest.raises(ValueError, match="variant"):
+        fwd_kernel(4, 4, "unrolled")
     with pytest.raises(ValueError, match="variant"):
         bwd_kernel(4, 4, "unrolled")
     with pytest.raises(ValueError, match="variant"):
