@@ -342,6 +342,9 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     if variant not in BWD_VARIANTS:
         raise ValueError(f"bwd_kernel: variant is {variant!r}; expected one of {BWD_VARIANTS}")
     chain = variant != "base"
+    # lean: A_n log2 e per state read back from the scratch rows after the chunk states (not 16 registers held), and
+    # phase 1 state by state (one B tile live, not 16)
+    lean = variant == "lean"
     lv = TR.bit_length() - 1
     name = f"_scan_seq_bwd_n{N}_t{TR}_{variant}"
     L_ = []
@@ -365,7 +368,7 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     w(f"{i1}qd = (pid_b * n_q + pid_q) * dim + offs_d64")
     w(f"{i1}ar_d = tl.arange(0, BLOCK_D)")
     # per-program scratch: the state entering each register chunk
-    w(f"{i1}scr = scratch_ptr + ((pid_b * n_dblocks + pid_d) * n_q + pid_q) * (K * {N} * BLOCK_D) + ar_d")
+    w(f"{i1}scr = scratch_ptr + ((pid_b * n_dblocks + pid_d) * n_q + pid_q) * ((K + 1) * {N} * BLOCK_D) + ar_d")
     w(f"{i1}part = (pid_b * n_dblocks + pid_d) * {N} * L")
     # the transposing warp reduction: lane l ends with the sum of value l >> SH; lanes with l % 2**SH == 0 store it
     levels = (2 * TR).bit_length() - 1
@@ -377,6 +380,9 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     for n in range(N):
         w(f"{i1}a2_{n} = tl.load(A_ptr + offs_d * {N} + {n}, mask=d_ok, other=0.0) * {LOG2E}")
         w(f"{i1}dA{n} = tl.zeros([BLOCK_D], dtype=tl.float32)")
+        if lean:
+            w(f"{i1}tl.store(scr + (K * {N} + {n}) * BLOCK_D, a2_{n})")
+    a2 = (lambda n: "a2n") if lean else (lambda n: f"a2_{n}")
     w(f"{i1}if HAS_GIN:")
     for n in range(N):
         w(f"{i2}G{n} = tl.load(gin_ptr + qd * {N} + {n}, mask=d_ok, other=0.0)")
@@ -422,9 +428,9 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     dus = _split(L_, "du", "p1du", lv, i3)
     Bs = []
     if chain:
-        _opaque_strides(w, i3)
+        _opaque_strides(w, i3, ("B",))
         w(f"{i3}bp = B_row + bc_offs")
-    for n in range(N):
+    for n in range(N if not lean else 0):
         if chain:
             w(f"{i3}Bt{n} = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
             w(f"{i3}bp += sBn")
@@ -433,6 +439,15 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
         Bs.append(_split(L_, f"Bt{n}", f"p1B{n}", lv, i3))
 
     def p1_steps(order, ind):
+        if lean:
+            for n in range(N):
+                w(f"{ind}a2n = tl.load(scr + (K * {N} + {n}) * BLOCK_D)")
+                w(f"{ind}Bt = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
+                w(f"{ind}bp += sBn")
+                Bc = _split(L_, "Bt", f"p1B{n}", lv, ind)
+                for t in order:
+                    w(f"{ind}h{n} = tl.exp2({dts[t]} * a2n) * h{n} + {dus[t]} * {Bc[t]}")
+            return
         for t in order:
             for n in range(N):
                 w(f"{ind}h{n} = tl.exp2({dts[t]} * a2_{n}) * h{n} + {dus[t]} * {Bs[n][t]}")
@@ -466,6 +481,8 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
         ys, accs, dds = {}, {}, {}
         for n in range(N):
             w(f"{ind}hh = tl.load(scr + (k * {N} + {n}) * BLOCK_D)")
+            if lean:
+                w(f"{ind}a2n = tl.load(scr + (K * {N} + {n}) * BLOCK_D)")
             if chain:
                 w(f"{ind}Bt = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
                 w(f"{ind}Ct = tl.load(cp, mask=bc_ok, other=0.0).to(tl.float32)")
@@ -477,7 +494,7 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
             Bc = _split(L_, "Bt", f"B{n}", lv, ind)
             Cc = _split(L_, "Ct", f"C{n}", lv, ind)
             for t in fwd_order:
-                w(f"{ind}a{t} = tl.exp2({dts[t]} * a2_{n})")
+                w(f"{ind}a{t} = tl.exp2({dts[t]} * {a2(n)})")
                 w(f"{ind}b{t} = {dus[t]} * {Bc[t]}")
                 w(f"{ind}hh = a{t} * hh + b{t}")
                 w(f"{ind}hv{t} = hh")
@@ -496,10 +513,10 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
                 w(f"{ind}hb = (hv{t} - b{t}) * g")
                 if n == 0:
                     w(f"{ind}acc{t} = g * {Bc[t]}")
-                    w(f"{ind}dda{t} = hb * a2_{n}")
+                    w(f"{ind}dda{t} = hb * {a2(n)}")
                 else:
                     w(f"{ind}acc{t} += g * {Bc[t]}")
-                    w(f"{ind}dda{t} += hb * a2_{n}")
+                    w(f"{ind}dda{t} += hb * {a2(n)}")
                 accs[t], dds[t] = f"acc{t}", f"dda{t}"
                 w(f"{ind}dA{n} += hb * {dts[t]}")
                 w(f"{ind}g = a{t} * g")
@@ -623,9 +640,10 @@ _SHFL["_opaque_zero"] = _compile_source("_opaque_zero", (
     "    return tl.inline_asm_elementwise('mov.b32 $0, 0;', '=r,r', [x], dtype=tl.int32, is_pure=False, pack=1)\n"
 ))
 
-# main backward kernels: "base" indexes each state's B / C rows from the kernel's arguments; "chain" walks them with
-# a pointer advanced by an opaque stride per state (fewer registers, see `_opaque_strides`)
-BWD_VARIANTS = ("base", "chain")
+# code shapes of the sequential kernels: "base" indexes each state's B / C rows from the kernel's arguments; "chain"
+# walks them with a pointer advanced by an opaque stride per state (fewer registers, see `_opaque_strides`); "lean"
+# (the main backward; elsewhere as "chain") also keeps A log2 e in memory and runs phase 1 state by state
+BWD_VARIANTS = ("base", "chain", "lean")
 
 
 @functools.cache

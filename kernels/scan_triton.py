@@ -54,7 +54,9 @@ BWD_SHFL = True
 # code shape of the sequential backward kernels (scan_seq_triton.BWD_VARIANTS): "chain" walks the 16 states' B / C rows
 # with a pointer advanced by a stride the compiler cannot trace, so that it does not hoist 48 row pointers out of the
 # time loop (sm_90, triton 3.6 offline: main backward 168 registers and no spills against 255 and 6 spills, 9% fewer
-# instructions; the group pass 96 registers against 128); "base" is the former shape
+# instructions; the group pass 96 registers against 128); "base" is the former shape; "lean" (main backward) also
+# keeps A log2 e in scratch memory and runs phase 1 state by state: 168 registers as well, but with no spills down to
+# 144 and 10 spills (3 loads per register chunk) at 128, against 24 for "chain"
 BWD_VARIANT = "chain"
 # register cap (ptxas maxnreg) of the main backward kernel, None for the compiler's choice; one warp per program, so
 # 65536 / (32 x registers) warps fit on an SM: 168 -> 12, 144 -> 14, 128 -> 16 (with a few spills at 128)
@@ -553,7 +555,8 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, r
             gin = group_adjoints(dout, dlast, delta, A, C, z, delta_bias, delta_softplus, reverse, mask, dh0,
                                  block_d, num_warps, n_chunks, per_q, n_q, K)
         # per program: the state entering each register chunk of the current chunk (only its own thread reads it)
-        scratch = torch.empty((batch, n_dblocks, n_q, K, N, block_d), dtype=f32, device=dev)
+        # (and, after them, A log2 e for the "lean" kernel shape)
+        scratch = torch.empty((batch, n_dblocks, n_q, K + 1, N, block_d), dtype=f32, device=dev)
         use_shfl = BWD_SHFL and block_d == 32 and num_warps == 1 and dev.type == "cuda" and 2 * tr <= 32
         opts = {"maxnreg": BWD_MAXNREG} if BWD_MAXNREG and dev.type == "cuda" else {}
         LAST_KERNEL["bwd"] = bwd_kernel(N, tr, BWD_VARIANT)[(batch, n_dblocks, n_q)](

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-DEFAULT_VARIANTS = "base-base,base-chain,chain-chain,chain-chain:144,chain-chain:128"
+DEFAULT_VARIANTS = "base-base,chain-chain,chain-chain:144,chain-lean,chain-lean:144,chain-lean:128"
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 

@@ -52,6 +52,8 @@ CASES = [
     (3, 4, None, True, True, True, "assoc_bwd"),
     (4, 4, 2, False, False, True, "assoc_bwd"),
     (4, 4, 2, True, True, True, "base_shape"),
+    (3, 4, None, False, True, True, "lean_bwd"),
+    (4, 4, 2, True, False, True, "lean_bwd"),
 ]
 
 
@@ -60,12 +62,15 @@ CASES = [
 def test_scan_matches_fp64_loop(small_tiles, monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial_state,
                                 kernels):
     """Default kernels (sequential, split into time segments / groups: here one per 16-step chunk, 3 at L = 37);
-    both directions unsplit; the associative-scan backward; the sequential kernels' former code shape."""
+    both directions unsplit; the associative-scan backward; the sequential kernels' former code shape; the
+    backward's "lean" shape."""
     monkeypatch.setattr(scan_triton, "SEG_TARGET_WARPS", 10**6)
     monkeypatch.setattr(scan_triton, "BWD_SEG_TARGET_WARPS", 10**6)
     if kernels == "one_segment":
         monkeypatch.setattr(scan_triton, "FWD_SEGMENTS", False)
         monkeypatch.setattr(scan_triton, "BWD_SEGMENTS", False)
+    if kernels == "lean_bwd":
+        monkeypatch.setattr(scan_triton, "BWD_VARIANT", "lean")
     if kernels == "base_shape":
         monkeypatch.setattr(scan_triton, "FWD_VARIANT", "base")
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "base")
