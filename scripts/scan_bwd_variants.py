@@ -61,10 +61,13 @@ def _inputs(shape) -> tuple[dict, torch.Tensor]:
 def _warm(variant: tuple[str, str, int | None], shapes: list) -> str:
     """Compile every kernel of one variant (run once at each shape; Triton keeps them in its disk cache)."""
     _select(variant)
-    for shape in shapes:
-        x, dout = _inputs(shape)
-        _fwd_bwd(x, dout)
-    torch.cuda.synchronize()
+    try:
+        for shape in shapes:
+            x, dout = _inputs(shape)
+            _fwd_bwd(x, dout)
+        torch.cuda.synchronize()
+    except Exception as e:  # reported; the variant then fails again, visibly, in its own row
+        return f"{variant} failed to compile or run: {e!r}"[:400]
     return f"{variant} compiled"
 
 
@@ -102,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="0,1,2", help="comma-separated indices into bench.kernels.SHAPES")
     p.add_argument("--variants", default=DEFAULT_VARIANTS,
-                   help="comma-separated NAME[:MAXNREG]; gradients are compared with the first")
+                   help="comma-separated FWD-BWD[:MAXNREG]; gradients are compared with the first")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
+    p.add_argument("--budget", type=float, default=210.0,
+                   help="seconds; once past them the remaining rows are skipped (reported as such)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -127,7 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     for shape in shapes:
         ref = None
         for variant in variants:
-            row, grads = time_variant(variant, shape, ref)
+            if time.time() - t0 > args.budget:
+                print(f"{str(tuple(shape[:3])):>18} {variant}: skipped, past --budget {args.budget:.0f} s")
+                continue
+            try:
+                row, grads = time_variant(variant, shape, ref)
+            except Exception as e:  # one broken variant must not hide the others
+                print(f"{str(tuple(shape[:3])):>18} {variant}: failed: {e!r}"[:400], flush=True)
+                continue
             ref = grads if ref is None else ref
             rows.append(row)
             name = f"{variant[0]}-{variant[1]}" + (f":{variant[2]}" if variant[2] else "")
