@@ -11,8 +11,15 @@ dtype, sums in fp32), in one persistent Triton kernel with grid-wide barriers be
 (kernels/decode_triton.py). It reads the model's parameters and the cache's state tensors where they lie, through
 tables of their addresses: a decoder built on it sees in-place weight updates, and a CUDA graph captures one kernel.
 
-`SEQBACKBONE_FUSED_DECODE=0` turns it off (the decoder then runs the layer-by-layer step). On the CPU it runs only
-through the Triton interpreter (SEQBACKBONE_KERNELS=triton, TRITON_INTERPRET=1), with one program.
+Measured on an H200 (scripts/decode_gpu_check.py; 90.7M-parameter wave LM, d_model 768, 24 layers, bf16; weight-read
+floor 43.0 us at 4.22 TB/s; CUDA-graph step medians): at batch 1 the fused step takes 560.5 us (531 us with out_proj
+tiles of 4 rows, now the plan; 598 us with in_proj tiles of 16, 707 us with MERGE_IN_CONV) against 576.2 us layer
+by layer; at batch 8, 2148 us against 569 us; logits within 3.1e-2 (rel 8e-3) of the layer path. That is ~23 us
+per layer at batch 1 (four grid barriers and the phases' chains of dependent L2 round trips, far above the ~1.8 us of
+weight reads), and ~9.5 us per layer for each further batch row, since the rows run in a loop inside every item.
+Hence the rule: SEQBACKBONE_FUSED_DECODE unset = automatic (the fused step at batch 1 only), =1 forces it for batches
+up to 8, =0 turns it off (the decoder then runs the layer-by-layer step). On the CPU it runs only through the Triton
+interpreter (SEQBACKBONE_KERNELS=triton, TRITON_INTERPRET=1), with one program.
 """
 
 from __future__ import annotations
@@ -26,21 +33,48 @@ from torch import nn
 from .dispatch import backend, forced_backend, interpreting, triton_available
 
 MAX_BATCH = 8
+# largest batch run fused when SEQBACKBONE_FUSED_DECODE is unset: on the H200 the fused step beat the layer-by-layer
+# step only at batch 1 (each further row adds ~9.5 us per layer)
+AUTO_MAX_BATCH = 1
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# weight elements one program holds per tile (8 warps: 64 per thread); in_proj and out_proj take a half and a quarter
-# of it: sm_90 ptxas then reports 16 bytes of spills, against 184 with in_proj at 16 rows and more with larger tiles
+# weight elements one program holds per tile (8 warps: 64 per thread); in_proj and out_proj take half of it (at
+# d_model 768: in_proj 8 rows, out_proj 4 rows). On the H200 out_proj at 4 rows took 531 us a step against 561 us at
+# 2, although sm_90 ptxas (offline) then reports 48 bytes of spills, against none at 2
 _TILE = 16384
 _NUM_WARPS = 8
-# constexpr overrides of the planned tile sizes (ROWS_IN, CH_CONV, CH_SSM, ROWS_OUT, ROWS_HEAD, powers of two),
-# num_warps, and MERGE_IN_CONV=1 (in_proj inside the conv phase: three grid barriers per layer instead of four, but
-# more partial x_proj sums for the SSM phase to add), for tuning on a GPU (scripts/decode_gpu_check.py --tune);
-# empty = the plan below
+# constexpr overrides for tuning on a GPU (scripts/decode_gpu_check.py --tune, --variants, --breakdown); empty = the
+# plan below.
+# - tile sizes ROWS_IN, CH_CONV, CH_SSM, ROWS_OUT, ROWS_HEAD (powers of two) and num_warps;
+# - MERGE_IN_CONV=1: in_proj inside the conv phase (three grid barriers per layer instead of four, but more partial
+#   x_proj sums for the SSM phase to add);
+# - breakdown flags, timing only (the results are wrong): NO_WAIT=1 drops every grid barrier (no arrival, no wait);
+#   SKIP_P1 .. SKIP_P4, SKIP_HEAD=1 drop the loads and the work of in_proj, conv + x_proj, SSM, out_proj or the head,
+#   while every program still meets every barrier (SKIP_P2 under MERGE_IN_CONV drops the merged phase; SKIP_P1 has
+#   no phase of its own there and is refused).
 TUNE: dict[str, int] = {}
+BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
+_SETTINGS = {"": "auto", "auto": "auto", "1": "on", "true": "on", "on": "on", "yes": "on",
+             "0": "off", "false": "off", "off": "off", "no": "off"}
+
+
+def fused_decode_setting() -> str:
+    """SEQBACKBONE_FUSED_DECODE read: "auto" (unset or empty: the fused step up to batch AUTO_MAX_BATCH), "on"
+    (1 / true / on / yes: up to batch MAX_BATCH) or "off" (0 / false / off / no)."""
+    raw = os.environ.get("SEQBACKBONE_FUSED_DECODE", "")
+    setting = _SETTINGS.get(raw.strip().lower())
+    if setting is None:
+        raise ValueError(f"SEQBACKBONE_FUSED_DECODE must be 1, 0 or unset (auto), got {raw!r}")
+    return setting
+
+
+def fused_decode_max_batch() -> int:
+    """Largest batch the decoder runs fused under the current SEQBACKBONE_FUSED_DECODE (0 when off)."""
+    return {"off": 0, "auto": AUTO_MAX_BATCH, "on": MAX_BATCH}[fused_decode_setting()]
 
 
 def fused_decode_enabled() -> bool:
-    """False when SEQBACKBONE_FUSED_DECODE is set to 0 / false / off."""
-    return os.environ.get("SEQBACKBONE_FUSED_DECODE", "1").strip().lower() not in ("0", "false", "off", "no")
+    """False when SEQBACKBONE_FUSED_DECODE is set to 0 / false / off / no."""
+    return fused_decode_setting() != "off"
 
 
 def _embedding_encoders() -> tuple[type, ...]:
@@ -138,11 +172,12 @@ def fused_decode_unsupported_reason(model: nn.Module, batch: int) -> str | None:
 
 
 def fused_decode_supported(model: nn.Module, batch: int) -> bool:
-    """True when `FusedDecodeStep` can run `model` at batch size `batch`: a causal Mamba LM (token-lookup encoder,
-    plain pre-norm RMSNorm blocks without projection biases, tied LMHead or nn.Linear head), 1 <= batch <= 8,
-    bf16 / fp16 / fp32 weights, on CUDA (or the CPU under the Triton interpreter), and SEQBACKBONE_FUSED_DECODE not 0.
+    """True when the decoder should run `model` at batch size `batch` on `FusedDecodeStep`: it can (a causal Mamba
+    LM with a token-lookup encoder, plain pre-norm RMSNorm blocks without projection biases, a tied LMHead or
+    nn.Linear head, bf16 / fp16 / fp32 weights, on CUDA or the CPU under the Triton interpreter, 1 <= batch <= 8) and
+    SEQBACKBONE_FUSED_DECODE allows the batch: unset, batch 1 only (where it measured faster); 1, up to 8; 0, never.
     """
-    return fused_decode_enabled() and fused_decode_unsupported_reason(model, batch) is None
+    return fused_decode_unsupported_reason(model, batch) is None and batch <= fused_decode_max_batch()
 
 
 @functools.cache
@@ -272,12 +307,15 @@ class FusedDecodeStep:
             ROWS_IN=_block(2 * Di, plan, 2, _TILE // (2 * block_dm)),
             CH_CONV=ch_conv,
             CH_SSM=_block(Di, plan, 2, _TILE // max(block_n, block_r)),
-            ROWS_OUT=_block(Dm, plan, 2, _TILE // (4 * block_di)),
+            ROWS_OUT=_block(Dm, plan, 2, _TILE // (2 * block_di)),
             ROWS_HEAD=_block(V, plan, 2, _TILE // block_dm),
             MERGE_IN_CONV=merge,
+            **{flag: 0 for flag in BREAKDOWN_FLAGS},
         )
         self._num_warps = TUNE.get("num_warps", _NUM_WARPS)
         self._constexprs.update({k: v for k, v in TUNE.items() if k in self._constexprs})
+        if self._constexprs["MERGE_IN_CONV"] and self._constexprs["SKIP_P1"]:
+            raise ValueError("TUNE: SKIP_P1 needs in_proj as a phase of its own, got MERGE_IN_CONV=1 (use SKIP_P2)")
         self._args = (
             token, emb, head_w, head_b if head_b is not None else head_w, backbone.norm_f.weight, self.logits,
             *self._tables,

@@ -31,17 +31,19 @@ import triton.language as tl  # noqa: F401 (triton: the jit decorator)
 
 
 @triton.jit
-def _grid_barrier(bar_ptr, nprog):
+def _grid_barrier(bar_ptr, nprog, NO_WAIT: tl.constexpr):
     """Grid barrier on one monotonic int64 counter: every program adds 1 and waits until the count reaches the next
     multiple of nprog. No reset is needed (each episode starts at a multiple of nprog, across launches and graph
     replays too), and it takes two round trips to L2 (the arrival, then the polls) rather than the four or five of
-    a count + generation pair. Needs every program resident at once (grid <= SM count, one program per SM)."""
-    tl.debug_barrier()
-    old = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
-    target = (old // nprog + 1) * nprog
-    while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
-        pass
-    tl.debug_barrier()
+    a count + generation pair. Needs every program resident at once (grid <= SM count, one program per SM).
+    NO_WAIT (timing only) drops it: no arrival, no wait, so the counter is left as it was."""
+    if not NO_WAIT:
+        tl.debug_barrier()
+        old = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
+        target = (old // nprog + 1) * nprog
+        while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
+            pass
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -87,7 +89,11 @@ def _decode_step_kernel(
     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_J: tl.constexpr,
     ROWS_IN: tl.constexpr, CH_CONV: tl.constexpr, CH_SSM: tl.constexpr, ROWS_OUT: tl.constexpr,
     ROWS_HEAD: tl.constexpr, MERGE_IN_CONV: tl.constexpr,
+    NO_WAIT: tl.constexpr, SKIP_P1: tl.constexpr, SKIP_P2: tl.constexpr, SKIP_P3: tl.constexpr,
+    SKIP_P4: tl.constexpr, SKIP_HEAD: tl.constexpr,
 ):
+    # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
+    # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     X = R + 2 * N
@@ -112,181 +118,192 @@ def _decode_step_kernel(
     for layer in range(n_layer):
         # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
         if not MERGE_IN_CONV:
-            w_in = _layer_ptr(in_tab, layer, ADT)
-            norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
-            item = pid
-            rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
-            tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
-                           mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
-            if layer > 0:
-                _grid_barrier(bar_ptr, nprog)  # the previous layer's P4 wrote the residual
-            while item < n_in:
-                rows_ok = rows < 2 * Di
-                wt = tile.to(tl.float32)
-                for b in range(batch):
-                    xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
-                    acc = tl.sum(wt * xn[None, :], axis=1)
-                    tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
-                item += nprog
+            if not SKIP_P1:
+                w_in = _layer_ptr(in_tab, layer, ADT)
+                norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+                item = pid
                 rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
                 tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                                mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
+            if layer > 0:
+                _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the previous layer's P4 wrote the residual
+            if not SKIP_P1:
+                while item < n_in:
+                    rows_ok = rows < 2 * Di
+                    wt = tile.to(tl.float32)
+                    for b in range(batch):
+                        xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
+                        acc = tl.sum(wt * xn[None, :], axis=1)
+                        tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
+                    item += nprog
+                    rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
+                    tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                                   mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
 
         # ---- P2: conv window step and partial x_proj sums ------------------------------------------------------
-        conv_w = _layer_ptr(convw_tab, layer, ADT)
-        conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
-        w_x = _layer_ptr(xproj_tab, layer, ADT)
-        item = pid
-        ch = item * CH_CONV + tl.arange(0, CH_CONV)
-        c_ok = ch < Di
-        taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :], other=0.0)
-        wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
-        if MERGE_IN_CONV:
-            # in_proj's u and z rows of this block's channels here, so no barrier between in_proj and the conv
-            w_in = _layer_ptr(in_tab, layer, ADT)
-            norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
-            wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :], mask=c_ok[:, None] & m_ok[None, :],
-                         other=0.0)
-            wz = tl.load(w_in + (Di + ch).to(tl.int64)[:, None] * Dm + offs_m[None, :],
-                         mask=c_ok[:, None] & m_ok[None, :], other=0.0)
-            if layer > 0:
-                _grid_barrier(bar_ptr, nprog)  # the previous layer's P4 wrote the residual
-        else:
-            _grid_barrier(bar_ptr, nprog)  # P1 wrote xz
-        while item < n_conv:
-            c_ok = ch < Di
-            taps32 = taps.to(tl.float32)
-            wx32 = wxt.to(tl.float32)
-            if HAS_CONV_BIAS:
-                cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-            for b in range(batch):
-                row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
-                older = tl.load(row + offs_w[None, :] + 1, mask=c_ok[:, None] & (offs_w[None, :] + 1 < W), other=0.0)
-                if MERGE_IN_CONV:
-                    xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
-                    zv = _round(tl.sum(wz.to(tl.float32) * xn[None, :], axis=1), ADT)
-                    tl.store(xz_ptr + b * 2 * Di + Di + ch, zv, mask=c_ok)
-                    u = _round(tl.sum(wu.to(tl.float32) * xn[None, :], axis=1), ADT).to(CONV_DT)
-                else:
-                    u = tl.load(xz_ptr + b * 2 * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg").to(CONV_DT)
-                window = tl.where(offs_w[None, :] == W - 1, u[:, None], older)
-                tl.store(row + offs_w[None, :], window, mask=c_ok[:, None] & w_ok[None, :])
-                out = tl.sum(window.to(tl.float32) * taps32, axis=1)
-                if HAS_CONV_BIAS:
-                    out += cbias
-                out = _round(out / (1.0 + tl.exp(-out)), ADT)
-                out = tl.where(c_ok, out, 0.0)
-                tl.store(xc_ptr + b * Di + ch, out, mask=c_ok)
-                part = tl.sum(wx32 * out[:, None], axis=0)  # (BLOCK_X,)
-                tl.store(part_ptr + (item * batch + b) * X + offs_x, part, mask=x_ok)
-            item += nprog
+        if not SKIP_P2:
+            conv_w = _layer_ptr(convw_tab, layer, ADT)
+            conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
+            w_x = _layer_ptr(xproj_tab, layer, ADT)
+            item = pid
             ch = item * CH_CONV + tl.arange(0, CH_CONV)
             c_ok = ch < Di
-            taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :],
-                           other=0.0)
+            taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :], other=0.0)
             wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
             if MERGE_IN_CONV:
-                wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :],
-                             mask=c_ok[:, None] & m_ok[None, :], other=0.0)
+                # in_proj's u and z rows of this block's channels here, so no barrier between in_proj and the conv
+                w_in = _layer_ptr(in_tab, layer, ADT)
+                norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+                wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :], mask=c_ok[:, None] & m_ok[None, :],
+                             other=0.0)
                 wz = tl.load(w_in + (Di + ch).to(tl.int64)[:, None] * Dm + offs_m[None, :],
                              mask=c_ok[:, None] & m_ok[None, :], other=0.0)
+        if MERGE_IN_CONV:
+            if layer > 0:
+                _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the previous layer's P4 wrote the residual
+        else:
+            _grid_barrier(bar_ptr, nprog, NO_WAIT)  # P1 wrote xz
+        if not SKIP_P2:
+            while item < n_conv:
+                c_ok = ch < Di
+                taps32 = taps.to(tl.float32)
+                wx32 = wxt.to(tl.float32)
+                if HAS_CONV_BIAS:
+                    cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                for b in range(batch):
+                    row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
+                    older = tl.load(row + offs_w[None, :] + 1, mask=c_ok[:, None] & (offs_w[None, :] + 1 < W), other=0.0)
+                    if MERGE_IN_CONV:
+                        xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
+                        zv = _round(tl.sum(wz.to(tl.float32) * xn[None, :], axis=1), ADT)
+                        tl.store(xz_ptr + b * 2 * Di + Di + ch, zv, mask=c_ok)
+                        u = _round(tl.sum(wu.to(tl.float32) * xn[None, :], axis=1), ADT).to(CONV_DT)
+                    else:
+                        u = tl.load(xz_ptr + b * 2 * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg").to(CONV_DT)
+                    window = tl.where(offs_w[None, :] == W - 1, u[:, None], older)
+                    tl.store(row + offs_w[None, :], window, mask=c_ok[:, None] & w_ok[None, :])
+                    out = tl.sum(window.to(tl.float32) * taps32, axis=1)
+                    if HAS_CONV_BIAS:
+                        out += cbias
+                    out = _round(out / (1.0 + tl.exp(-out)), ADT)
+                    out = tl.where(c_ok, out, 0.0)
+                    tl.store(xc_ptr + b * Di + ch, out, mask=c_ok)
+                    part = tl.sum(wx32 * out[:, None], axis=0)  # (BLOCK_X,)
+                    tl.store(part_ptr + (item * batch + b) * X + offs_x, part, mask=x_ok)
+                item += nprog
+                ch = item * CH_CONV + tl.arange(0, CH_CONV)
+                c_ok = ch < Di
+                taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :],
+                               other=0.0)
+                wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
+                if MERGE_IN_CONV:
+                    wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                                 mask=c_ok[:, None] & m_ok[None, :], other=0.0)
+                    wz = tl.load(w_in + (Di + ch).to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                                 mask=c_ok[:, None] & m_ok[None, :], other=0.0)
 
         # ---- P3: SSM state update ------------------------------------------------------------------------------
-        dt_w = _layer_ptr(dtw_tab, layer, ADT)
-        a_log = _layer_ptr(alog_tab, layer, ALOG_DT)
-        ssm = _layer_ptr(ssm_tab, layer, tl.float32)
-        item = pid
-        ch = item * CH_SSM + tl.arange(0, CH_SSM)
-        c_ok = ch < Di
-        wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
-        alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        _grid_barrier(bar_ptr, nprog)  # P2 wrote xc and the partial sums
-        while item < n_ssm:
-            c_ok = ch < Di
-            cn_ok = c_ok[:, None] & n_ok[None, :]
-            wdt32 = wdt.to(tl.float32)
-            A = -tl.exp(alog.to(tl.float32))
-            Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-            dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-            for b in range(batch):
-                # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
-                dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
-                Bv = tl.zeros([BLOCK_N], dtype=tl.float32)
-                Cv = tl.zeros([BLOCK_N], dtype=tl.float32)
-                for j0 in range(0, n_conv, BLOCK_J):
-                    js = j0 + offs_j
-                    j_ok = (js < n_conv)[:, None]
-                    base = part_ptr + (js[:, None] * batch + b) * X
-                    dt_low += tl.sum(tl.load(base + offs_r[None, :], mask=j_ok & r_ok[None, :], other=0.0,
-                                             cache_modifier=".cg"), axis=0)
-                    Bv += tl.sum(tl.load(base + R + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
-                                         cache_modifier=".cg"), axis=0)
-                    Cv += tl.sum(tl.load(base + R + N + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
-                                         cache_modifier=".cg"), axis=0)
-                dt_low = _round(dt_low, ADT)
-                Bv = _round(Bv, ADT)
-                Cv = _round(Cv, ADT)
-                dt = _round(tl.sum(wdt32 * dt_low[None, :], axis=1), ADT) + dtb
-                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-                x = tl.load(xc_ptr + b * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
-                z = tl.load(xz_ptr + b * 2 * Di + Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
-                h_ptrs = ssm + b * Di * N + ch[:, None] * N + offs_n[None, :]
-                h = tl.load(h_ptrs, mask=cn_ok, other=0.0)
-                h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
-                tl.store(h_ptrs, h, mask=cn_ok)
-                y = tl.sum(h * Cv[None, :], axis=1) + Dv * x
-                y = _round(y * (z / (1.0 + tl.exp(-z))), ADT)
-                tl.store(y_ptr + b * Di + ch, y, mask=c_ok)
-            item += nprog
+        if not SKIP_P3:
+            dt_w = _layer_ptr(dtw_tab, layer, ADT)
+            a_log = _layer_ptr(alog_tab, layer, ALOG_DT)
+            ssm = _layer_ptr(ssm_tab, layer, tl.float32)
+            item = pid
             ch = item * CH_SSM + tl.arange(0, CH_SSM)
             c_ok = ch < Di
             wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
-            alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :],
-                           other=0.0)
+            alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        _grid_barrier(bar_ptr, nprog, NO_WAIT)  # P2 wrote xc and the partial sums
+        if not SKIP_P3:
+            while item < n_ssm:
+                c_ok = ch < Di
+                cn_ok = c_ok[:, None] & n_ok[None, :]
+                wdt32 = wdt.to(tl.float32)
+                A = -tl.exp(alog.to(tl.float32))
+                Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                for b in range(batch):
+                    # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
+                    dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
+                    Bv = tl.zeros([BLOCK_N], dtype=tl.float32)
+                    Cv = tl.zeros([BLOCK_N], dtype=tl.float32)
+                    for j0 in range(0, n_conv, BLOCK_J):
+                        js = j0 + offs_j
+                        j_ok = (js < n_conv)[:, None]
+                        base = part_ptr + (js[:, None] * batch + b) * X
+                        dt_low += tl.sum(tl.load(base + offs_r[None, :], mask=j_ok & r_ok[None, :], other=0.0,
+                                                 cache_modifier=".cg"), axis=0)
+                        Bv += tl.sum(tl.load(base + R + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
+                                             cache_modifier=".cg"), axis=0)
+                        Cv += tl.sum(tl.load(base + R + N + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
+                                             cache_modifier=".cg"), axis=0)
+                    dt_low = _round(dt_low, ADT)
+                    Bv = _round(Bv, ADT)
+                    Cv = _round(Cv, ADT)
+                    dt = _round(tl.sum(wdt32 * dt_low[None, :], axis=1), ADT) + dtb
+                    dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+                    x = tl.load(xc_ptr + b * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
+                    z = tl.load(xz_ptr + b * 2 * Di + Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
+                    h_ptrs = ssm + b * Di * N + ch[:, None] * N + offs_n[None, :]
+                    h = tl.load(h_ptrs, mask=cn_ok, other=0.0)
+                    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
+                    tl.store(h_ptrs, h, mask=cn_ok)
+                    y = tl.sum(h * Cv[None, :], axis=1) + Dv * x
+                    y = _round(y * (z / (1.0 + tl.exp(-z))), ADT)
+                    tl.store(y_ptr + b * Di + ch, y, mask=c_ok)
+                item += nprog
+                ch = item * CH_SSM + tl.arange(0, CH_SSM)
+                c_ok = ch < Di
+                wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
+                alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :],
+                               other=0.0)
 
         # ---- P4: residual += y @ W_out^T ---------------------------------------------------------------------
-        w_out = _layer_ptr(out_tab, layer, ADT)
-        item = pid
-        rows = item * ROWS_OUT + tl.arange(0, ROWS_OUT)
-        tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
-                       mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
-        _grid_barrier(bar_ptr, nprog)  # P3 wrote y
-        while item < n_out:
-            rows_ok = rows < Dm
-            wt = tile.to(tl.float32)
-            for b in range(batch):
-                yv = tl.load(y_ptr + b * Di + offs_i, mask=i_ok, other=0.0, cache_modifier=".cg")
-                o = _round(tl.sum(wt * yv[None, :], axis=1), ADT)
-                s = _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, rows, rows_ok, Dm, ADT)
-                tl.store(resid_ptr + b * Dm + rows, s + o, mask=rows_ok)
-            item += nprog
+        if not SKIP_P4:
+            w_out = _layer_ptr(out_tab, layer, ADT)
+            item = pid
             rows = item * ROWS_OUT + tl.arange(0, ROWS_OUT)
             tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
                            mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
+        _grid_barrier(bar_ptr, nprog, NO_WAIT)  # P3 wrote y
+        if not SKIP_P4:
+            while item < n_out:
+                rows_ok = rows < Dm
+                wt = tile.to(tl.float32)
+                for b in range(batch):
+                    yv = tl.load(y_ptr + b * Di + offs_i, mask=i_ok, other=0.0, cache_modifier=".cg")
+                    o = _round(tl.sum(wt * yv[None, :], axis=1), ADT)
+                    s = _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, rows, rows_ok, Dm, ADT)
+                    tl.store(resid_ptr + b * Dm + rows, s + o, mask=rows_ok)
+                item += nprog
+                rows = item * ROWS_OUT + tl.arange(0, ROWS_OUT)
+                tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
+                               mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
 
     # ---- final norm and head ---------------------------------------------------------------------------------
-    norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
-    item = pid
-    rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
-    tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
-                   mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
-    _grid_barrier(bar_ptr, nprog)  # the last P4 wrote the residual
-    n_head = tl.cdiv(V, ROWS_HEAD)
-    while item < n_head:
-        rows_ok = rows < V
-        wt = tile.to(tl.float32)
-        if HAS_HEAD_BIAS:
-            hb = tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)
-        for b in range(batch):
-            hidden = _normed_row(n_layer, b, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_m, m_ok, Dm, eps, ADT)
-            lg = tl.sum(wt * hidden[None, :], axis=1)
-            if HAS_HEAD_BIAS:
-                lg += hb
-            tl.store(logits_ptr + b * V + rows, _round(lg, ADT), mask=rows_ok)
-        item += nprog
+    if not SKIP_HEAD:
+        norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+        item = pid
         rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
         tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                        mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
+    _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the last P4 wrote the residual
+    if not SKIP_HEAD:
+        n_head = tl.cdiv(V, ROWS_HEAD)
+        while item < n_head:
+            rows_ok = rows < V
+            wt = tile.to(tl.float32)
+            if HAS_HEAD_BIAS:
+                hb = tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)
+            for b in range(batch):
+                hidden = _normed_row(n_layer, b, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_m, m_ok, Dm, eps, ADT)
+                lg = tl.sum(wt * hidden[None, :], axis=1)
+                if HAS_HEAD_BIAS:
+                    lg += hb
+                tl.store(logits_ptr + b * V + rows, _round(lg, ADT), mask=rows_ok)
+            item += nprog
+            rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
+            tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                           mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
 
 
 def launch(grid: int, args: tuple, constexprs: dict, num_warps: int) -> None:

@@ -1,16 +1,23 @@
 """GPU check of the one-kernel decoding step (seqbackbone.kernels.decode) on the ~90M-parameter wave LM, bf16.
 
     python scripts/decode_gpu_check.py [--n-layer 24] [--d-model 768] [--steps 50] [--replays 300] [--timeout 420]
-        [--tune KEY=VALUE ...] [--variants K=V,K=V ...]
+        [--tune KEY=VALUE ...] [--variants K=V,K=V ...] [--breakdown]
 
 1. Agreement: from the same prefilled state, 50 steps of the fused kernel and of the layer-by-layer step
    (`backbone.step`) on the same tokens, at batch 1 and 8: max abs difference of the logits and of every layer's conv
    and SSM state, and the relative error; and the fused step run twice from the same state gives bit-identical
    results (no float atomics).
-2. Speed: one CUDA-graph replay of the decoder's step, fused and layer-by-layer (SEQBACKBONE_FUSED_DECODE=0), at
-   batch 1 and 8: median of many replays timed with CUDA events.
+2. Speed: one CUDA-graph replay of the decoder's step, fused (SEQBACKBONE_FUSED_DECODE=1: forced, since by default
+   only batch 1 runs fused) and layer-by-layer (SEQBACKBONE_FUSED_DECODE=0), at batch 1 and 8: median of many
+   replays timed with CUDA events.
 3. The weight-read floor (2 bytes x parameters / copy bandwidth) and each step's ratio to it.
 4. Optionally, other tile sizes of the fused kernel (--variants): a short agreement check and the step time of each.
+
+--breakdown instead runs a short agreement check (10 steps) and then times the fused step with each of the
+breakdown flags of decode.TUNE (results wrong, timing only): all work, NO_WAIT (no grid barriers), each phase's work
+skipped (SKIP_P1 in_proj, SKIP_P2 conv + x_proj, SKIP_P3 SSM, SKIP_P4 out_proj, SKIP_HEAD), barriers only (every
+phase skipped), nothing (barriers dropped too), and the layer-by-layer step; one table of the CUDA-graph step medians
+and their differences to the full step. One Triton compile per setting (both batch sizes share it).
 
 A watchdog ends the process (with every thread's traceback) if anything hangs, e.g. a grid barrier that deadlocks.
 """
@@ -123,6 +130,56 @@ def time_graph_step(model: torch.nn.Module, batch: int, fused: bool, replays: in
     return statistics.median(times), begin.elapsed_time(end) * 1e3 / replays, ran_fused
 
 
+# (label, decode.TUNE flags) of the --breakdown rows; the first is the reference the others are compared with. Each
+# setting compiles on its own, so register allocation can differ (sm_90 ptxas offline, d_model 768: the full kernel
+# 255 registers and 48 bytes of spills, SKIP_P2's 128 registers and 176 bytes): a difference is not only the work
+BREAKDOWN = [
+    ("all work", {}),
+    ("NO_WAIT (no grid barriers)", {"NO_WAIT": 1}),
+    ("SKIP_P1 (in_proj)", {"SKIP_P1": 1}),
+    ("SKIP_P2 (conv + x_proj)", {"SKIP_P2": 1}),
+    ("SKIP_P3 (SSM)", {"SKIP_P3": 1}),
+    ("SKIP_P4 (out_proj)", {"SKIP_P4": 1}),
+    ("SKIP_HEAD (norm_f + head)", {"SKIP_HEAD": 1}),
+    ("barriers only (every SKIP)", {"SKIP_P1": 1, "SKIP_P2": 1, "SKIP_P3": 1, "SKIP_P4": 1, "SKIP_HEAD": 1}),
+    ("nothing (every SKIP + NO_WAIT)", {"SKIP_P1": 1, "SKIP_P2": 1, "SKIP_P3": 1, "SKIP_P4": 1, "SKIP_HEAD": 1,
+                                        "NO_WAIT": 1}),
+]
+
+
+def breakdown(model: torch.nn.Module, batch_sizes: list[int], replays: int) -> None:
+    """Times the fused step under each BREAKDOWN setting (on top of the --tune overrides) and the layer-by-layer
+    step, printing each result as it comes and then one table."""
+    from seqbackbone.kernels import decode
+
+    base = dict(decode.TUNE)
+    n_layer = len(model.backbone.layers)
+    times: dict[tuple[str, int], float] = {}
+    rows = [*BREAKDOWN, ("layer by layer (not fused)", None)]
+    for label, flags in rows:
+        decode.TUNE.clear()
+        decode.TUNE.update(base)
+        decode.TUNE.update(flags or {})
+        for batch in batch_sizes:
+            median, _, ran = time_graph_step(model, batch, flags is not None, replays)
+            if ran != (flags is not None):
+                raise RuntimeError(f"{label} at batch {batch}: the fused step {'did not run' if ran else 'ran'}")
+            times[label, batch] = median
+            print(f"breakdown batch {batch} {label}: {median:8.1f} us", flush=True)
+    decode.TUNE.clear()
+    decode.TUNE.update(base)
+    ref = BREAKDOWN[0][0]
+    head = f"{'setting':<32}" + "".join(f"{f'batch {b} us':>13}{'diff':>9}{'per layer':>11}" for b in batch_sizes)
+    print(f"\nbreakdown: CUDA-graph step medians ({replays} replays), diff = setting - all work, per layer = diff / "
+          f"{n_layer}; tile overrides {base or 'none'}\n{head}")
+    for label, _ in rows:
+        line = f"{label:<32}"
+        for b in batch_sizes:
+            t, d = times[label, b], times[label, b] - times[ref, b]
+            line += f"{t:13.1f}{d:+9.1f}{d / n_layer:+11.2f}"
+        print(line, flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mamba_wave_lm_base")
@@ -136,6 +193,9 @@ def main() -> int:
     p.add_argument("--variants", nargs="*", default=[], metavar="K=V,K=V",
                    help="further tile settings to check (10 steps) and time on the fused path, one comma-separated "
                         "set each, e.g. ROWS_IN=16 ROWS_IN=16,ROWS_OUT=4,num_warps=16")
+    p.add_argument("--breakdown", action="store_true",
+                   help="a 10-step agreement check, then the step time with each breakdown flag (results wrong, "
+                        "timing only) in one table; skips the other timings")
     p.add_argument("--timeout", type=float, default=420.0, help="seconds before the watchdog ends the process")
     args = p.parse_args()
     # a deadlocked grid barrier would block the host forever: dump every thread's stack and exit instead
@@ -163,6 +223,12 @@ def main() -> int:
             print(f"batch {batch}: fused step not supported: {reason}", flush=True)
             return 1
 
+    if args.breakdown:
+        for batch in args.batch_sizes:
+            check_agreement(model, batch, 10)
+        breakdown(model, args.batch_sizes, args.replays)
+        faulthandler.cancel_dump_traceback_later()
+        return 0
     for batch in args.batch_sizes:
         check_agreement(model, batch, args.steps)
 

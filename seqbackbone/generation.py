@@ -8,9 +8,10 @@ Dimensions: B batch, L prompt length, T new tokens, V vocabulary (code book) siz
 
 The step runs on static buffers (the cache, the input token, the logits), so on CUDA it is captured once as a CUDA
 graph and replayed per token; on the CPU the same code runs eagerly. Where `fused_decode_supported(model, batch)`
-holds (a plain causal Mamba LM, batch <= 8, on CUDA) the whole step is one persistent Triton kernel
-(seqbackbone.kernels.decode); SEQBACKBONE_FUSED_DECODE=0 turns that off. Sampling (temperature, top-k, top-p) happens
-outside the graph so that any `torch.Generator` can drive it.
+holds (a plain causal Mamba LM on CUDA; by default at batch 1 only, where it measured faster;
+SEQBACKBONE_FUSED_DECODE=1 forces it up to batch 8, =0 turns it off) the whole step is one persistent Triton kernel
+(seqbackbone.kernels.decode). Sampling (temperature, top-k, top-p) happens outside the graph so that any
+`torch.Generator` can drive it.
 
 Waveform language models take and return float waveforms in [-1, 1]: the prompt is mu-law encoded into the model's
 codes, codes are generated, and the new codes are decoded back with `torchaudio.functional.mu_law_decoding`.
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from .cache import InferenceCache, MambaCache
-from .kernels.decode import FusedDecodeStep, fused_decode_enabled, fused_decode_supported
+from .kernels.decode import FusedDecodeStep, fused_decode_setting, fused_decode_supported
 from .kernels.dispatch import forced_backend
 
 __all__ = [
@@ -261,7 +262,7 @@ _DECODERS: weakref.WeakKeyDictionary[nn.Module, StepDecoder] = weakref.WeakKeyDi
 
 def _decoder_key(model: nn.Module, batch_size: int, cuda_graph: bool, compile: bool) -> tuple:
     # the backend and the fused-step switch decide which step runs, so a change of either needs a new decoder
-    return (batch_size, cuda_graph, compile, fused_decode_enabled(), forced_backend(), _param_key(model))
+    return (batch_size, cuda_graph, compile, fused_decode_setting(), forced_backend(), _param_key(model))
 
 
 def _decoder_for(model: nn.Module, batch_size: int, cuda_graph: bool, compile: bool = False) -> StepDecoder:

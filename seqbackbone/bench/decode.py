@@ -3,15 +3,16 @@
     python -m seqbackbone.bench.decode --out decode.md                 # ~90M-parameter LM, bf16, on CUDA
     python -m seqbackbone.bench.decode --device cpu --d-model 64 --n-layer 2 --steps 16 --out /tmp/decode.md
 
-For each batch size, with and without CUDA graphs (under CUDA graphs both with the whole step as one kernel,
-seqbackbone.kernels.decode, batch <= 8, and layer by layer, SEQBACKBONE_FUSED_DECODE=0; and with the step through
-torch.compile inside the graph, last, since compiling takes a while), greedy `generate` is timed at two lengths after
-a warm-up call (which also captures the graph); the difference divided by the extra tokens is the steady per-step
-time, free of the prefill and the capture. The floor is one read of every weight per step: 2 bytes x parameters /
-copy bandwidth, where the bandwidth is a device-to-device copy measured in the same run (bytes read + written per
-second). The header also gives the kernels one step launches at batch 1 (what a CUDA graph replays per token): as
-one kernel, layer by layer, and on the op-by-op PyTorch path (SEQBACKBONE_KERNELS=torch): profiled on CUDA, counted
-op by op elsewhere.
+For each batch size, with and without CUDA graphs (under CUDA graphs both the default step, which is the whole step as
+one kernel, seqbackbone.kernels.decode, at batch 1 and layer by layer above, and the other one where it exists: layer
+by layer with SEQBACKBONE_FUSED_DECODE=0 at batch 1, one kernel forced with SEQBACKBONE_FUSED_DECODE=1 at batches 2
+to 8; and with the step through torch.compile inside the graph, last, since compiling takes a while), greedy
+`generate` is timed at two lengths after a warm-up call (which also captures the graph); the difference divided by
+the extra tokens is the steady per-step time, free of the prefill and the capture. The floor is one read of every
+weight per step: 2 bytes x parameters / copy bandwidth, where the bandwidth is a device-to-device copy measured in the
+same run (bytes read + written per second). The header also gives the kernels one step launches at batch 1 (what a
+CUDA graph replays per token): as one kernel, layer by layer, and on the op-by-op PyTorch path
+(SEQBACKBONE_KERNELS=torch): profiled on CUDA, counted op by op elsewhere.
 A configuration that fails is reported as such and the rest still run; the table file is rewritten after every row.
 """
 
@@ -37,7 +38,8 @@ class Row:
     batch: int
     cuda_graph: bool
     compile: bool = False
-    fused: bool | None = None  # None: as the environment says; False: SEQBACKBONE_FUSED_DECODE=0
+    # None: as the environment says; False: SEQBACKBONE_FUSED_DECODE=0; True: =1 (one kernel up to batch 8)
+    fused: bool | None = None
     path: str | None = None  # the step that ran: "one kernel" or "layer by layer"
     step_us: float | None = None
     tokens_per_s: float | None = None
@@ -123,7 +125,8 @@ def _path(model: torch.nn.Module, batch: int, compile: bool) -> str:
 
 @contextlib.contextmanager
 def _fused_env(fused: bool | None):
-    """SEQBACKBONE_FUSED_DECODE=0 for the duration when fused is False (unchanged for None)."""
+    """SEQBACKBONE_FUSED_DECODE=0 (fused False) or =1 (fused True: forced up to batch 8) for the duration; unchanged
+    for None."""
     before = os.environ.get("SEQBACKBONE_FUSED_DECODE")
     if fused is not None:
         os.environ["SEQBACKBONE_FUSED_DECODE"] = "1" if fused else "0"
@@ -391,19 +394,23 @@ def main(argv: list[str] | None = None) -> int:
 
     header.update(count_kernels(model, device))
 
-    # (cuda_graph, compile, fused); compiled rows last, so a slow compile cannot hold up the plain ones. The
-    # layer-by-layer row beside the one-kernel row measures both steps in the same run.
+    # (cuda_graph, compile, fused); compiled rows last, so a slow compile cannot hold up the plain ones. "other":
+    # beside the default row, the step it did not run (layer by layer, or one kernel forced), both in the same run.
     if device.type == "cuda":
-        modes = [(True, False, None), (True, False, False), (False, False, None)]
+        modes = [(True, False, None), (True, False, "other"), (False, False, None)]
     else:
         modes = [(False, False, None)]
     if args.compile:
         modes += [(True, True, None)] if device.type == "cuda" else [(False, True, None)]
     rows = []
-    for cuda_graph, compile, fused in modes:
+    for cuda_graph, compile, mode in modes:
         for batch in args.batch_sizes:
-            if fused is False and not _path(model, batch, compile) == "one kernel":
-                continue  # the default row already ran layer by layer
+            fused = mode
+            if mode == "other":
+                fused = _path(model, batch, compile) != "one kernel"
+                with _fused_env(fused):
+                    if fused and _path(model, batch, compile) != "one kernel":
+                        continue  # no one-kernel step at this batch / model: the default row ran layer by layer
             row = measure(model, batch, cuda_graph, compile, args, device, floor_s, fused)
             rows.append(row)
             status = row.error or f"{row.step_us:,.0f} us/step, {row.tokens_per_s:,.0f} tokens/s"

@@ -3,6 +3,7 @@
 On the CPU the kernel runs through the Triton interpreter with one program (its grid barriers are then trivial); the
 work is planned for several programs so that every phase loops over many small items and crosses block boundaries.
 Tiny fp32 LMs with non-power-of-two sizes, fresh random weights and random non-zero states, NaN-poisoned outputs.
+Batches above 1 run fused only when forced (SEQBACKBONE_FUSED_DECODE=1), so the tests that use them set it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,15 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 @pytest.fixture
 def triton_path(monkeypatch):
+    """Triton kernels (interpreted on the CPU), SEQBACKBONE_FUSED_DECODE unset (automatic: fused at batch 1 only)."""
     monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
     monkeypatch.delenv("SEQBACKBONE_FUSED_DECODE", raising=False)
+
+
+@pytest.fixture
+def forced(triton_path, monkeypatch):
+    """The fused step forced for batches up to 8."""
+    monkeypatch.setenv("SEQBACKBONE_FUSED_DECODE", "1")
 
 
 def _lm(name: str, seed: int, device: str = DEV, dtype: torch.dtype = torch.float32, **kw) -> torch.nn.Module:
@@ -46,6 +54,12 @@ def _reference_step(model: torch.nn.Module, token: torch.Tensor, cache) -> torch
     return model.head(model.backbone.step(x_t, cache)).float()
 
 
+def _poison(step: FusedDecodeStep) -> None:
+    """NaN in the logits and every scratch buffer, so that whatever the kernel does not write shows."""
+    for buf in (step.logits, step._resid, step._xz, step._xc, step._part, step._y):
+        buf.fill_(float("nan"))
+
+
 def _random_caches(model: torch.nn.Module, batch: int, seed: int):
     gen = torch.Generator().manual_seed(seed)
     a, b = (model.backbone.allocate_inference_cache(batch) for _ in range(2))
@@ -62,7 +76,7 @@ def _random_caches(model: torch.nn.Module, batch: int, seed: int):
                                                                   False),
      (2, {"d_model": 24, "n_layer": 2, "d_state": 3}, 5, True)],
 )
-def test_fused_steps_match_reference(triton_path, monkeypatch, batch, kw, programs, merge):
+def test_fused_steps_match_reference(forced, monkeypatch, batch, kw, programs, merge):
     """merge: in_proj inside the conv phase (decode.TUNE's MERGE_IN_CONV)."""
     monkeypatch.setitem(decode.TUNE, "MERGE_IN_CONV", int(merge))
     model = _lm("mamba_dna_lm_tiny", seed=batch, **kw)
@@ -73,9 +87,7 @@ def test_fused_steps_match_reference(triton_path, monkeypatch, batch, kw, progra
                            [c.ssm_state for c in fused_cache.layers], programs=programs)
     gen = torch.Generator().manual_seed(batch)
     for _ in range(5):
-        step.logits.fill_(float("nan"))
-        for buf in (step._resid, step._xz, step._xc, step._part, step._y):
-            buf.fill_(float("nan"))
+        _poison(step)
         token.copy_(torch.randint(0, model.vocab_size, (batch,), generator=gen))
         got = step()
         monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
@@ -91,9 +103,62 @@ def test_fused_steps_match_reference(triton_path, monkeypatch, batch, kw, progra
     assert step._barrier.item() == 5 * (3 if merge else 4) * kw["n_layer"]
 
 
+def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
+    """decode.TUNE's timing flags, one program: NO_WAIT drops every barrier (one program needs none: same results);
+    each SKIP_* leaves its phase's outputs unwritten while the other phases run and every barrier is still met."""
+    model = _lm("mamba_dna_lm_tiny", seed=11, d_model=16, n_layer=2, d_state=3)
+    batch, n_layer = 2, 2
+    token = torch.randint(0, model.vocab_size, (batch,), generator=torch.Generator().manual_seed(11)).to(DEV)
+    start, _ = _random_caches(model, batch, seed=11)
+
+    def run(**flags: int):
+        monkeypatch.setattr(decode, "TUNE", dict(flags))
+        cache, _ = _random_caches(model, batch, seed=11)  # the same start every time
+        step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers],
+                               [c.ssm_state for c in cache.layers], programs=3)
+        _poison(step)
+        step()
+        return step, cache
+
+    full, full_cache = run()
+    assert full._barrier.item() == 4 * n_layer and torch.isfinite(full.logits).all()
+    nowait, nowait_cache = run(NO_WAIT=1)
+    assert nowait._barrier.item() == 0
+    torch.testing.assert_close(nowait.logits, full.logits, atol=0, rtol=0)
+    for a, b in zip(nowait_cache.layers, full_cache.layers, strict=True):
+        assert torch.equal(a.ssm_state, b.ssm_state) and torch.equal(a.conv_state, b.conv_state)
+
+    unwritten = {"SKIP_P1": "_xz", "SKIP_P2": "_xc", "SKIP_P3": "_y", "SKIP_P4": "_resid", "SKIP_HEAD": "logits"}
+    for flag, buf in unwritten.items():
+        step, cache = run(**{flag: 1})
+        assert step._barrier.item() == 4 * n_layer, flag
+        assert torch.isnan(getattr(step, buf)).all(), flag
+        others = [name for name in unwritten.values() if name != buf and name != "logits"]
+        if flag == "SKIP_HEAD":  # everything before the head ran as in the full step
+            for name in others:
+                assert torch.equal(getattr(step, name), getattr(full, name)), name
+        for layer, s0, f in zip(cache.layers, start.layers, full_cache.layers, strict=True):
+            if flag == "SKIP_P2":  # conv windows not rolled
+                assert torch.equal(layer.conv_state, s0.conv_state)
+            if flag == "SKIP_P3":  # SSM states not advanced
+                assert torch.equal(layer.ssm_state, s0.ssm_state)
+            if flag == "SKIP_HEAD":
+                assert torch.equal(layer.ssm_state, f.ssm_state) and torch.equal(layer.conv_state, f.conv_state)
+
+    # merged in_proj + conv phase: SKIP_P2 drops the merged phase (z and the windows), SKIP_P1 has nothing to drop
+    step, cache = run(MERGE_IN_CONV=1, SKIP_P2=1)
+    assert step._barrier.item() == 3 * n_layer and torch.isnan(step._xz).all()
+    assert all(torch.equal(c.conv_state, s.conv_state) for c, s in zip(cache.layers, start.layers, strict=True))
+    with pytest.raises(ValueError, match="SKIP_P1"):
+        run(MERGE_IN_CONV=1, SKIP_P1=1)
+
+
 def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
-    """StepDecoder on the fused path: prefill fills the very tensors the kernel reads; steps match the reference."""
+    """StepDecoder on the fused path: prefill fills the very tensors the kernel reads; steps match the reference.
+    Batch 2: by default layer by layer, fused when forced."""
     model = _lm("mamba_wave_lm_tiny", seed=7, d_model=32, n_layer=2)
+    assert StepDecoder(model, 1).fused is not None and StepDecoder(model, 2).fused is None
+    monkeypatch.setenv("SEQBACKBONE_FUSED_DECODE", "1")
     decoder = StepDecoder(model, 2)
     assert decoder.fused is not None
     monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
@@ -116,9 +181,17 @@ def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
 
 def test_unsupported_models_fall_back(triton_path, monkeypatch):
     model = _lm("mamba_dna_lm_tiny", seed=3, d_model=16, n_layer=1)
+    # unset: batch 1 only; forced: up to 8; off: never
+    assert fused_decode_supported(model, 1) and not fused_decode_supported(model, 2)
+    assert fused_decode_unsupported_reason(model, 8) is None
+    monkeypatch.setenv("SEQBACKBONE_FUSED_DECODE", "1")
     assert fused_decode_supported(model, 8)
     assert not fused_decode_supported(model, 9)
     assert "batch" in fused_decode_unsupported_reason(model, 0)
+    monkeypatch.setenv("SEQBACKBONE_FUSED_DECODE", "sometimes")
+    with pytest.raises(ValueError, match="SEQBACKBONE_FUSED_DECODE"):
+        fused_decode_supported(model, 1)
+    monkeypatch.setenv("SEQBACKBONE_FUSED_DECODE", "1")
     with torch.no_grad():
         model.backbone.layers[0].mixer.out_proj.bias = torch.nn.Parameter(torch.zeros(16))
     assert "bias" in fused_decode_unsupported_reason(model, 1)
