@@ -14,7 +14,7 @@ from seqbackbone.kernels import decode
 from seqbackbone.kernels.decode import FusedDecodeStep, fused_decode_supported, fused_decode_unsupported_reason
 
 import seqbackbone
-from seqbackbone.generation import StepDecoder, generate
+from seqbackbone.generation import StepDecoder, _decoder_for, generate
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -158,7 +158,9 @@ def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
     Batch 2: by default layer by layer, fused when forced."""
     model = _lm("mamba_wave_lm_tiny", seed=7, d_model=32, n_layer=2)
     assert StepDecoder(model, 1).fused is not None and StepDecoder(model, 2).fused is None
+    assert _decoder_for(model, 2, cuda_graph=False).fused is None
     monkeypatch.setenv("SEQBACKBONE_FUSED_DECODE", "1")
+    assert _decoder_for(model, 2, cuda_graph=False).fused is not None  # the setting is part of the cached key
     decoder = StepDecoder(model, 2)
     assert decoder.fused is not None
     monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
