@@ -166,12 +166,15 @@ def test_gpu_fused_step_matches_pytorch_path_at_full_size(monkeypatch, batch):
 
 @pytest.mark.gpu
 def test_gpu_kernels_per_step():
-    """What a CUDA graph replays per token for the 24-layer LM: six ops per layer (three of them cuBLAS matmuls, which
-    may take more than one kernel each), the embedding, the final norm, the head and its cast to fp32."""
+    """What a CUDA graph replays per token, layer by layer, for the benchmark's 24-layer LM: six ops per layer (three of
+    them cuBLAS matmuls, which may take more than one kernel each), the embedding, the final norm, the head and its
+    cast to fp32."""
     from seqbackbone.bench.decode import kernels_per_step, step_ops
 
-    model = seqbackbone.create_model("mamba_wave_lm_base").to("cuda", torch.bfloat16).eval()
+    model = seqbackbone.create_model("mamba_wave_lm_base", d_model=768, n_layer=24).to("cuda", torch.bfloat16).eval()
+    n_layer = len(model.backbone.layers)
+    assert n_layer == 24
     ops = step_ops(model, torch.device("cuda"))
-    assert len(ops) == 6 * 24 + 4, ops
-    assert ops.count("triton:_conv_update_kernel") == ops.count("triton:_step_kernel") == 24
-    assert kernels_per_step(model, torch.device("cuda")) <= 9 * 24 + 4
+    assert len(ops) == 6 * n_layer + 4, ops
+    assert ops.count("triton:_conv_update_kernel") == ops.count("triton:_step_kernel") == n_layer
+    assert kernels_per_step(model, torch.device("cuda")) <= 9 * n_layer + 4
