@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One call on a GPU machine (two GPUs if present): the decoding benchmark, the real-data training runs side by side on
 # the first GPU, GPU tests and kernel / model benchmarks on the last, a two-process DDP check when there are two GPUs,
-# all packed into $OUT/results.tar.gz. PARTS picks what runs.
+# all packed into $OUT/results.tar.gz. PARTS picks what runs: decode (the decoding benchmark), scanvariants (the
+# sequential scan's code variants, scripts/scan_bwd_variants.py), decodecheck (the one-kernel decoding step against the
+# layer-by-layer one, its variants in DECODE_VARIANTS, and its cost breakdown), runs (scripts/real_data.sh), promoters
+# (scripts/promoters_sweep.sh), ddp, tests, kernels, models. Timed parts run first, alone on the GPU.
 # Usage (repo root, data copied to DATA, soundfile wheels in .whl): bash scripts/device_results.sh DATA MINUTES
 set -uo pipefail
 DATA=${1:-../shared/data}
 MINUTES=${2:-6}
-PARTS=${PARTS:-"decode runs ddp tests kernels models"}  # what to do
+PARTS=${PARTS:-"decode runs ddp tests kernels models"}  # what to do (see above)
 has() { [[ " $PARTS " == *" $1 "* ]]; }
 OUT=${OUT:-out}
 R=/tmp/results  # only the archive goes to $OUT (the call returns few files and two folder levels)
@@ -24,6 +27,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 pip install --no-deps --no-build-isolation -e . -q --root-user-action=ignore 2>&1 | tail -2
 python3 -c "import seqbackbone.kernels" 2>/dev/null || { ln -sfn ../kernels seqbackbone/kernels; ln -sfn ../tasks seqbackbone/tasks; }
+# scripts run by path do not have the repository root on sys.path
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 { nvidia-smi --query-gpu=name,memory.total,clocks.sm --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'gpus', torch.cuda.device_count())"
 } | tee "$R/logs/env.txt"
@@ -35,10 +40,25 @@ SB="python3 -m seqbackbone"
 has decode && timeout ${DECODE_S:-90} python3 -m seqbackbone.bench.decode --out "$R/bench/decode.md" --no-compile ${DECODE_ARGS:-} \
     > "$R/bench/decode.txt" 2>&1
 
+# 1b. Code variants of the scan and of the one-kernel decoding step, and the step's cost breakdown (timings, alone).
+has scanvariants && timeout ${SCANVAR_S:-240} python3 scripts/scan_bwd_variants.py --out "$R/bench/scan_bwd_variants.json" \
+    > "$R/bench/scan_bwd_variants.txt" 2>&1
+if has decodecheck; then
+    timeout 200 python3 scripts/decode_gpu_check.py --timeout 190 ${DECODE_VARIANTS:+--variants $DECODE_VARIANTS} \
+        > "$R/bench/decode_check.txt" 2>&1
+    timeout 160 python3 scripts/decode_gpu_check.py --breakdown --replays 100 --timeout 150 > "$R/bench/decode_breakdown.txt" 2>&1
+fi
+
 # 2. Real-data runs (scripts/real_data.sh, the waveform language model and its samples included), side by side on GPU 0.
 RUNS=()
 if has runs; then
     CUDA_VISIBLE_DEVICES=0 bash scripts/real_data.sh "$R/runs" "$DATA" "$MINUTES" > "$R/logs/real_data.txt" 2>&1 &
+    RUNS+=($!)
+fi
+
+if has promoters; then
+    CUDA_VISIBLE_DEVICES=0 bash scripts/promoters_sweep.sh "$R/runs/promoters" "$DATA" "${PROMOTERS_MINUTES:-7}" \
+        > "$R/logs/promoters.txt" 2>&1 &
     RUNS+=($!)
 fi
 
@@ -51,12 +71,14 @@ fi
 
 # 4. On the last GPU: GPU tests (beside the runs when there is one GPU: correctness only), then the benchmarks.
 export CUDA_VISIBLE_DEVICES=$LAST
-has tests && timeout ${TESTS_S:-240} python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$R/logs/gpu_tests.txt" 2>&1
+# -v and a per-test limit: a cut run still names every test it finished and prints its summary
+has tests && timeout ${TESTS_S:-240} python3 -m pytest -v -rfE --timeout ${TEST_TIMEOUT_S:-150} -m gpu -p no:cacheprovider \
+    tests > "$R/logs/gpu_tests.txt" 2>&1
 has kernels && python3 -m seqbackbone.bench kernels > "$R/bench/kernels.txt" 2>&1
 has models && python3 -m seqbackbone.bench models --out "$R/bench/models" --budget-s ${MODELS_BUDGET:-120} > "$R/bench/models.txt" 2>&1
 unset CUDA_VISIBLE_DEVICES
 [ ${#RUNS[@]} -gt 0 ] && wait "${RUNS[@]}"
-for f in "$R"/runs/*/results.json; do echo "$f"; cat "$f"; echo; done > "$R/summary.txt"
+for f in "$R"/runs/*/results.json "$R"/runs/promoters/*/results.json; do echo "$f"; cat "$f"; echo; done > "$R/summary.txt"
 echo "elapsed $(( $(date +%s) - start )) s" >> "$R/summary.txt"
 cat "$R/summary.txt"
 kill $WATCHDOG 2>/dev/null
