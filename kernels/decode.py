@@ -50,9 +50,21 @@ _NUM_WARPS = 8
 # - breakdown flags, timing only (the results are wrong): NO_WAIT=1 drops every grid barrier (no arrival, no wait);
 #   SKIP_P1 .. SKIP_P4, SKIP_HEAD=1 drop the loads and the work of in_proj, conv + x_proj, SSM, out_proj or the head,
 #   while every program still meets every barrier (SKIP_P2 under MERGE_IN_CONV drops the merged phase; SKIP_P1 has
-#   no phase of its own there and is refused).
+#   no phase of its own there and is refused);
+# - variants, same results (not yet timed on a GPU; the default kernel is compiled as before):
+#   BARRIER=1: grid barriers on per-program arrival flags (a release store of the program's epoch into its own slot,
+#     one vector of acquire loads of every slot to wait) instead of the shared counter's atomics;
+#   ONE_ITEM=1: in_proj, SSM, out_proj and head items sized from the grid (any count, masked to a power-of-two
+#     tile), so that each program has one item whose whole weight tile it loads before the barrier; a tile over
+#     _ONE_ITEM_TILE elements keeps the usual plan (several items a program);
+#   BATCH_TILE=1: the batch rows of every phase as one (BLOCK_B, ...) tile instead of a loop over the rows.
 TUNE: dict[str, int] = {}
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
+VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE")
+# largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
+# 1024 tile)
+_ONE_ITEM_TILE = 2 * _TILE
+_ONE_ITEM_SUMS = 64
 _SETTINGS = {"": "auto", "auto": "auto", "1": "on", "true": "on", "on": "on", "yes": "on",
              "0": "off", "false": "off", "off": "off", "no": "off"}
 
@@ -195,6 +207,73 @@ def _block(items: int, programs: int, lo: int, hi: int) -> int:
     return max(lo, min(max(lo, hi), want))
 
 
+def _one_item(items: int, programs: int, width: int, block: int, max_rows: int) -> tuple[int, int]:
+    """(rows per item, power-of-two tile rows) for ONE_ITEM: ceil(items / programs) rows, so that each program has
+    one item, unless its tile (rows x width) would pass _ONE_ITEM_TILE elements or its rows `max_rows`; then the
+    usual `block`."""
+    per = -(-items // max(1, programs))
+    if _pow2(per) * width > _ONE_ITEM_TILE or _pow2(per) > max(block, max_rows):
+        return block, block
+    return per, _pow2(per)
+
+
+def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
+                    tune: dict[str, int]) -> dict[str, int]:
+    """The step kernel's tile sizes and variant switches for these model sizes, `programs` programs and batch
+    `batch`, with `tune`'s overrides (decode.TUNE) applied; num_warps is not among them."""
+    X = R + 2 * N
+    block_dm, block_di = _pow2(Dm), _pow2(Di)
+    block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)
+    merge = bool(tune.get("MERGE_IN_CONV", False))
+    if merge:  # in_proj's u and z rows of each channel block computed in the conv phase: one item per program
+        ch_conv = _block(Di, programs, 2, min(_TILE // block_x, _TILE // (2 * block_dm)))
+    else:  # few items: the SSM phase sums their partials
+        ch_conv = _block(Di, 32, 2, _TILE // block_x)
+    if tune.get("BATCH_TILE"):  # x_proj's partial sums take a (BLOCK_B, CH, BLOCK_X) product
+        ch_conv = max(2, min(ch_conv, _TILE // (_pow2(batch) * block_x)))
+    ch_conv = tune.get("CH_CONV") or ch_conv
+    c = dict(
+        BLOCK_DM=block_dm, BLOCK_DI=block_di, BLOCK_N=block_n, BLOCK_R=block_r,
+        BLOCK_W=max(2, _pow2(W)), BLOCK_X=block_x,
+        ROWS_IN=_block(2 * Di, programs, 2, _TILE // (2 * block_dm)),
+        CH_CONV=ch_conv,
+        CH_SSM=_block(Di, programs, 2, _TILE // max(block_n, block_r)),
+        ROWS_OUT=_block(Dm, programs, 2, _TILE // (2 * block_di)),
+        ROWS_HEAD=_block(V, programs, 2, _TILE // block_dm),
+        MERGE_IN_CONV=merge,
+        **{flag: 0 for flag in BREAKDOWN_FLAGS},
+        BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1,
+    )
+    c.update({k: v for k, v in tune.items() if k in c})
+    one_item = bool(c["ONE_ITEM"])
+    c["BATCH_TILE"] = bool(c["BATCH_TILE"])
+    if c["BATCH_TILE"]:
+        c["BLOCK_B"] = _pow2(batch)
+    # a batch tile keeps BLOCK_B x rows fp32 sums per thread in the projections (sm_90 ptxas, d_model 768, batch 8:
+    # in_proj items of 32 rows spill 1.7 KB), so ONE_ITEM stops at _ONE_ITEM_SUMS of them
+    max_rows = _ONE_ITEM_SUMS // c["BLOCK_B"]
+    per = {}
+    for key, block, items, width in (("IN", "ROWS_IN", 2 * Di, block_dm), ("CONV", "CH_CONV", Di, 0),
+                                     ("SSM", "CH_SSM", Di, max(block_n, block_r)), ("OUT", "ROWS_OUT", Dm, block_di),
+                                     ("HEAD", "ROWS_HEAD", V, block_dm)):
+        if one_item and block not in tune and not (key == "CONV" and not merge):
+            # (the conv phase's items stay few unless merged: the SSM phase sums one partial x_proj per item)
+            width = width or max(block_x, 2 * block_dm)
+            per[key], c[block] = _one_item(items, programs, width, c[block], max_rows)
+        else:
+            per[key] = c[block]
+        c[f"PER_{key}"] = per[key]
+    c["ONE_ITEM"] = one_item
+    n_conv = -(-Di // per["CONV"])
+    # P3 adds the partial sums of BLOCK_J conv items at a time (under BATCH_TILE: of every batch row at once)
+    c["BLOCK_J"] = tune.get("BLOCK_J") or min(32, _pow2(n_conv))
+    if c["BARRIER"] not in (0, 1):
+        raise ValueError(f"TUNE: BARRIER must be 0 (the counter) or 1 (the flags), got {c['BARRIER']!r}")
+    if c["MERGE_IN_CONV"] and c["SKIP_P1"]:
+        raise ValueError("TUNE: SKIP_P1 needs in_proj as a phase of its own, got MERGE_IN_CONV=1 (use SKIP_P2)")
+    return c
+
+
 class FusedDecodeStep:
     """One decoding step of `model` in one kernel launch, on static buffers.
 
@@ -273,15 +352,8 @@ class FusedDecodeStep:
         self.grid = _sm_count(self.device.index) if on_gpu else 1
         plan = programs if programs is not None else self.grid
         X = R + 2 * N
-        block_dm, block_di = _pow2(Dm), _pow2(Di)
-        block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)
-        merge = bool(TUNE.get("MERGE_IN_CONV", False))
-        if merge:  # in_proj's u and z rows of each channel block computed in the conv phase: one item per program
-            ch_conv = _block(Di, plan, 2, min(_TILE // block_x, _TILE // (2 * block_dm)))
-        else:  # few items: the SSM phase sums their partials
-            ch_conv = _block(Di, 32, 2, _TILE // block_x)
-        ch_conv = TUNE.get("CH_CONV") or ch_conv
-        n_conv = -(-Di // ch_conv)
+        tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)
+        n_conv = -(-Di // tiles["PER_CONV"])
         f32 = dict(dtype=torch.float32, device=self.device)
         self.logits = torch.empty(batch, V, **f32)
         self._resid = torch.empty(batch, Dm, **f32)
@@ -289,8 +361,10 @@ class FusedDecodeStep:
         self._xc = torch.empty(batch, Di, **f32)
         self._part = torch.empty(n_conv, batch, X, **f32)
         self._y = torch.empty(batch, Di, **f32)
-        # arrivals at grid barriers, ever growing (2^63 of them): stays a multiple of the grid between launches
-        self._barrier = torch.zeros(1, dtype=torch.int64, device=self.device)
+        # arrivals at grid barriers, ever growing (2^63 of them): stays a multiple of the grid between launches;
+        # BARRIER=1: one slot per program, each its program's count of barriers met (all equal between launches)
+        n_slots = self.grid if tiles["BARRIER"] == 1 else 1
+        self._barrier = torch.zeros(n_slots, dtype=torch.int64, device=self.device)
 
         import triton.language as tl
 
@@ -302,20 +376,11 @@ class FusedDecodeStep:
             D_DT=tl_dtype[m0.D.dtype], DTB_DT=tl_dtype[m0.dt_proj.bias.dtype],
             CB_DT=tl_dtype[m0.conv1d.bias.dtype if m0.conv1d.bias is not None else emb.dtype],
             HAS_CONV_BIAS=m0.conv1d.bias is not None, HAS_HEAD_BIAS=head_b is not None,
-            BLOCK_DM=block_dm, BLOCK_DI=block_di, BLOCK_N=block_n, BLOCK_R=block_r,
-            BLOCK_W=max(2, _pow2(W)), BLOCK_X=block_x, BLOCK_J=min(32, _pow2(n_conv)),
-            ROWS_IN=_block(2 * Di, plan, 2, _TILE // (2 * block_dm)),
-            CH_CONV=ch_conv,
-            CH_SSM=_block(Di, plan, 2, _TILE // max(block_n, block_r)),
-            ROWS_OUT=_block(Dm, plan, 2, _TILE // (2 * block_di)),
-            ROWS_HEAD=_block(V, plan, 2, _TILE // block_dm),
-            MERGE_IN_CONV=merge,
-            **{flag: 0 for flag in BREAKDOWN_FLAGS},
+            # the flags barrier's vector of every slot; PTX only where there is a GPU (the interpreter runs none)
+            BLOCK_P=_pow2(self.grid), ASM=on_gpu,
+            **tiles,
         )
         self._num_warps = TUNE.get("num_warps", _NUM_WARPS)
-        self._constexprs.update({k: v for k, v in TUNE.items() if k in self._constexprs})
-        if self._constexprs["MERGE_IN_CONV"] and self._constexprs["SKIP_P1"]:
-            raise ValueError("TUNE: SKIP_P1 needs in_proj as a phase of its own, got MERGE_IN_CONV=1 (use SKIP_P2)")
         self._args = (
             token, emb, head_w, head_b if head_b is not None else head_w, backbone.norm_f.weight, self.logits,
             *self._tables,

@@ -1,6 +1,7 @@
 """One whole decoding step of a Mamba language model in a single persistent Triton kernel.
 
-Dimensions: B batch (a run-time loop over the rows inside each item, so each weight tile is read once), Dm d_model, Di d_inner,
+Dimensions: B batch (a run-time loop over the rows inside each item, so each weight tile is read once; BATCH_TILE: one
+tile dimension), Dm d_model, Di d_inner,
 N d_state, R dt_rank, W d_conv, X = R + 2N (x_proj's outputs), V vocabulary.
 
 One program per SM; every phase spreads its items over the programs (`item = pid, pid + P, ...`) and a grid-wide
@@ -47,6 +48,60 @@ def _grid_barrier(bar_ptr, nprog, NO_WAIT: tl.constexpr):
 
 
 @triton.jit
+def _flag_barrier(flag_ptr, pid, nprog, epoch, NO_WAIT: tl.constexpr, BLOCK_P: tl.constexpr, ASM: tl.constexpr):
+    """Grid barrier on per-program arrival flags (decode.TUNE's BARRIER=1): program p stores its epoch (the count of
+    barriers it has met, ever growing: int64) into slot p with a release store, then loads every slot in one vector
+    of acquire loads until all have reached it. No contended atomic; a fast program may store the next epoch before
+    a slow one has looked, so the test is "at least". Every program meets the same barriers, so all slots are equal
+    between launches and across graph replays: no reset. Returns the new epoch. ASM=False (the interpreter, which
+    cannot run PTX) uses plain loads and stores."""
+    if not NO_WAIT:
+        epoch += 1
+        tl.debug_barrier()  # this program's threads have issued their writes of the phase
+        if ASM:
+            tl.inline_asm_elementwise("st.release.gpu.global.b64 [$1], $2; mov.u32 $0, 0;", "=r,l,l",
+                                      [flag_ptr + pid, epoch], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.store(flag_ptr + pid, epoch)
+        slots = flag_ptr + tl.minimum(tl.arange(0, BLOCK_P), nprog - 1)  # lanes past the grid re-read the last slot
+        behind = 1
+        while behind > 0:
+            if ASM:
+                seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b64 $0, [$1];", "=l,l", [slots],
+                                                 dtype=tl.int64, is_pure=False, pack=1)
+            else:
+                seen = tl.load(slots, volatile=True)
+            behind = tl.max((seen < epoch).to(tl.int32), axis=0)
+        tl.debug_barrier()
+    return epoch
+
+
+@triton.jit
+def _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT: tl.constexpr, BARRIER: tl.constexpr, BLOCK_P: tl.constexpr,
+             ASM: tl.constexpr):
+    """The grid barrier BARRIER selects: 0 the counter (_grid_barrier), 1 the flags (_flag_barrier). Returns the
+    program's epoch (only the flags use it)."""
+    if BARRIER == 1:
+        epoch = _flag_barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BLOCK_P, ASM)
+    else:
+        _grid_barrier(bar_ptr, nprog, NO_WAIT)
+    return epoch
+
+
+@triton.jit
+def _item_rows(item, BLOCK: tl.constexpr, PER: tl.constexpr, n, ONE_ITEM: tl.constexpr):
+    """The rows (or channels) of work item `item`: BLOCK of them; under ONE_ITEM PER of them (any count <= BLOCK,
+    planned from the grid so that each program has one item), the lanes past PER set to n so that every `< n` mask
+    drops them."""
+    if ONE_ITEM:
+        lane = tl.arange(0, BLOCK)
+        rows = tl.where(lane < PER, item * PER + lane, n)
+    else:
+        rows = item * BLOCK + tl.arange(0, BLOCK)
+    return rows
+
+
+@triton.jit
 def _layer_ptr(tab, layer, DT: tl.constexpr):
     return tl.load(tab + layer).to(tl.pointer_type(DT))
 
@@ -76,6 +131,32 @@ def _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs, ok, Dm, eps
     return _round(s * rstd * norm_w, ADT)
 
 
+@triton.jit
+def _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, offs, ok, Dm):
+    """The fp32 residual stream entering `layer` (the embedding for layer 0), every batch row: (BLOCK_B, len(offs))."""
+    mask = b_ok[:, None] & ok[None, :]
+    if layer == 0:
+        tok = tl.load(tok_ptr + offs_b, mask=b_ok, other=0).to(tl.int64)
+        s = tl.load(emb_ptr + tok[:, None] * Dm + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    else:
+        s = tl.load(resid_ptr + offs_b[:, None] * Dm + offs[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+    return s
+
+
+@triton.jit
+def _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs, ok, Dm, eps, ADT: tl.constexpr):
+    """rmsnorm of every batch row of the residual, rounded to the activation dtype: (BLOCK_B, BLOCK_DM)."""
+    s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, offs, ok, Dm)
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=1) / Dm + eps)
+    return _round(s * rstd[:, None] * norm_w[None, :], ADT)
+
+
+@triton.jit
+def _rows_dot(w, x):
+    """(BLOCK_B, ROWS): every batch row of x (BLOCK_B, K) against every row of the weight tile w (ROWS, K), fp32."""
+    return tl.sum(w.to(tl.float32)[None, :, :] * x[:, None, :], axis=2)
+
+
 @triton.jit(do_not_specialize=["batch"])  # batch 1 as a constant lets the compiler hoist too much
 def _decode_step_kernel(
     tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
@@ -91,9 +172,15 @@ def _decode_step_kernel(
     ROWS_HEAD: tl.constexpr, MERGE_IN_CONV: tl.constexpr,
     NO_WAIT: tl.constexpr, SKIP_P1: tl.constexpr, SKIP_P2: tl.constexpr, SKIP_P3: tl.constexpr,
     SKIP_P4: tl.constexpr, SKIP_HEAD: tl.constexpr,
+    BARRIER: tl.constexpr = 0, BLOCK_P: tl.constexpr = 1, ASM: tl.constexpr = True,
+    ONE_ITEM: tl.constexpr = False, PER_IN: tl.constexpr = 1, PER_CONV: tl.constexpr = 1, PER_SSM: tl.constexpr = 1,
+    PER_OUT: tl.constexpr = 1, PER_HEAD: tl.constexpr = 1,
+    BATCH_TILE: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
 ):
     # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
     # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
+    # BARRIER, ONE_ITEM, BATCH_TILE: opt-in variants (decode.TUNE); with their defaults the code below is the kernel
+    # as it was (PER_* equal the block sizes when ONE_ITEM is off).
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     X = R + 2 * N
@@ -110,10 +197,17 @@ def _decode_step_kernel(
     offs_x = tl.arange(0, BLOCK_X)
     x_ok = offs_x < X
     offs_j = tl.arange(0, BLOCK_J)
-    n_in = tl.cdiv(2 * Di, ROWS_IN)
-    n_conv = tl.cdiv(Di, CH_CONV)
-    n_ssm = tl.cdiv(Di, CH_SSM)
-    n_out = tl.cdiv(Dm, ROWS_OUT)
+    n_in = tl.cdiv(2 * Di, PER_IN)
+    n_conv = tl.cdiv(Di, PER_CONV)
+    n_ssm = tl.cdiv(Di, PER_SSM)
+    n_out = tl.cdiv(Dm, PER_OUT)
+    if BATCH_TILE:  # the batch rows as one tile dimension
+        offs_b = tl.arange(0, BLOCK_B)
+        b_ok = offs_b < batch
+    if BARRIER == 1:
+        epoch = tl.load(bar_ptr + pid, cache_modifier=".cg")  # this program's flag: the barriers met so far
+    else:
+        epoch = pid.to(tl.int64)  # unused
 
     for layer in range(n_layer):
         # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
@@ -122,21 +216,31 @@ def _decode_step_kernel(
                 w_in = _layer_ptr(in_tab, layer, ADT)
                 norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
                 item = pid
-                rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
+                rows = _item_rows(item, ROWS_IN, PER_IN, 2 * Di, ONE_ITEM)
                 tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                                mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
             if layer > 0:
-                _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the previous layer's P4 wrote the residual
+                # the previous layer's P4 wrote the residual
+                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)
             if not SKIP_P1:
+                if BATCH_TILE:
+                    xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm,
+                                        eps, ADT)
                 while item < n_in:
                     rows_ok = rows < 2 * Di
-                    wt = tile.to(tl.float32)
-                    for b in range(batch):
-                        xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
-                        acc = tl.sum(wt * xn[None, :], axis=1)
-                        tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
+                    if BATCH_TILE:
+                        acc = _rows_dot(tile, xn_t)
+                        tl.store(xz_ptr + offs_b[:, None] * 2 * Di + rows[None, :], _round(acc, ADT),
+                                 mask=b_ok[:, None] & rows_ok[None, :])
+                    else:
+                        wt = tile.to(tl.float32)
+                        for b in range(batch):
+                            xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps,
+                                             ADT)
+                            acc = tl.sum(wt * xn[None, :], axis=1)
+                            tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
                     item += nprog
-                    rows = item * ROWS_IN + tl.arange(0, ROWS_IN)
+                    rows = _item_rows(item, ROWS_IN, PER_IN, 2 * Di, ONE_ITEM)
                     tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                                    mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
 
@@ -146,7 +250,7 @@ def _decode_step_kernel(
             conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
             w_x = _layer_ptr(xproj_tab, layer, ADT)
             item = pid
-            ch = item * CH_CONV + tl.arange(0, CH_CONV)
+            ch = _item_rows(item, CH_CONV, PER_CONV, Di, ONE_ITEM)
             c_ok = ch < Di
             taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :], other=0.0)
             wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
@@ -160,38 +264,68 @@ def _decode_step_kernel(
                              mask=c_ok[:, None] & m_ok[None, :], other=0.0)
         if MERGE_IN_CONV:
             if layer > 0:
-                _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the previous layer's P4 wrote the residual
+                # the previous layer's P4 wrote the residual
+                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)
         else:
-            _grid_barrier(bar_ptr, nprog, NO_WAIT)  # P1 wrote xz
+            epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # P1 wrote xz
         if not SKIP_P2:
+            if BATCH_TILE and MERGE_IN_CONV:
+                xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm, eps,
+                                    ADT)
             while item < n_conv:
                 c_ok = ch < Di
                 taps32 = taps.to(tl.float32)
                 wx32 = wxt.to(tl.float32)
                 if HAS_CONV_BIAS:
                     cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-                for b in range(batch):
-                    row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
-                    older = tl.load(row + offs_w[None, :] + 1, mask=c_ok[:, None] & (offs_w[None, :] + 1 < W), other=0.0)
+                if BATCH_TILE:
+                    bc_ok = b_ok[:, None] & c_ok[None, :]
+                    w3 = offs_w[None, None, :]
+                    row3 = conv_st + offs_b[:, None, None] * Di * W + ch[None, :, None] * W  # (B, CH, 1)
+                    older = tl.load(row3 + w3 + 1, mask=bc_ok[:, :, None] & (w3 + 1 < W), other=0.0)
                     if MERGE_IN_CONV:
-                        xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
-                        zv = _round(tl.sum(wz.to(tl.float32) * xn[None, :], axis=1), ADT)
-                        tl.store(xz_ptr + b * 2 * Di + Di + ch, zv, mask=c_ok)
-                        u = _round(tl.sum(wu.to(tl.float32) * xn[None, :], axis=1), ADT).to(CONV_DT)
+                        zv = _round(_rows_dot(wz, xn_t), ADT)  # (B, CH)
+                        tl.store(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], zv, mask=bc_ok)
+                        u = _round(_rows_dot(wu, xn_t), ADT).to(CONV_DT)
                     else:
-                        u = tl.load(xz_ptr + b * 2 * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg").to(CONV_DT)
-                    window = tl.where(offs_w[None, :] == W - 1, u[:, None], older)
-                    tl.store(row + offs_w[None, :], window, mask=c_ok[:, None] & w_ok[None, :])
-                    out = tl.sum(window.to(tl.float32) * taps32, axis=1)
+                        u = tl.load(xz_ptr + offs_b[:, None] * 2 * Di + ch[None, :], mask=bc_ok, other=0.0,
+                                    cache_modifier=".cg").to(CONV_DT)
+                    window = tl.where(w3 == W - 1, u[:, :, None], older)
+                    tl.store(row3 + w3, window, mask=bc_ok[:, :, None] & (w3 < W))
+                    out = tl.sum(window.to(tl.float32) * taps32[None, :, :], axis=2)  # (B, CH)
                     if HAS_CONV_BIAS:
-                        out += cbias
+                        out += cbias[None, :]
                     out = _round(out / (1.0 + tl.exp(-out)), ADT)
-                    out = tl.where(c_ok, out, 0.0)
-                    tl.store(xc_ptr + b * Di + ch, out, mask=c_ok)
-                    part = tl.sum(wx32 * out[:, None], axis=0)  # (BLOCK_X,)
-                    tl.store(part_ptr + (item * batch + b) * X + offs_x, part, mask=x_ok)
+                    out = tl.where(bc_ok, out, 0.0)
+                    tl.store(xc_ptr + offs_b[:, None] * Di + ch[None, :], out, mask=bc_ok)
+                    part = tl.sum(wx32[None, :, :] * out[:, :, None], axis=1)  # (B, BLOCK_X)
+                    tl.store(part_ptr + (item * batch + offs_b[:, None]) * X + offs_x[None, :], part,
+                             mask=b_ok[:, None] & x_ok[None, :])
+                if not BATCH_TILE:
+                    for b in range(batch):
+                        row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
+                        older = tl.load(row + offs_w[None, :] + 1, mask=c_ok[:, None] & (offs_w[None, :] + 1 < W),
+                                        other=0.0)
+                        if MERGE_IN_CONV:
+                            xn = _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_m, m_ok, Dm, eps, ADT)
+                            zv = _round(tl.sum(wz.to(tl.float32) * xn[None, :], axis=1), ADT)
+                            tl.store(xz_ptr + b * 2 * Di + Di + ch, zv, mask=c_ok)
+                            u = _round(tl.sum(wu.to(tl.float32) * xn[None, :], axis=1), ADT).to(CONV_DT)
+                        else:
+                            u = tl.load(xz_ptr + b * 2 * Di + ch, mask=c_ok, other=0.0,
+                                        cache_modifier=".cg").to(CONV_DT)
+                        window = tl.where(offs_w[None, :] == W - 1, u[:, None], older)
+                        tl.store(row + offs_w[None, :], window, mask=c_ok[:, None] & w_ok[None, :])
+                        out = tl.sum(window.to(tl.float32) * taps32, axis=1)
+                        if HAS_CONV_BIAS:
+                            out += cbias
+                        out = _round(out / (1.0 + tl.exp(-out)), ADT)
+                        out = tl.where(c_ok, out, 0.0)
+                        tl.store(xc_ptr + b * Di + ch, out, mask=c_ok)
+                        part = tl.sum(wx32 * out[:, None], axis=0)  # (BLOCK_X,)
+                        tl.store(part_ptr + (item * batch + b) * X + offs_x, part, mask=x_ok)
                 item += nprog
-                ch = item * CH_CONV + tl.arange(0, CH_CONV)
+                ch = _item_rows(item, CH_CONV, PER_CONV, Di, ONE_ITEM)
                 c_ok = ch < Di
                 taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :],
                                other=0.0)
@@ -208,11 +342,11 @@ def _decode_step_kernel(
             a_log = _layer_ptr(alog_tab, layer, ALOG_DT)
             ssm = _layer_ptr(ssm_tab, layer, tl.float32)
             item = pid
-            ch = item * CH_SSM + tl.arange(0, CH_SSM)
+            ch = _item_rows(item, CH_SSM, PER_SSM, Di, ONE_ITEM)
             c_ok = ch < Di
             wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
             alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        _grid_barrier(bar_ptr, nprog, NO_WAIT)  # P2 wrote xc and the partial sums
+        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # P2 wrote xc and the partial sums
         if not SKIP_P3:
             while item < n_ssm:
                 c_ok = ch < Di
@@ -221,37 +355,71 @@ def _decode_step_kernel(
                 A = -tl.exp(alog.to(tl.float32))
                 Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
                 dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-                for b in range(batch):
-                    # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
-                    dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
-                    Bv = tl.zeros([BLOCK_N], dtype=tl.float32)
-                    Cv = tl.zeros([BLOCK_N], dtype=tl.float32)
+                if BATCH_TILE:
+                    bc_ok = b_ok[:, None] & c_ok[None, :]
+                    # x_dbl rows = sums over P2's items of their partial sums, the whole batch at once
+                    dt_low = tl.zeros([BLOCK_B, BLOCK_R], dtype=tl.float32)
+                    Bv = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+                    Cv = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
                     for j0 in range(0, n_conv, BLOCK_J):
                         js = j0 + offs_j
-                        j_ok = (js < n_conv)[:, None]
-                        base = part_ptr + (js[:, None] * batch + b) * X
-                        dt_low += tl.sum(tl.load(base + offs_r[None, :], mask=j_ok & r_ok[None, :], other=0.0,
-                                                 cache_modifier=".cg"), axis=0)
-                        Bv += tl.sum(tl.load(base + R + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
-                                             cache_modifier=".cg"), axis=0)
-                        Cv += tl.sum(tl.load(base + R + N + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
-                                             cache_modifier=".cg"), axis=0)
+                        jb_ok = (js < n_conv)[:, None, None] & b_ok[None, :, None]
+                        base = part_ptr + (js[:, None, None] * batch + offs_b[None, :, None]) * X
+                        dt_low += tl.sum(tl.load(base + offs_r[None, None, :], mask=jb_ok & r_ok[None, None, :],
+                                                 other=0.0, cache_modifier=".cg"), axis=0)
+                        Bv += tl.sum(tl.load(base + R + offs_n[None, None, :], mask=jb_ok & n_ok[None, None, :],
+                                             other=0.0, cache_modifier=".cg"), axis=0)
+                        Cv += tl.sum(tl.load(base + R + N + offs_n[None, None, :], mask=jb_ok & n_ok[None, None, :],
+                                             other=0.0, cache_modifier=".cg"), axis=0)
                     dt_low = _round(dt_low, ADT)
                     Bv = _round(Bv, ADT)
                     Cv = _round(Cv, ADT)
-                    dt = _round(tl.sum(wdt32 * dt_low[None, :], axis=1), ADT) + dtb
+                    dt = _round(_rows_dot(wdt32, dt_low), ADT) + dtb[None, :]  # (B, CH)
                     dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-                    x = tl.load(xc_ptr + b * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
-                    z = tl.load(xz_ptr + b * 2 * Di + Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
-                    h_ptrs = ssm + b * Di * N + ch[:, None] * N + offs_n[None, :]
-                    h = tl.load(h_ptrs, mask=cn_ok, other=0.0)
-                    h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
-                    tl.store(h_ptrs, h, mask=cn_ok)
-                    y = tl.sum(h * Cv[None, :], axis=1) + Dv * x
+                    x = tl.load(xc_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0,
+                                cache_modifier=".cg")
+                    z = tl.load(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], mask=bc_ok, other=0.0,
+                                cache_modifier=".cg")
+                    h_ptrs = ssm + offs_b[:, None, None] * Di * N + ch[None, :, None] * N + offs_n[None, None, :]
+                    h_ok = bc_ok[:, :, None] & n_ok[None, None, :]
+                    h = tl.load(h_ptrs, mask=h_ok, other=0.0)
+                    h = tl.exp(dt[:, :, None] * A[None, :, :]) * h + (dt * x)[:, :, None] * Bv[:, None, :]
+                    tl.store(h_ptrs, h, mask=h_ok)
+                    y = tl.sum(h * Cv[:, None, :], axis=2) + Dv[None, :] * x
                     y = _round(y * (z / (1.0 + tl.exp(-z))), ADT)
-                    tl.store(y_ptr + b * Di + ch, y, mask=c_ok)
+                    tl.store(y_ptr + offs_b[:, None] * Di + ch[None, :], y, mask=bc_ok)
+                if not BATCH_TILE:
+                    for b in range(batch):
+                        # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
+                        dt_low = tl.zeros([BLOCK_R], dtype=tl.float32)
+                        Bv = tl.zeros([BLOCK_N], dtype=tl.float32)
+                        Cv = tl.zeros([BLOCK_N], dtype=tl.float32)
+                        for j0 in range(0, n_conv, BLOCK_J):
+                            js = j0 + offs_j
+                            j_ok = (js < n_conv)[:, None]
+                            base = part_ptr + (js[:, None] * batch + b) * X
+                            dt_low += tl.sum(tl.load(base + offs_r[None, :], mask=j_ok & r_ok[None, :], other=0.0,
+                                                     cache_modifier=".cg"), axis=0)
+                            Bv += tl.sum(tl.load(base + R + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
+                                                 cache_modifier=".cg"), axis=0)
+                            Cv += tl.sum(tl.load(base + R + N + offs_n[None, :], mask=j_ok & n_ok[None, :], other=0.0,
+                                                 cache_modifier=".cg"), axis=0)
+                        dt_low = _round(dt_low, ADT)
+                        Bv = _round(Bv, ADT)
+                        Cv = _round(Cv, ADT)
+                        dt = _round(tl.sum(wdt32 * dt_low[None, :], axis=1), ADT) + dtb
+                        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+                        x = tl.load(xc_ptr + b * Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
+                        z = tl.load(xz_ptr + b * 2 * Di + Di + ch, mask=c_ok, other=0.0, cache_modifier=".cg")
+                        h_ptrs = ssm + b * Di * N + ch[:, None] * N + offs_n[None, :]
+                        h = tl.load(h_ptrs, mask=cn_ok, other=0.0)
+                        h = tl.exp(dt[:, None] * A) * h + (dt * x)[:, None] * Bv[None, :]
+                        tl.store(h_ptrs, h, mask=cn_ok)
+                        y = tl.sum(h * Cv[None, :], axis=1) + Dv * x
+                        y = _round(y * (z / (1.0 + tl.exp(-z))), ADT)
+                        tl.store(y_ptr + b * Di + ch, y, mask=c_ok)
                 item += nprog
-                ch = item * CH_SSM + tl.arange(0, CH_SSM)
+                ch = _item_rows(item, CH_SSM, PER_SSM, Di, ONE_ITEM)
                 c_ok = ch < Di
                 wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
                 alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :],
@@ -261,21 +429,30 @@ def _decode_step_kernel(
         if not SKIP_P4:
             w_out = _layer_ptr(out_tab, layer, ADT)
             item = pid
-            rows = item * ROWS_OUT + tl.arange(0, ROWS_OUT)
+            rows = _item_rows(item, ROWS_OUT, PER_OUT, Dm, ONE_ITEM)
             tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
                            mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
-        _grid_barrier(bar_ptr, nprog, NO_WAIT)  # P3 wrote y
+        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # P3 wrote y
         if not SKIP_P4:
+            if BATCH_TILE:
+                y_t = tl.load(y_ptr + offs_b[:, None] * Di + offs_i[None, :], mask=b_ok[:, None] & i_ok[None, :],
+                              other=0.0, cache_modifier=".cg")
             while item < n_out:
                 rows_ok = rows < Dm
-                wt = tile.to(tl.float32)
-                for b in range(batch):
-                    yv = tl.load(y_ptr + b * Di + offs_i, mask=i_ok, other=0.0, cache_modifier=".cg")
-                    o = _round(tl.sum(wt * yv[None, :], axis=1), ADT)
-                    s = _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, rows, rows_ok, Dm, ADT)
-                    tl.store(resid_ptr + b * Dm + rows, s + o, mask=rows_ok)
+                if BATCH_TILE:
+                    o = _round(_rows_dot(tile, y_t), ADT)  # (B, ROWS_OUT)
+                    s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows_ok, Dm)
+                    tl.store(resid_ptr + offs_b[:, None] * Dm + rows[None, :], s + o,
+                             mask=b_ok[:, None] & rows_ok[None, :])
+                else:
+                    wt = tile.to(tl.float32)
+                    for b in range(batch):
+                        yv = tl.load(y_ptr + b * Di + offs_i, mask=i_ok, other=0.0, cache_modifier=".cg")
+                        o = _round(tl.sum(wt * yv[None, :], axis=1), ADT)
+                        s = _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, rows, rows_ok, Dm, ADT)
+                        tl.store(resid_ptr + b * Dm + rows, s + o, mask=rows_ok)
                 item += nprog
-                rows = item * ROWS_OUT + tl.arange(0, ROWS_OUT)
+                rows = _item_rows(item, ROWS_OUT, PER_OUT, Dm, ONE_ITEM)
                 tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
                                mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
 
@@ -283,25 +460,36 @@ def _decode_step_kernel(
     if not SKIP_HEAD:
         norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
         item = pid
-        rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
+        rows = _item_rows(item, ROWS_HEAD, PER_HEAD, V, ONE_ITEM)
         tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                        mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
-    _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the last P4 wrote the residual
+    epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # the last P4 wrote the residual
     if not SKIP_HEAD:
-        n_head = tl.cdiv(V, ROWS_HEAD)
+        n_head = tl.cdiv(V, PER_HEAD)
+        if BATCH_TILE:
+            hidden_t = _normed_tile(n_layer, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_b, b_ok, offs_m, m_ok, Dm,
+                                    eps, ADT)
         while item < n_head:
             rows_ok = rows < V
-            wt = tile.to(tl.float32)
-            if HAS_HEAD_BIAS:
-                hb = tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)
-            for b in range(batch):
-                hidden = _normed_row(n_layer, b, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_m, m_ok, Dm, eps, ADT)
-                lg = tl.sum(wt * hidden[None, :], axis=1)
+            if BATCH_TILE:
+                lg = _rows_dot(tile, hidden_t)  # (B, ROWS_HEAD)
                 if HAS_HEAD_BIAS:
-                    lg += hb
-                tl.store(logits_ptr + b * V + rows, _round(lg, ADT), mask=rows_ok)
+                    lg += tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)[None, :]
+                tl.store(logits_ptr + offs_b[:, None] * V + rows[None, :], _round(lg, ADT),
+                         mask=b_ok[:, None] & rows_ok[None, :])
+            else:
+                wt = tile.to(tl.float32)
+                if HAS_HEAD_BIAS:
+                    hb = tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)
+            if not BATCH_TILE:
+                for b in range(batch):
+                    hidden = _normed_row(n_layer, b, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_m, m_ok, Dm, eps, ADT)
+                    lg = tl.sum(wt * hidden[None, :], axis=1)
+                    if HAS_HEAD_BIAS:
+                        lg += hb
+                    tl.store(logits_ptr + b * V + rows, _round(lg, ADT), mask=rows_ok)
             item += nprog
-            rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
+            rows = _item_rows(item, ROWS_HEAD, PER_HEAD, V, ONE_ITEM)
             tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                            mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
 

@@ -153,6 +153,83 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
         run(MERGE_IN_CONV=1, SKIP_P1=1)
 
 
+VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 1}, {"BATCH_TILE": 1}, {"BARRIER": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
+            {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}]
+
+
+@pytest.mark.parametrize(
+    ("variant", "batch", "programs"),
+    [(VARIANTS[0], 2, 1), *((v, 3, 5) for v in VARIANTS[1:]), (VARIANTS[3], 1, 1)],
+    ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else str(v),
+)
+def test_variants_match_reference_and_default(forced, monkeypatch, variant, batch, programs):
+    """decode.TUNE's variants against the layer-by-layer step and the default kernel, over two steps from random
+    states. programs=5 plans items of sizes that are not powers of two under ONE_ITEM (in_proj 20 rows in a tile of
+    32, ...) on one interpreted program; programs=1 is the whole grid of one."""
+    model = _lm("mamba_dna_lm_tiny", seed=20 + batch, d_model=24, n_layer=2, d_state=6)
+    n_layer = 2
+    tokens = torch.randint(0, model.vocab_size, (2, batch), generator=torch.Generator().manual_seed(batch)).to(DEV)
+
+    def run(tune: dict[str, int]):
+        monkeypatch.setattr(decode, "TUNE", dict(tune))
+        fused_cache, ref_cache = _random_caches(model, batch, seed=30 + batch)
+        token = torch.zeros(batch, dtype=torch.long, device=DEV)
+        step = FusedDecodeStep(model, token, [c.conv_state for c in fused_cache.layers],
+                               [c.ssm_state for c in fused_cache.layers], programs=programs)
+        logits = []
+        for t in tokens:
+            _poison(step)
+            token.copy_(t)
+            logits.append(step().clone())
+        return step, logits, fused_cache, ref_cache
+
+    step, got, cache, ref_cache = run(variant)
+    c = step._constexprs
+    if variant.get("ONE_ITEM") and programs > 1:
+        assert (c["PER_IN"], c["ROWS_IN"]) == (20, 32) and (c["PER_SSM"], c["CH_SSM"]) == (10, 16)
+        assert -(-2 * 48 // c["PER_IN"]) <= programs and -(-48 // c["PER_SSM"]) <= programs
+    if variant.get("BATCH_TILE"):
+        assert c["BLOCK_B"] == {1: 1, 2: 2, 3: 4}[batch]
+    _, base, base_cache, _ = run({k: v for k, v in variant.items() if k == "MERGE_IN_CONV"})
+    monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
+    with torch.no_grad():
+        want = [_reference_step(model, t, ref_cache) for t in tokens]
+    for g, b, w in zip(got, base, want, strict=True):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(g, b, atol=1e-5, rtol=1e-5)
+    for f, b, r in zip(cache.layers, base_cache.layers, ref_cache.layers, strict=True):
+        torch.testing.assert_close(f.conv_state, r.conv_state, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(f.ssm_state, b.ssm_state, atol=1e-5, rtol=1e-5)
+    per_step = (3 if variant.get("MERGE_IN_CONV") else 4) * n_layer
+    if variant.get("BARRIER"):  # one flag per program, each the count of barriers met over every launch
+        assert step._barrier.tolist() == [2 * per_step]
+    else:
+        assert step._barrier.item() == 2 * per_step
+
+
+def test_variant_plans_at_the_benchmark_size():
+    """The plans of the variants for the 90M LM (d_model 768: Di 1536, N 16, R 48, V 256) on 132 SMs."""
+    args = (768, 1536, 16, 48, 4, 256)
+    base = decode.plan_constexprs(*args, 8, 132, {})
+    assert (base["ROWS_IN"], base["CH_CONV"], base["CH_SSM"], base["ROWS_OUT"], base["ROWS_HEAD"]) == (8, 64, 16, 4, 2)
+    assert not base["ONE_ITEM"] and not base["BATCH_TILE"] and base["BARRIER"] == 0 and base["BLOCK_B"] == 1
+    one = decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 1})
+    # one item a program: in_proj 24 rows (tile 32), SSM 12 channels (16), out_proj 6 rows (8), head 2 rows
+    assert [(one[f"PER_{k}"], one[b]) for k, b in (("IN", "ROWS_IN"), ("SSM", "CH_SSM"), ("OUT", "ROWS_OUT"),
+                                                    ("HEAD", "ROWS_HEAD"))] == [(24, 32), (12, 16), (6, 8), (2, 2)]
+    # the conv phase keeps its few items (the SSM phase adds one partial x_proj sum per item)
+    assert (one["PER_CONV"], one["CH_CONV"]) == (64, 64)
+    # a batch tile of 8 caps the rows of a projection item at 8 (64 fp32 sums a thread): in_proj keeps its plan
+    tiled = decode.plan_constexprs(*args, 8, 132, {"ONE_ITEM": 1, "BATCH_TILE": 1})
+    assert tiled["BLOCK_B"] == 8 and (tiled["PER_IN"], tiled["ROWS_IN"]) == (8, 8)
+    assert (tiled["PER_OUT"], tiled["ROWS_OUT"]) == (6, 8) and tiled["CH_CONV"] == 16
+    # an explicit tile size wins over ONE_ITEM's plan
+    assert decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 1, "ROWS_IN": 16})["PER_IN"] == 16
+    with pytest.raises(ValueError, match="BARRIER"):
+        decode.plan_constexprs(*args, 1, 132, {"BARRIER": 2})
+
+
 def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
     """StepDecoder on the fused path: prefill fills the very tensors the kernel reads; steps match the reference.
     Batch 2: by default layer by layer, fused when forced."""
