@@ -32,6 +32,31 @@ def _softplus(x):
     return tl.where(x <= 20.0, tl.log2(1.0 + tl.exp2(x * 1.4426950408889634)) * 0.6931471805599453, x)
 
 
+# 2^f on [-1/2, 1/2]: relative-error minimax polynomial with c0 = 1, the float32 coefficients nudged by an ulp where
+# that lowered the error of Horner's rule with FMAs (1.94 ulp at most against the exact 2^f)
+EXP2_POLY = (1.0, 0.6931470036506653, 0.2402224987745285, 0.05550733581185341, 0.009671512991189957,
+             0.001326472731307149)
+
+
+@triton.jit
+def _exp2_fma(x):
+    """2^x on the FMA and integer units, without the MUFU (whose throughput is 1/8 of the FMAs'): x = j + f with
+    j = round(x) (adding 1.5 * 2^23 rounds, and leaves j in the low mantissa bits), 2^f by the polynomial, 2^j added to
+    its exponent field. For -126 <= x < 128 within 2 ulp; below -126 (where the ftz MUFU gives 0) a value under 2^-126,
+    exactly 0 at x <= -127 and -inf; NaN stays NaN."""
+    x = tl.maximum(x, -127.0, propagate_nan=tl.PropagateNan.ALL)
+    t = x + 12582912.0
+    f = x - (t - 12582912.0)
+    p = 0.001326472731307149 * f + 0.009671512991189957
+    p = p * f + 0.05550733581185341
+    p = p * f + 0.2402224987745285
+    p = p * f + 0.6931470036506653
+    p = p * f + 1.0
+    # (t's bits) << 23 is j << 23: its exponent and the 1.5 of the magic number shift out
+    e = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
+    return e.to(tl.float32, bitcast=True)
+
+
 def _split(lines: list[str], src: str, name: str, levels: int, ind: str) -> dict[int, str]:
     """Split a (BLOCK_D, 2**levels) tile into columns: returns {t: variable holding column t}."""
     lines.append(f"{ind}{name}_r = tl.reshape({src}, [BLOCK_D{', 2' * levels}])")
@@ -239,7 +264,7 @@ def _compile_source(name: str, src: str):
     filename = f"<seqbackbone-generated {name}>"
     linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
     # a module name, which Triton reads when one generated function calls another
-    scope = {"__name__": __name__, "tl": tl, "triton": triton, "_softplus": _softplus, **_SHFL}
+    scope = {"__name__": __name__, "tl": tl, "triton": triton, "_softplus": _softplus, "_exp2_fma": _exp2_fma, **_SHFL}
     exec(compile(src, filename, "exec"), scope)
     return triton.jit(scope[name])
 
@@ -345,6 +370,8 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     # lean: A_n log2 e per state read back from the scratch rows after the chunk states (not 16 registers held), and
     # phase 1 state by state (one B tile live, not 16)
     lean = variant == "lean"
+    # fuse / ilp / ilp4: phase 2 with fewer instructions per (step, state) (`_p2_fused`); ilp interleaves 2 states, ilp4 4
+    fused = variant in _WIDTH
     lv = TR.bit_length() - 1
     name = f"_scan_seq_bwd_n{N}_t{TR}_{variant}"
     L_ = []
@@ -540,6 +567,8 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
         _join(L_, accs, "acc", lv, ind)
         _join(L_, dds, "dda", lv, ind)
 
+    if fused:
+        p2 = functools.partial(_p2_fused, L_, N, TR, lv, dts, dus, dys, width=_WIDTH[variant])
     w(f"{i3}if REVERSE:")
     p2(range(TR - 1, -1, -1), i4)
     w(f"{i3}else:")
@@ -573,6 +602,86 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     w(f"{i1}if HAS_BIAS:")
     w(f"{i2}tl.store(dbiasp_ptr + qd, dbias_acc, mask=d_ok)")
     return name, "\n".join(L_) + "\n"
+
+
+def _p2_fused(lines: list[str], N: int, TR: int, lv: int, dts: dict, dus: dict, dys: dict, order, ind: str,
+              width: int = 1) -> None:
+    """Phase 2 of the main backward (one register chunk, every state), with a_t h_(t-1) g_t taken as
+    h_(t-1) (a_t g_t): the product a_t g_t is the adjoint's next value anyway and h_(t-1) the previous recomputed state
+    (or the state entering the chunk), so hb costs one multiply and no subtraction, and b_t = du_t B_t is not kept.
+    Per (step, state): exp2 (a multiply and MUFU), FMAs h and y, FMA g += dy C, multiplies dB, dC, FMA acc += g B,
+    multiplies a g and h_(t-1) (a g), FMAs dda, dA. With `width` > 1 that many states' code is interleaved statement by
+    statement (recomputation, adjoint, warp reductions), so that each dependent step of one state's chains has the
+    others' independent work beside it. Per-state values carry the state's index in their names."""
+    fwd_order = list(order)
+    rev_order = fwd_order[::-1]
+    groups = [list(range(n, min(n + width, N))) for n in range(0, N, width)]
+    for grp in groups:
+        per = {}
+        for n in grp:
+            ld: list[str] = []
+            ld.append(f"{ind}hv_{n}_i = tl.load(scr + (k * {N} + {n}) * BLOCK_D)")
+            ld.append(f"{ind}Bt_{n} = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
+            ld.append(f"{ind}Ct_{n} = tl.load(cp, mask=bc_ok, other=0.0).to(tl.float32)")
+            ld.append(f"{ind}bp += sBn")
+            ld.append(f"{ind}cp += sCn")
+            Bc = _split(ld, f"Bt_{n}", f"B{n}", lv, ind)
+            Cc = _split(ld, f"Ct_{n}", f"C{n}", lv, ind)
+            op = "=" if n == 0 else "+="
+            F: list[str] = []
+            prev = f"hv_{n}_i"
+            hprev = {}
+            for t in fwd_order:
+                hprev[t] = prev
+                F.append(f"{ind}ea{t}_{n} = tl.exp2({dts[t]} * a2_{n})")
+                F.append(f"{ind}hv{t}_{n} = ea{t}_{n} * {prev} + {dus[t]} * {Bc[t]}")
+                F.append(f"{ind}y{t} {op} hv{t}_{n} * {Cc[t]}")
+                prev = f"hv{t}_{n}"
+            R: list[str] = [f"{ind}g_{n} = G{n}"]
+            for t in rev_order:
+                R.append(f"{ind}g_{n} = g_{n} + {dys[t]} * {Cc[t]}")
+                R.append(f"{ind}dBc{t}_{n} = g_{n} * {dus[t]}")
+                R.append(f"{ind}dCc{t}_{n} = {dys[t]} * hv{t}_{n}")
+                R.append(f"{ind}acc{t} {op} g_{n} * {Bc[t]}")
+                R.append(f"{ind}g_{n} = ea{t}_{n} * g_{n}")
+                R.append(f"{ind}hb{t}_{n} = {hprev[t]} * g_{n}")
+                R.append(f"{ind}dda{t} {op} hb{t}_{n} * a2_{n}")
+                R.append(f"{ind}dA{n} += hb{t}_{n} * {dts[t]}")
+            R.append(f"{ind}G{n} = g_{n}")
+            red: list[str] = []
+            vals = [f"dBc{t}_{n}" for t in range(TR)] + [f"dCc{t}_{n}" for t in range(TR)]
+            red_v = _shfl_reduce(red, vals, f"r{n}", ind + "    ")
+            per[n] = dict(load=ld, F=F, R=R, red=red, red_v=red_v)
+        # loads in state order (they advance the row pointers), then the two states' chains side by side
+        for n in grp:
+            lines.extend(per[n]["load"])
+        for key in ("F", "R"):
+            lines.extend(_interleave([per[n][key] for n in grp]))
+        lines.append(f"{ind}if USE_SHFL:")
+        lines.extend(_interleave([per[n]["red"] for n in grp]))
+        for n in grp:
+            lines.append(f"{ind}    tl.store(red_ptr, {per[n]['red_v']}, mask=red_m)")
+            lines.append(f"{ind}    red_ptr += sL")
+        lines.append(f"{ind}else:")
+        for n in grp:
+            _join(lines, {t: f"dBc{t}_{n}" for t in range(TR)}, f"dBt{n}", lv, ind + "    ")
+            _join(lines, {t: f"dCc{t}_{n}" for t in range(TR)}, f"dCt{n}", lv, ind + "    ")
+            lines.append(f"{ind}    tl.store(dBp_ptr + part + {n} * L + offs_t, tl.sum(dBt{n}, axis=0), mask=t_ok)")
+            lines.append(f"{ind}    tl.store(dCp_ptr + part + {n} * L + offs_t, tl.sum(dCt{n}, axis=0), mask=t_ok)")
+    for name in ("y", "acc", "dda"):
+        _join(lines, {t: f"{name}{t}" for t in range(TR)}, name, lv, ind)
+
+
+# states interleaved in phase 2 by the fused backward shapes
+_WIDTH = {"fuse": 1, "ilp": 2, "ilp4": 4}
+
+
+def _interleave(parts: list[list[str]]) -> list[str]:
+    """Lines of several independent code streams, one line of each in turn."""
+    out = []
+    for i in range(max(len(p) for p in parts)):
+        out.extend(p[i] for p in parts if i < len(p))
+    return out
 
 
 def _opaque_strides(w, ind: str, which: tuple[str, ...] = ("B", "C", "L")) -> None:
@@ -642,8 +751,10 @@ _SHFL["_opaque_zero"] = _compile_source("_opaque_zero", (
 
 # code shapes of the sequential kernels: "base" indexes each state's B / C rows from the kernel's arguments; "chain"
 # walks them with a pointer advanced by an opaque stride per state (fewer registers, see `_opaque_strides`); "lean"
-# (the main backward; elsewhere as "chain") also keeps A log2 e in memory and runs phase 1 state by state
-BWD_VARIANTS = ("base", "chain", "lean")
+# (the main backward; elsewhere as "chain") also keeps A log2 e in memory and runs phase 1 state by state; "fuse"
+# (main backward) is "chain" with phase 2's a_t h_(t-1) g_t from products it holds anyway (`_p2_fused`), "ilp" the same
+# with two states' statements interleaved, "ilp4" with four
+BWD_VARIANTS = ("base", "chain", "lean", "fuse", "ilp", "ilp4")
 
 
 @functools.cache
@@ -660,15 +771,20 @@ _BWD_LOCAL_ARGS = (
 )
 
 
-def _bwd_local_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
+def _bwd_local_source(N: int, TR: int, variant: str = "base", sw_exp2: int = 0) -> tuple[str, str]:
     """Each time group's own contribution to the adjoint entering it, from zero at its far end:
     g <- a_t (g + dy_t C_t) over its steps against the scan order, and its delta sum (the decay across the group is
-    exp(A sum delta)). Chained by `_seg_combine_kernel`, these give every group of the backward its starting adjoint."""
+    exp(A sum delta)). Chained by `_seg_combine_kernel`, these give every group of the backward its starting adjoint.
+    sw_exp2 of the N states (spread evenly) take exp2 from `_exp2_fma` instead of the MUFU, whose throughput bounds
+    this pass (per step and state it is one MUFU against three FMA-unit instructions)."""
     if variant not in BWD_VARIANTS:
         raise ValueError(f"bwd_local_kernel: variant is {variant!r}; expected one of {BWD_VARIANTS}")
+    if not 0 <= sw_exp2 <= N:
+        raise ValueError(f"bwd_local_kernel: sw_exp2 is {sw_exp2}; expected 0 to N = {N}")
+    sw = {n for n in range(N) if (n * sw_exp2) // N != ((n + 1) * sw_exp2) // N}
     chain = variant != "base"
     lv = TR.bit_length() - 1
-    name = f"_scan_seq_bwd_local_n{N}_t{TR}_{variant}"
+    name = f"_scan_seq_bwd_local_n{N}_t{TR}_{variant}" + (f"_sw{sw_exp2}" if sw_exp2 else "")
     L_ = []
     w = L_.append
     i1, i2, i3 = "    ", "        ", "            "
@@ -720,7 +836,8 @@ def _bwd_local_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]
     def steps(order, ind):
         for t in order:
             for n in range(N):
-                w(f"{ind}g{n} = tl.exp2({dts[t]} * a2_{n}) * (g{n} + {dys[t]} * {Cs[n][t]})")
+                ex = "_exp2_fma" if n in sw else "tl.exp2"
+                w(f"{ind}g{n} = {ex}({dts[t]} * a2_{n}) * (g{n} + {dys[t]} * {Cs[n][t]})")
 
     w(f"{i2}if REVERSE:")
     steps(range(TR), i3)
@@ -733,5 +850,5 @@ def _bwd_local_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]
 
 
 @functools.cache
-def bwd_local_kernel(N: int, TR: int, variant: str = "base"):
-    return _compile_source(*_bwd_local_source(N, TR, variant))
+def bwd_local_kernel(N: int, TR: int, variant: str = "base", sw_exp2: int = 0):
+    return _compile_source(*_bwd_local_source(N, TR, variant, sw_exp2))

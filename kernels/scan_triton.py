@@ -56,8 +56,22 @@ BWD_SHFL = True
 # time loop (sm_90, triton 3.6 offline: main backward 168 registers and no spills against 255 and 6 spills, 9% fewer
 # instructions; the group pass 96 registers against 128); "base" is the former shape; "lean" (main backward) also
 # keeps A log2 e in scratch memory and runs phase 1 state by state: 168 registers as well, but with no spills down to
-# 144 and 10 spills (3 loads per register chunk) at 128, against 24 for "chain"
+# 144 and 10 spills (3 loads per register chunk) at 128, against 24 for "chain"; "fuse" and "ilp" (phase 2 with one
+# instruction fewer per step and state; ilp also interleaves states in pairs) compile to 255 registers uncapped, 168
+# with no spills under BWD_MAXNREG = 168 (sm_90 offline; the commit that added them has the instruction counts)
 BWD_VARIANT = "chain"
+# states, in sixteenths of N, whose exp2 the group pass (`bwd_local_kernel`) computes on the FMA units
+# (scan_seq_triton._exp2_fma, 10 instructions for one MUFU) to relieve the MUFU: 0 = none, 4 = 4 of 16. The MUFU does
+# 1/8 of the FMA units' rate; sm_90 offline, per register chunk of 4 steps x 16 states the group pass issues 617
+# instructions with 76 MUFU (608 MUFU cycles): balanced already with bf16 B / C, so this pays only with BWD_BC_FP32
+# (537 instructions; the balance is near 1 state of 16)
+BWD_LOCAL_SW_EXP2 = 0
+# the sequential backward reads fp32 copies of B and C, made once per call ((b, g, N, L): 1/48 of u's bytes per group
+# at N = 16), so that its kernels skip unpacking bf16, one integer instruction per value in every register chunk.
+# sm_90 offline, instructions per register chunk: group pass 617 -> 537 (96 -> 110 registers); main backward phase 1
+# 585 -> 503, phase 2 2,099 -> 1,942 ("chain", 168 registers but 24 bytes of spills), 2,074 -> 1,887 ("ilp" capped
+# at 168: no spills)
+BWD_BC_FP32 = False
 # register cap (ptxas maxnreg) of the main backward kernel, None for the compiler's choice; one warp per program, so
 # 65536 / (32 x registers) warps fit on an SM: 168 -> 12, 144 -> 14, 128 -> 16 (with a few spills at 128)
 BWD_MAXNREG: int | None = None
@@ -499,7 +513,8 @@ def group_adjoints(dout, dlast, delta, A, C, z, delta_bias, delta_softplus, reve
     sdt = torch.empty((batch, n_q, dim), dtype=f32, device=dev)
     gin = torch.empty((batch, n_q, dim, N), dtype=f32, device=dev)
     tr = BWD_SEQ_TR
-    LAST_KERNEL["bwd_local"] = bwd_local_kernel(N, tr, BWD_VARIANT)[(batch, triton.cdiv(dim, block_d), n_q)](
+    n_sw = min(N, (BWD_LOCAL_SW_EXP2 * N + 15) // 16)
+    LAST_KERNEL["bwd_local"] = bwd_local_kernel(N, tr, BWD_VARIANT, n_sw)[(batch, triton.cdiv(dim, block_d), n_q)](
         delta, A, C, zt, delta_bias if delta_bias is not None else A, mk, dout, gloc, sdt,
         dim, L, n_chunks, dim // groups, per_q, delta.stride(0), delta.stride(1), zt.stride(0), zt.stride(1),
         C.stride(0), C.stride(1), C.stride(2), dout.stride(0), dout.stride(1),
@@ -550,6 +565,8 @@ def scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, r
         from .scan_seq_triton import bwd_kernel
 
         K = block_t // tr
+        if BWD_BC_FP32:
+            B, C = B.float(), C.float()
         gin = dAp
         if n_q > 1:
             gin = group_adjoints(dout, dlast, delta, A, C, z, delta_bias, delta_softplus, reverse, mask, dh0,

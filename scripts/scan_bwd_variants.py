@@ -2,8 +2,10 @@
 
     python scripts/scan_bwd_variants.py [--shapes 0,1,2] [--variants base-base,base-chain,...] [--out FILE]
 
-A variant is FWD-BWD[:MAXNREG]: `scan_triton.FWD_VARIANT`, `BWD_VARIANT` (the sequential kernels' code shape, see
-`scan_seq_triton.BWD_VARIANTS`) and optionally `BWD_MAXNREG` (a register cap on the main backward). For each shape
+A variant is FWD-BWD[:MAXNREG][+swN][+f32]: `scan_triton.FWD_VARIANT`, `BWD_VARIANT` (the sequential kernels' code
+shape, see `scan_seq_triton.BWD_VARIANTS`), optionally `BWD_MAXNREG` (a register cap on the main backward),
+`BWD_LOCAL_SW_EXP2` = N (sixteenths of the states whose exp2 the group pass computes on the FMA units) and
+`BWD_BC_FP32` (the backward reads fp32 copies of B and C). For each shape
 (batch, dim, L, N = 16; bf16 u / delta / z / B / C, fp32 A, D, delta_bias, softplus, with z, as
 `python -m seqbackbone.bench kernels` runs it) and variant it prints the median (`triton.testing.do_bench`) of the
 forward alone (no saved states), of the backward alone (`scan_bwd` from the forward's saved states: group pass,
@@ -23,24 +25,45 @@ import time
 
 import torch
 
-DEFAULT_VARIANTS = "base-base,chain-chain,chain-chain:144,chain-lean,chain-lean:144,chain-lean:128"
+# base-base first: the gradient reference (the slower "lean" shapes and 144 / 128 caps, measured 2026-11-29, left out)
+DEFAULT_VARIANTS = ("base-base,chain-chain,chain-chain+f32,chain-fuse:168,chain-ilp:168,chain-ilp,chain-ilp:168+f32,"
+                    "chain-ilp4:168+f32,chain-chain+sw4,chain-chain+sw1+f32,chain-ilp4:168+sw1+f32")
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
-def parse_variant(text: str) -> tuple[str, str, int | None]:
+Variant = tuple[str, str, int | None, int, bool]
+
+
+def parse_variant(text: str) -> Variant:
+    """FWD-BWD[:MAXNREG][+swN][+f32] -> (FWD_VARIANT, BWD_VARIANT, BWD_MAXNREG, BWD_LOCAL_SW_EXP2, BWD_BC_FP32)."""
     from seqbackbone.kernels.scan_seq_triton import BWD_VARIANTS
 
-    names, _, cap = text.partition(":")
+    want = f"FWD-BWD[:MAXNREG][+swN][+f32], FWD and BWD in {BWD_VARIANTS}, N in 0..16"
+    head, *opts = text.split("+")
+    names, _, cap = head.partition(":")
     fwd, _, bwd = names.partition("-")
-    if fwd not in BWD_VARIANTS or bwd not in BWD_VARIANTS:
-        raise ValueError(f"--variants: got {text!r}; expected FWD-BWD[:MAXNREG], FWD and BWD in {BWD_VARIANTS}")
-    return fwd, bwd, (int(cap) if cap else None)
+    sw, f32 = 0, False
+    for o in opts:
+        if o == "f32":
+            f32 = True
+        elif o.startswith("sw") and o[2:].isdigit() and int(o[2:]) <= 16:
+            sw = int(o[2:])
+        else:
+            raise ValueError(f"--variants: got {text!r}; expected {want}")
+    if fwd not in BWD_VARIANTS or bwd not in BWD_VARIANTS or (cap and not cap.isdigit()):
+        raise ValueError(f"--variants: got {text!r}; expected {want}")
+    return fwd, bwd, (int(cap) if cap else None), sw, f32
 
 
-def _select(variant: tuple[str, str, int | None]) -> None:
+def variant_name(v: Variant) -> str:
+    return (f"{v[0]}-{v[1]}" + (f":{v[2]}" if v[2] else "") + (f"+sw{v[3]}" if v[3] else "")
+            + ("+f32" if v[4] else ""))
+
+
+def _select(variant: Variant) -> None:
     from seqbackbone.kernels import scan_triton as st
 
-    st.FWD_VARIANT, st.BWD_VARIANT, st.BWD_MAXNREG = variant
+    st.FWD_VARIANT, st.BWD_VARIANT, st.BWD_MAXNREG, st.BWD_LOCAL_SW_EXP2, st.BWD_BC_FP32 = variant
 
 
 def _fwd_bwd(x: dict, dout: torch.Tensor) -> None:
@@ -58,7 +81,7 @@ def _inputs(shape) -> tuple[dict, torch.Tensor]:
     return x, dout
 
 
-def _warm(variant: tuple[str, str, int | None], shapes: list) -> str:
+def _warm(variant: Variant, shapes: list) -> str:
     """Compile every kernel of one variant (run once at each shape; Triton keeps them in its disk cache)."""
     _select(variant)
     try:
@@ -67,8 +90,8 @@ def _warm(variant: tuple[str, str, int | None], shapes: list) -> str:
             _fwd_bwd(x, dout)
         torch.cuda.synchronize()
     except Exception as e:  # reported; the variant then fails again, visibly, in its own row
-        return f"{variant} failed to compile or run: {e!r}"[:400]
-    return f"{variant} compiled"
+        return f"{variant_name(variant)} failed to compile or run: {e!r}"[:400]
+    return f"{variant_name(variant)} compiled"
 
 
 def time_variant(variant, shape, ref_grads: dict | None) -> tuple[dict, dict]:
@@ -94,7 +117,8 @@ def time_variant(variant, shape, ref_grads: dict | None) -> tuple[dict, dict]:
     bwd()
     t_bwd = triton.testing.do_bench(bwd, warmup=25, rep=200, return_mode="median") * 1e3
     kb, kl = st.LAST_KERNEL.get("bwd"), st.LAST_KERNEL.get("bwd_local")
-    row = dict(shape=list(shape), fwd_variant=variant[0], bwd_variant=variant[1], maxnreg=variant[2], fwd_us=t_fwd,
+    row = dict(shape=list(shape), fwd_variant=variant[0], bwd_variant=variant[1], maxnreg=variant[2],
+               local_sw_exp2=variant[3], bc_fp32=variant[4], fwd_us=t_fwd,
                bwd_us=t_bwd, fwd_bwd_us=t_all,
                max_abs_diff=diff, regs=getattr(kb, "n_regs", None), spills=getattr(kb, "n_spills", None),
                local_regs=getattr(kl, "n_regs", None), local_spills=getattr(kl, "n_spills", None))
@@ -126,25 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"compiled in {time.time() - t0:.0f} s; {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"triton {triton.__version__}", flush=True)
     rows = []
-    hdr = (f"{'shape':>18} {'variant':>16} {'fwd us':>7} {'bwd us':>7} {'fwd+bwd us':>10} {'upstream':>8} "
+    hdr = (f"{'shape':>18} {'variant':>24} {'fwd us':>7} {'bwd us':>7} {'fwd+bwd us':>10} {'upstream':>8} "
            f"{'regs/spills':>11} {'local':>5} {'max|dgrad|':>10}")
     print(hdr)
     for shape in shapes:
         ref = None
         for variant in variants:
             if time.time() - t0 > args.budget:
-                print(f"{str(tuple(shape[:3])):>18} {variant}: skipped, past --budget {args.budget:.0f} s")
+                print(f"{str(tuple(shape[:3])):>18} {variant_name(variant)}: skipped, past --budget "
+                      f"{args.budget:.0f} s")
                 continue
             try:
                 row, grads = time_variant(variant, shape, ref)
             except Exception as e:  # one broken variant must not hide the others
-                print(f"{str(tuple(shape[:3])):>18} {variant}: failed: {e!r}"[:400], flush=True)
+                print(f"{str(tuple(shape[:3])):>18} {variant_name(variant)}: failed: {e!r}"[:400], flush=True)
                 continue
             ref = grads if ref is None else ref
             rows.append(row)
-            name = f"{variant[0]}-{variant[1]}" + (f":{variant[2]}" if variant[2] else "")
+            name = variant_name(variant)
             diff = "ref" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2e}"
-            print(f"{str(tuple(shape[:3])):>18} {name:>16} {row['fwd_us']:7.0f} {row['bwd_us']:7.0f} "
+            print(f"{str(tuple(shape[:3])):>18} {name:>24} {row['fwd_us']:7.0f} {row['bwd_us']:7.0f} "
                   f"{row['fwd_bwd_us']:10.0f} {UPSTREAM[shape][1]:8.0f} "
                   f"{str(row['regs']) + '/' + str(row['spills']):>11} {str(row['local_regs']):>5} {diff:>10}",
                   flush=True)

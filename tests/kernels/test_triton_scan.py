@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from seqbackbone.kernels import scan_triton
+from seqbackbone.kernels.scan_seq_triton import EXP2_POLY, _exp2_fma
 from seqbackbone.kernels.scan_triton import selective_scan_triton
 
 from .reference import random_scan_inputs, scan_loop_fp64
@@ -55,6 +58,13 @@ CASES = [
     (3, 4, None, False, True, True, "lean_bwd"),
     (4, 4, 2, True, False, True, "lean_bwd"),
 ]
+# the backward's newer shapes, fp32 only (CI time): "ilp" at an odd N (two states paired, one alone, as "fuse" runs
+# every state); "ilp4" (four states interleaved) with the group pass's FMA-unit exp2 on 2 of 4 states and the backward
+# on fp32 copies of B and C
+NEW_BWD_CASES = [
+    (6, 3, 3, False, True, True, "ilp_bwd"),
+    (4, 4, 2, True, True, False, "ilp4_sw_exp2_fp32_bc"),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -64,6 +74,16 @@ def test_scan_matches_fp64_loop(small_tiles, monkeypatch, dtype, dim, n_state, g
     """Default kernels (sequential, split into time segments / groups: here one per 16-step chunk, 3 at L = 37);
     both directions unsplit; the associative-scan backward; the sequential kernels' former code shape; the
     backward's "lean" shape."""
+    _check_scan(monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial_state, kernels)
+
+
+@pytest.mark.parametrize("dim,n_state,groups,reverse,mask,initial_state,kernels", NEW_BWD_CASES)
+def test_scan_new_bwd_shapes(small_tiles, monkeypatch, dim, n_state, groups, reverse, mask, initial_state, kernels):
+    """The backward's "ilp" and "ilp4" shapes, the group pass's FMA-unit exp2, fp32 B / C (fp32 activations)."""
+    _check_scan(monkeypatch, torch.float32, dim, n_state, groups, reverse, mask, initial_state, kernels)
+
+
+def _check_scan(monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial_state, kernels) -> None:
     monkeypatch.setattr(scan_triton, "SEG_TARGET_WARPS", 10**6)
     monkeypatch.setattr(scan_triton, "BWD_SEG_TARGET_WARPS", 10**6)
     if kernels == "one_segment":
@@ -71,6 +91,12 @@ def test_scan_matches_fp64_loop(small_tiles, monkeypatch, dtype, dim, n_state, g
         monkeypatch.setattr(scan_triton, "BWD_SEGMENTS", False)
     if kernels == "lean_bwd":
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "lean")
+    if kernels == "ilp_bwd":
+        monkeypatch.setattr(scan_triton, "BWD_VARIANT", "ilp")
+    if kernels == "ilp4_sw_exp2_fp32_bc":
+        monkeypatch.setattr(scan_triton, "BWD_VARIANT", "ilp4")
+        monkeypatch.setattr(scan_triton, "BWD_LOCAL_SW_EXP2", 8)
+        monkeypatch.setattr(scan_triton, "BWD_BC_FP32", True)
     if kernels == "base_shape":
         monkeypatch.setattr(scan_triton, "FWD_VARIANT", "base")
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "base")
@@ -163,6 +189,53 @@ def test_bwd_variant_names():
         bwd_kernel(4, 4, "unrolled")
     with pytest.raises(ValueError, match="variant"):
         bwd_local_kernel(4, 4, "unrolled")
+    with pytest.raises(ValueError, match="sw_exp2"):
+        bwd_local_kernel(4, 4, "chain", 5)
+
+
+@triton.jit
+def _exp2_both(x_ptr, sw_ptr, hw_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    x = tl.load(x_ptr + offs, mask=ok)
+    tl.store(sw_ptr + offs, _exp2_fma(x), mask=ok)
+    tl.store(hw_ptr + offs, tl.exp2(x), mask=ok)
+
+
+def test_exp2_fma_accuracy():
+    """The group pass's FMA-unit exp2 against the exact 2^x and against tl.exp2 over what the kernel sees,
+    x = delta A log2 e in [-inf, 0]: within 2 ulp of 2^x from -126 up (2.25 under the interpreter, whose FMAs round
+    twice), below that under 2^-126 (tl.exp2 flushes to 0 there), 0 at -127 and below, NaN kept. Also the polynomial
+    alone with exactly rounded FMAs (as the GPU runs it) on 2^18 points of [-1/2, 1/2]: within 2 ulp."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([0.0, -0.0, -1e-30, -0.5, -1.0, -125.5, -126.0, -126.25, -126.5, -127.0, -127.5, -200.0,
+                            -3e38, -float("inf"), float("nan")])
+    x = torch.cat([-torch.rand(20000, generator=g, dtype=torch.float64) * 130,
+                   -torch.rand(20000, generator=g, dtype=torch.float64) ** 4,
+                   torch.linspace(-130, 0, 8193, dtype=torch.float64), special.double()]).float()
+    x = x.to(_device())
+    sw, hw = torch.empty_like(x), torch.empty_like(x)
+    _exp2_both[(triton.cdiv(x.numel(), 4096),)](x, sw, hw, x.numel(), BLOCK=4096)
+    x, sw, hw = x.cpu(), sw.cpu().double(), hw.cpu().double()
+    exact = torch.exp2(x.double())
+    normal = x >= -126
+    ulp = torch.from_numpy(np.spacing(exact[normal].float().numpy())).double()
+    lim = 2.0 if torch.cuda.is_available() else 2.25
+    assert ((sw[normal] - exact[normal]).abs() / ulp).max() <= lim
+    assert ((sw[normal] - hw[normal]).abs() / ulp).max() <= lim + 2.0  # tl.exp2 (MUFU) is within 2 ulp itself
+    low = (x < -126) & ~x.isnan()
+    assert (sw[low] >= 0).all() and (sw[low] < 2.0**-126).all() and (hw[low] < 2.0**-126).all()
+    assert (sw[x <= -127] == 0).all() and sw[x.isnan()].isnan().all() and (sw[x == 0] == 1).all()
+
+    f = np.linspace(-0.5, 0.5, 2**18 + 1).astype(np.float32).astype(np.float64)
+    p = np.full_like(f, EXP2_POLY[-1])
+    for c in EXP2_POLY[-2::-1]:
+        # float32 products are exact in float64, so this rounds once per FMA (as FFMA does)
+        p = (p * f + np.float32(c)).astype(np.float32).astype(np.float64)
+    want = np.exp2(f)
+    assert (np.abs(p - want) / np.spacing(want.astype(np.float32))).max() <= 2.0
 
 
 @pytest.mark.parametrize("n_values", [2, 4, 8, 16, 32])
