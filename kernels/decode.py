@@ -244,6 +244,9 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         **{flag: 0 for flag in BREAKDOWN_FLAGS},
         BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1,
     )
+    unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J"})
+    if unknown:  # a misspelt setting would time the default kernel under another name
+        raise ValueError(f"TUNE: unknown settings {unknown}, expected some of {sorted(c)}, BLOCK_J or num_warps")
     c.update({k: v for k, v in tune.items() if k in c})
     one_item = bool(c["ONE_ITEM"])
     c["BATCH_TILE"] = bool(c["BATCH_TILE"])

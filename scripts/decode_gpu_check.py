@@ -11,7 +11,11 @@
    only batch 1 runs fused) and layer-by-layer (SEQBACKBONE_FUSED_DECODE=0), at batch 1 and 8: median of many
    replays timed with CUDA events.
 3. The weight-read floor (2 bytes x parameters / copy bandwidth) and each step's ratio to it.
-4. Optionally, other tile sizes of the fused kernel (--variants): a short agreement check and the step time of each.
+4. Optionally, other settings of the fused kernel (--variants, each a comma-joined set of decode.TUNE keys): a short
+   agreement check and the step time of each, then one table of every variant's step time against the default's.
+   Tile sizes (ROWS_IN=16), the code variants BARRIER=1 (flag barriers), ONE_ITEM=1 (items sized from the grid),
+   BATCH_TILE=1 (batch rows as one tile) and their combinations, e.g.
+       --variants BARRIER=1 BATCH_TILE=1 ONE_ITEM=1 BARRIER=1,BATCH_TILE=1,ONE_ITEM=1
 
 --breakdown instead runs a short agreement check (10 steps) and then times the fused step with each of the
 breakdown flags of decode.TUNE (results wrong, timing only): all work, NO_WAIT (no grid barriers), each phase's work
@@ -191,8 +195,8 @@ def main() -> int:
     p.add_argument("--tune", nargs="*", default=[], metavar="KEY=VALUE",
                    help="tile-size / num_warps overrides of the fused kernel, e.g. ROWS_IN=8 ROWS_OUT=2 num_warps=4")
     p.add_argument("--variants", nargs="*", default=[], metavar="K=V,K=V",
-                   help="further tile settings to check (10 steps) and time on the fused path, one comma-separated "
-                        "set each, e.g. ROWS_IN=16 ROWS_IN=16,ROWS_OUT=4,num_warps=16")
+                   help="further decode.TUNE settings to check (10 steps) and time on the fused path, one "
+                        "comma-joined set each, e.g. ROWS_IN=16 BARRIER=1 BARRIER=1,BATCH_TILE=1,ONE_ITEM=1")
     p.add_argument("--breakdown", action="store_true",
                    help="a 10-step agreement check, then the step time with each breakdown flag (results wrong, "
                         "timing only) in one table; skips the other timings")
@@ -207,7 +211,8 @@ def main() -> int:
     import seqbackbone
     from seqbackbone.bench.decode import copy_bandwidth
 
-    decode.TUNE.update({k: int(v) for k, v in (item.split("=", 1) for item in args.tune)})
+    decode.TUNE.update(_parse_settings(args.tune, "--tune"))
+    variants = [(v, _parse_settings(v.split(","), "--variants")) for v in args.variants]
 
     torch.manual_seed(0)
     model = seqbackbone.create_model(args.model, d_model=args.d_model, n_layer=args.n_layer)
@@ -235,25 +240,63 @@ def main() -> int:
     bandwidth = copy_bandwidth(torch.device("cuda"))
     floor_us = 2 * n_params / bandwidth * 1e6
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; weight-read floor {floor_us:.1f} us per step", flush=True)
+    default_us: dict[int, float] = {}
     for batch in args.batch_sizes:
         for fused in (True, False):
             median, mean, ran = time_graph_step(model, batch, fused, args.replays)
             name = "fused (1 kernel)" if ran else "layer-by-layer"
+            if ran:
+                default_us[batch] = median
             print(f"batch {batch} {name:>16}: CUDA-graph step median {median:8.1f} us (back-to-back mean {mean:8.1f} "
                   f"us), {median / floor_us:5.2f}x floor, {batch / median * 1e6:,.0f} tokens/s", flush=True)
     base = dict(decode.TUNE)
-    for variant in args.variants:
+    rows: list[tuple[str, int, float | None, str]] = []
+    for label, settings in variants:
         decode.TUNE.clear()
         decode.TUNE.update(base)
-        decode.TUNE.update({k: int(v) for k, v in (item.split("=", 1) for item in variant.split(","))})
+        decode.TUNE.update(settings)
         print(f"variant {decode.TUNE}:", flush=True)
         for batch in args.batch_sizes:
-            check_agreement(model, batch, 10)
-            median, mean, _ = time_graph_step(model, batch, True, args.replays)
-            print(f"batch {batch} variant {variant}: CUDA-graph step median {median:8.1f} us (back-to-back mean "
+            try:
+                check_agreement(model, batch, 10)
+                median, mean, _ = time_graph_step(model, batch, True, args.replays)
+            except Exception as exc:  # a variant that fails to compile or run is reported, the others still run
+                print(f"batch {batch} variant {label}: FAILED {type(exc).__name__}: {exc}", flush=True)
+                rows.append((label, batch, None, f"{type(exc).__name__}"))
+                continue
+            rows.append((label, batch, median, ""))
+            print(f"batch {batch} variant {label}: CUDA-graph step median {median:8.1f} us (back-to-back mean "
                   f"{mean:8.1f} us), {median / floor_us:5.2f}x floor", flush=True)
+    decode.TUNE.clear()
+    decode.TUNE.update(base)
+    if rows:
+        print(f"\nvariants: CUDA-graph step medians ({args.replays} replays) against the default fused step "
+              f"(overrides {base or 'none'}); floor {floor_us:.1f} us")
+        print(f"{'variant':<44}{'batch':>6}{'us':>10}{'vs default':>12}{'x floor':>9}")
+        for batch in args.batch_sizes:
+            print(f"{'default':<44}{batch:>6}{default_us[batch]:10.1f}{'':>12}{default_us[batch] / floor_us:9.2f}")
+        for label, batch, median, err in rows:
+            if median is None:
+                print(f"{label:<44}{batch:>6}{'failed: ' + err:>31}")
+            else:
+                print(f"{label:<44}{batch:>6}{median:10.1f}{median / default_us[batch]:11.3f}x"
+                      f"{median / floor_us:9.2f}", flush=True)
     faulthandler.cancel_dump_traceback_later()
     return 0
+
+
+def _parse_settings(items: list[str], option: str) -> dict[str, int]:
+    """KEY=VALUE strings -> decode.TUNE entries (ints)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise SystemExit(f"{option}: expected KEY=INT (comma-joined in one variant), got {item!r}")
+    return out
 
 
 if __name__ == "__main__":

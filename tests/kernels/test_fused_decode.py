@@ -228,6 +228,8 @@ def test_variant_plans_at_the_benchmark_size():
     assert decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 1, "ROWS_IN": 16})["PER_IN"] == 16
     with pytest.raises(ValueError, match="BARRIER"):
         decode.plan_constexprs(*args, 1, 132, {"BARRIER": 2})
+    with pytest.raises(ValueError, match="BARIER"):
+        decode.plan_constexprs(*args, 1, 132, {"BARIER": 1})
 
 
 def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
