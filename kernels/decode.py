@@ -57,10 +57,12 @@ _NUM_WARPS = 8
 #   ONE_ITEM=1: in_proj, SSM, out_proj and head items sized from the grid (any count, masked to a power-of-two
 #     tile), so that each program has one item whose whole weight tile it loads before the barrier; a tile over
 #     _ONE_ITEM_TILE elements keeps the usual plan (several items a program);
-#   BATCH_TILE=1: the batch rows of every phase as one (BLOCK_B, ...) tile instead of a loop over the rows.
+#   BATCH_TILE=1: the batch rows of every phase as one (BLOCK_B, ...) tile instead of a loop over the rows;
+#   LOCAL_P2=1 (needs BARRIER=1): no grid barrier between in_proj and the conv phase; a conv item waits on ready
+#     flags of the in_proj items that wrote its channels (three grid barriers per layer).
 TUNE: dict[str, int] = {}
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
-VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE")
+VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2")
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
 # 1024 tile)
 _ONE_ITEM_TILE = 2 * _TILE
@@ -242,7 +244,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         ROWS_HEAD=_block(V, programs, 2, _TILE // block_dm),
         MERGE_IN_CONV=merge,
         **{flag: 0 for flag in BREAKDOWN_FLAGS},
-        BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1,
+        BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1, LOCAL_P2=False, BLOCK_Q=1,
     )
     unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J"})
     if unknown:  # a misspelt setting would time the default kernel under another name
@@ -272,6 +274,13 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     c["BLOCK_J"] = tune.get("BLOCK_J") or min(32, _pow2(n_conv))
     if c["BARRIER"] not in (0, 1):
         raise ValueError(f"TUNE: BARRIER must be 0 (the counter) or 1 (the flags), got {c['BARRIER']!r}")
+    c["LOCAL_P2"] = bool(c["LOCAL_P2"])
+    if c["LOCAL_P2"]:
+        if c["BARRIER"] != 1 or c["MERGE_IN_CONV"]:
+            raise ValueError("TUNE: LOCAL_P2 needs BARRIER=1 (its epochs) and in_proj as a phase of its own "
+                             f"(MERGE_IN_CONV=0), got BARRIER={c['BARRIER']}, MERGE_IN_CONV={int(c['MERGE_IN_CONV'])}")
+        # a conv item's channels span ceil(PER_CONV / PER_IN) in_proj items, one more where they straddle a border
+        c["BLOCK_Q"] = _pow2(-(-per["CONV"] // per["IN"]) + 1)
     if c["MERGE_IN_CONV"] and c["SKIP_P1"]:
         raise ValueError("TUNE: SKIP_P1 needs in_proj as a phase of its own, got MERGE_IN_CONV=1 (use SKIP_P2)")
     return c
@@ -365,8 +374,11 @@ class FusedDecodeStep:
         self._part = torch.empty(n_conv, batch, X, **f32)
         self._y = torch.empty(batch, Di, **f32)
         # arrivals at grid barriers, ever growing (2^63 of them): stays a multiple of the grid between launches;
-        # BARRIER=1: one slot per program, each its program's count of barriers met (all equal between launches)
+        # BARRIER=1: one slot per program, each its program's count of barriers met (all equal between launches);
+        # LOCAL_P2: then one ready flag per in_proj item
         n_slots = self.grid if tiles["BARRIER"] == 1 else 1
+        if tiles["LOCAL_P2"]:
+            n_slots += -(-2 * Di // tiles["PER_IN"])
         self._barrier = torch.zeros(n_slots, dtype=torch.int64, device=self.device)
 
         import triton.language as tl

@@ -57,23 +57,37 @@ def _flag_barrier(flag_ptr, pid, nprog, epoch, NO_WAIT: tl.constexpr, BLOCK_P: t
     cannot run PTX) uses plain loads and stores."""
     if not NO_WAIT:
         epoch += 1
-        tl.debug_barrier()  # this program's threads have issued their writes of the phase
-        if ASM:
-            tl.inline_asm_elementwise("st.release.gpu.global.b64 [$1], $2; mov.u32 $0, 0;", "=r,l,l",
-                                      [flag_ptr + pid, epoch], dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            tl.store(flag_ptr + pid, epoch)
-        slots = flag_ptr + tl.minimum(tl.arange(0, BLOCK_P), nprog - 1)  # lanes past the grid re-read the last slot
-        behind = 1
-        while behind > 0:
-            if ASM:
-                seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b64 $0, [$1];", "=l,l", [slots],
-                                                 dtype=tl.int64, is_pure=False, pack=1)
-            else:
-                seen = tl.load(slots, volatile=True)
-            behind = tl.max((seen < epoch).to(tl.int32), axis=0)
-        tl.debug_barrier()
+        _raise_flag(flag_ptr + pid, epoch, ASM)
+        # lanes past the grid re-read the last slot
+        _wait_flags(flag_ptr + tl.minimum(tl.arange(0, BLOCK_P), nprog - 1), epoch, ASM)
     return epoch
+
+
+@triton.jit
+def _raise_flag(flag, value, ASM: tl.constexpr):
+    """Publishes what this program wrote so far: after every thread's writes, flag = value (int64) with a release
+    store at GPU scope (plain under the interpreter)."""
+    tl.debug_barrier()  # this program's threads have issued their writes
+    if ASM:
+        tl.inline_asm_elementwise("st.release.gpu.global.b64 [$1], $2; mov.u32 $0, 0;", "=r,l,l",
+                                  [flag, value], dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.store(flag, value)
+
+
+@triton.jit
+def _wait_flags(flags, target, ASM: tl.constexpr):
+    """Spins until every flag of the vector `flags` has reached `target`: acquire loads at GPU scope (volatile under
+    the interpreter), so that what their programs wrote before raising them is visible after."""
+    behind = 1
+    while behind > 0:
+        if ASM:
+            seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b64 $0, [$1];", "=l,l", [flags],
+                                             dtype=tl.int64, is_pure=False, pack=1)
+        else:
+            seen = tl.load(flags, volatile=True)
+        behind = tl.max((seen < target).to(tl.int32), axis=0)
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -176,11 +190,16 @@ def _decode_step_kernel(
     ONE_ITEM: tl.constexpr = False, PER_IN: tl.constexpr = 1, PER_CONV: tl.constexpr = 1, PER_SSM: tl.constexpr = 1,
     PER_OUT: tl.constexpr = 1, PER_HEAD: tl.constexpr = 1,
     BATCH_TILE: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
+    LOCAL_P2: tl.constexpr = False, BLOCK_Q: tl.constexpr = 1,
 ):
     # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
     # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
-    # BARRIER, ONE_ITEM, BATCH_TILE: opt-in variants (decode.TUNE); with their defaults the code below is the kernel
-    # as it was (PER_* equal the block sizes when ONE_ITEM is off).
+    # BARRIER, ONE_ITEM, BATCH_TILE, LOCAL_P2: opt-in variants (decode.TUNE); with their defaults the code below is
+    # the kernel as it was (PER_* equal the block sizes when ONE_ITEM is off).
+    # LOCAL_P2 (with BARRIER=1): no grid barrier between in_proj and the conv phase; each in_proj item raises its
+    # ready flag (slot nprog + item of bar_ptr) to the program's epoch + 1 once its rows are stored, and a conv item
+    # waits for the flags of the in_proj items that wrote its channels' u rows. Epochs are equal across programs at
+    # the same point and grow by 3 a layer, so a flag left from an earlier layer or launch is always behind.
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     X = R + 2 * N
@@ -239,6 +258,8 @@ def _decode_step_kernel(
                                              ADT)
                             acc = tl.sum(wt * xn[None, :], axis=1)
                             tl.store(xz_ptr + b * 2 * Di + rows, _round(acc, ADT), mask=rows_ok)
+                    if LOCAL_P2:
+                        _raise_flag(bar_ptr + nprog + item, epoch + 1, ASM)
                     item += nprog
                     rows = _item_rows(item, ROWS_IN, PER_IN, 2 * Di, ONE_ITEM)
                     tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
@@ -267,13 +288,20 @@ def _decode_step_kernel(
                 # the previous layer's P4 wrote the residual
                 epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)
         else:
-            epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # P1 wrote xz
+            if not LOCAL_P2:
+                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # P1 wrote xz
         if not SKIP_P2:
             if BATCH_TILE and MERGE_IN_CONV:
                 xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm, eps,
                                     ADT)
             while item < n_conv:
                 c_ok = ch < Di
+                if LOCAL_P2 and not MERGE_IN_CONV and not NO_WAIT and not SKIP_P1:
+                    # the in_proj items that wrote u rows item * PER_CONV .. + PER_CONV - 1
+                    first = item * PER_CONV // PER_IN
+                    last = tl.minimum(item * PER_CONV + PER_CONV, Di) - 1
+                    producers = tl.minimum(first + tl.arange(0, BLOCK_Q), last // PER_IN)
+                    _wait_flags(bar_ptr + nprog + producers, epoch + 1, ASM)
                 taps32 = taps.to(tl.float32)
                 wx32 = wxt.to(tl.float32)
                 if HAS_CONV_BIAS:

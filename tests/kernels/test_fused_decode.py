@@ -154,7 +154,8 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
 
 
 VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 1}, {"BATCH_TILE": 1}, {"BARRIER": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
-            {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}]
+            {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, {"BARRIER": 1, "LOCAL_P2": 1},
+            {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}]
 
 
 @pytest.mark.parametrize(
@@ -201,9 +202,14 @@ def test_variants_match_reference_and_default(forced, monkeypatch, variant, batc
         torch.testing.assert_close(f.conv_state, r.conv_state, atol=2e-5, rtol=2e-5)
         torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
         torch.testing.assert_close(f.ssm_state, b.ssm_state, atol=1e-5, rtol=1e-5)
-    per_step = (3 if variant.get("MERGE_IN_CONV") else 4) * n_layer
+    per_step = (3 if variant.get("MERGE_IN_CONV") or variant.get("LOCAL_P2") else 4) * n_layer
     if variant.get("BARRIER"):  # one flag per program, each the count of barriers met over every launch
-        assert step._barrier.tolist() == [2 * per_step]
+        flags = step._barrier.tolist()
+        assert flags[0] == 2 * per_step
+        if variant.get("LOCAL_P2"):  # then each in_proj item's ready flag: the last layer's epoch + 1
+            assert flags[1:] == [2 * per_step - 2] * -(-2 * 48 // c["PER_IN"])
+        else:
+            assert len(flags) == 1
     else:
         assert step._barrier.item() == 2 * per_step
 
@@ -228,6 +234,9 @@ def test_variant_plans_at_the_benchmark_size():
     assert decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 1, "ROWS_IN": 16})["PER_IN"] == 16
     with pytest.raises(ValueError, match="BARRIER"):
         decode.plan_constexprs(*args, 1, 132, {"BARRIER": 2})
+    assert decode.plan_constexprs(*args, 1, 132, {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1})["BLOCK_Q"] == 4
+    with pytest.raises(ValueError, match="LOCAL_P2"):
+        decode.plan_constexprs(*args, 1, 132, {"LOCAL_P2": 1})
     with pytest.raises(ValueError, match="BARIER"):
         decode.plan_constexprs(*args, 1, 132, {"BARIER": 1})
 
