@@ -23,6 +23,12 @@ output, the normed hidden, the conv output, the SSM output) is rounded here too;
 Each phase loads its first weight tile before it waits at the barrier that guards its activations, so the weight
 latency hides behind the barrier. Loads of data other programs wrote use cache_modifier ".cg" (L2, never a stale L1
 line). Under the interpreter the programs run one after another, so the host launches a single program there.
+
+Opt-in variants (constexpr switches set from decode.TUNE; off, the kernel compiles to the same PTX as without them):
+BARRIER=1 grid barriers on per-program epoch flags (release store, one vector of acquire loads) instead of the
+shared counter; ONE_ITEM=1 items of any row count (masked to a power-of-two tile) planned so that each program has one;
+BATCH_TILE=1 the batch rows as a (BLOCK_B, ...) tile dimension in every phase; LOCAL_P2=1 (with BARRIER=1) the conv
+phase waits on ready flags of the in_proj items it reads instead of a grid barrier.
 """
 
 from __future__ import annotations
