@@ -1,7 +1,7 @@
 """GPU check of the one-kernel decoding step (seqbackbone.kernels.decode) on the ~90M-parameter wave LM, bf16.
 
     python scripts/decode_gpu_check.py [--n-layer 24] [--d-model 768] [--steps 50] [--replays 300] [--timeout 420]
-        [--tune KEY=VALUE ...] [--variants K=V,K=V ...] [--breakdown]
+        [--tune KEY=VALUE ...] [--variants K=V,K=V ...] [--breakdown] [--ptxas]
 
 1. Agreement: from the same prefilled state, 50 steps of the fused kernel and of the layer-by-layer step
    (`backbone.step`) on the same tokens, at batch 1 and 8: max abs difference of the logits and of every layer's conv
@@ -22,6 +22,9 @@ breakdown flags of decode.TUNE (results wrong, timing only): all work, NO_WAIT (
 skipped (SKIP_P1 in_proj, SKIP_P2 conv + x_proj, SKIP_P3 SSM, SKIP_P4 out_proj, SKIP_HEAD), barriers only (every
 phase skipped), nothing (barriers dropped too), and the layer-by-layer step; one table of the CUDA-graph step medians
 and their differences to the full step. One Triton compile per setting (both batch sizes share it).
+
+--ptxas needs no GPU: it compiles the kernel for sm_90a (Triton's bundled ptxas) at the model's sizes on 132
+programs, default and each --variants setting at each batch size, and prints registers and spill bytes.
 
 A watchdog ends the process (with every thread's traceback) if anything hangs, e.g. a grid barrier that deadlocks.
 """
@@ -184,6 +187,62 @@ def breakdown(model: torch.nn.Module, batch_sizes: list[int], replays: int) -> N
         print(line, flush=True)
 
 
+def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int]]], batch_sizes: list[int],
+                 programs: int = 132) -> None:
+    """Registers and spill bytes of the step kernel compiled offline for sm_90a (bf16 weights), per setting and batch.
+    The same constexprs as FusedDecodeStep on `programs` SMs, without a GPU."""
+    import glob
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    import triton.language as tl
+    from seqbackbone.kernels import decode, decode_triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    mixer = model.backbone.layers[0].mixer
+    sizes = (model.backbone.d_model, mixer.d_inner, mixer.d_state, mixer.dt_rank, mixer.d_conv,
+             model.head.weight.shape[0])
+    fn = decode_triton._decode_step_kernel
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    ptxas = next(iter(glob.glob(os.path.join(bin_dir, "ptxas"))), None)
+    if ptxas is None:
+        raise SystemExit(f"--ptxas: no ptxas under {bin_dir}")
+    pointers = {"tok_ptr": "*i64", "logits_ptr": "*fp32", "resid_ptr": "*fp32", "xz_ptr": "*fp32", "xc_ptr": "*fp32",
+                "part_ptr": "*fp32", "y_ptr": "*fp32", "bar_ptr": "*i64"}
+    print(f"sm_90a ptxas, {programs} programs, sizes (Dm, Di, N, R, W, V) {sizes}, bf16")
+    for label, tune in settings:
+        for batch in batch_sizes:
+            consts = dict(ADT=tl.bfloat16, CONV_DT=tl.bfloat16, ALOG_DT=tl.bfloat16, D_DT=tl.bfloat16,
+                          DTB_DT=tl.bfloat16, CB_DT=tl.bfloat16, HAS_CONV_BIAS=mixer.conv1d.bias is not None,
+                          HAS_HEAD_BIAS=getattr(model.head, "bias", None) is not None,
+                          BLOCK_P=1 << (programs - 1).bit_length(), ASM=True,
+                          **decode.plan_constexprs(*sizes, batch, programs, tune))
+            sig = {}
+            for name in fn.arg_names:
+                if name in consts:
+                    sig[name] = "constexpr"
+                elif name.endswith("_tab"):
+                    sig[name] = "*i64"
+                elif name.endswith("_ptr"):
+                    sig[name] = pointers.get(name, "*bf16")
+                else:
+                    sig[name] = "fp32" if name == "eps" else "i32"
+            kernel = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                                    options=dict(num_warps=tune.get("num_warps", 8)))
+            with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+                f.write(kernel.asm["ptx"])
+                f.flush()
+                log = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True,
+                                     text=True).stderr
+            regs = re.search(r"Used (\d+) registers", log)
+            spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+            print(f"{label:<44} batch {batch}: {regs.group(1) if regs else '?'} registers, spill stores / loads "
+                  f"{spill.group(1) if spill else '?'} / {spill.group(2) if spill else '?'} bytes", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mamba_wave_lm_base")
@@ -200,6 +259,9 @@ def main() -> int:
     p.add_argument("--breakdown", action="store_true",
                    help="a 10-step agreement check, then the step time with each breakdown flag (results wrong, "
                         "timing only) in one table; skips the other timings")
+    p.add_argument("--ptxas", action="store_true",
+                   help="no GPU needed: registers and spills of the default kernel and each --variants setting, "
+                        "compiled offline for sm_90a")
     p.add_argument("--timeout", type=float, default=420.0, help="seconds before the watchdog ends the process")
     args = p.parse_args()
     # a deadlocked grid barrier would block the host forever: dump every thread's stack and exit instead
@@ -216,6 +278,11 @@ def main() -> int:
 
     torch.manual_seed(0)
     model = seqbackbone.create_model(args.model, d_model=args.d_model, n_layer=args.n_layer)
+    if args.ptxas:
+        ptxas_report(model, [("default", dict(decode.TUNE))]
+                     + [(label, {**decode.TUNE, **tune}) for label, tune in variants], args.batch_sizes)
+        faulthandler.cancel_dump_traceback_later()
+        return 0
     model = model.to("cuda", torch.bfloat16).eval()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.model}: d_model {args.d_model}, {args.n_layer} layers, {n_params / 1e6:.1f}M parameters, bf16, "
