@@ -314,10 +314,31 @@ _BWD_ARGS = (
 )
 
 
-def _bwd_chunk_inputs(w, ind: str, TR: int, chunk: str, with_u: bool, full: bool) -> None:
+def _bwd_chunk_raw(w, ind: str, TR: int, chunk: str, sfx: str, guard: str = "True") -> None:
+    """Emit loads of register chunk `chunk`'s delta, u, dout, z tiles as stored (names dtr_, u_, do_, z_ + sfx;
+    0 past L or where `guard` is false), for `_bwd_chunk_inputs(raw=sfx)` a register chunk later."""
+    w(f"{ind}offs_p = ({chunk}) * {TR} + loc")
+    w(f"{ind}m_p = d_ok[:, None] & (offs_p < L)[None, :] & ({guard})")
+    w(f"{ind}dtr_{sfx} = tl.load(dl_row + offs_p[None, :], mask=m_p, other=0.0)")
+    w(f"{ind}u_{sfx} = tl.load(u_row + offs_p[None, :], mask=m_p, other=0.0)")
+    w(f"{ind}do_{sfx} = tl.load(do_row + offs_p[None, :], mask=m_p, other=0.0)")
+    w(f"{ind}if HAS_Z:")
+    w(f"{ind}    z_{sfx} = tl.load(z_row + offs_p[None, :], mask=m_p, other=0.0)")
+    w(f"{ind}else:")
+    w(f"{ind}    z_{sfx} = do_{sfx}")
+
+
+def _bwd_chunk_inputs(w, ind: str, TR: int, chunk: str, with_u: bool, full: bool, raw: str | None = None) -> None:
     """Emit the inputs of register chunk `chunk` (an expression) for the backward kernels: offs_t and masks, the dt
     tile (bias, softplus; 0 on padded steps), with_u: u and du = dt u, full: dout, the gate's sigmoid, dy (the
-    gradient at the scan's output) and dzf (dz / y)."""
+    gradient at the scan's output) and dzf (dz / y). raw: the delta, u, dout, z tiles come from `_bwd_chunk_raw`'s
+    names with this suffix (loaded earlier) instead of loads here (with_u and full only)."""
+    if raw is not None:
+        assert with_u and full
+        ld = {x: f"{x}_{raw}.to(tl.float32)" for x in ("dtr", "u", "do", "z")}
+    else:
+        ld = {x: f"tl.load({r} + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)"
+              for x, r in (("dtr", "dl_row"), ("u", "u_row"), ("do", "do_row"), ("z", "z_row"))}
     w(f"{ind}offs_t = ({chunk}) * {TR} + loc")
     w(f"{ind}t_ok = offs_t < L")
     w(f"{ind}valid = t_ok")
@@ -327,7 +348,7 @@ def _bwd_chunk_inputs(w, ind: str, TR: int, chunk: str, with_u: bool, full: bool
     w(f"{ind}ok2 = d_ok[:, None] & valid[None, :]")
     w(f"{ind}bc_ok = valid[None, :] & (zero_d == 0)")
     w(f"{ind}bc_offs = offs_t[None, :] + zero_d")
-    w(f"{ind}dtr = tl.load(dl_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+    w(f"{ind}dtr = {ld['dtr']}")
     w(f"{ind}if HAS_BIAS:")
     w(f"{ind}    dtr = dtr + bias[:, None]")
     w(f"{ind}if SOFTPLUS:")
@@ -336,12 +357,22 @@ def _bwd_chunk_inputs(w, ind: str, TR: int, chunk: str, with_u: bool, full: bool
     w(f"{ind}    dt = dtr")
     w(f"{ind}dt = tl.where(ok2, dt, 0.0)")
     if with_u:
-        w(f"{ind}u = tl.load(u_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+        w(f"{ind}u = {ld['u']}")
+        if raw is not None:
+            # loaded without the padding mask: padded steps count as u = dout = z = 0, as the masked loads give
+            w(f"{ind}if HAS_MASK:")
+            w(f"{ind}    u = tl.where(ok2, u, 0.0)")
         w(f"{ind}du = dt * u")
     if full:
-        w(f"{ind}dout = tl.load(do_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+        w(f"{ind}dout = {ld['do']}")
+        if raw is not None:
+            w(f"{ind}if HAS_MASK:")
+            w(f"{ind}    dout = tl.where(ok2, dout, 0.0)")
         w(f"{ind}if HAS_Z:")
-        w(f"{ind}    zz = tl.load(z_row + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)")
+        w(f"{ind}    zz = {ld['z']}")
+        if raw is not None:
+            w(f"{ind}    if HAS_MASK:")
+            w(f"{ind}        zz = tl.where(ok2, zz, 0.0)")
         w(f"{ind}    sig = 1.0 / (1.0 + tl.exp2(-zz * {LOG2E}))")
         w(f"{ind}    dy = dout * zz * sig")
         w(f"{ind}    dzf = dout * sig * (1.0 + zz * (1.0 - sig))")
@@ -370,7 +401,7 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     # lean: A_n log2 e per state read back from the scratch rows after the chunk states (not 16 registers held), and
     # phase 1 state by state (one B tile live, not 16)
     lean = variant == "lean"
-    # fuse / ilp / ilp4: phase 2 with fewer instructions per (step, state) (`_p2_fused`); ilp interleaves 2 states, ilp4 4
+    # fuse / ilp / ilp4 / fusep / ilpp: phase 2 with fewer instructions per (step, state) (`_p2_fused`), see _WIDTH
     fused = variant in _WIDTH
     lv = TR.bit_length() - 1
     name = f"_scan_seq_bwd_n{N}_t{TR}_{variant}"
@@ -485,12 +516,28 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
     p1_steps(range(TR), i4)
     w(f"{i2}tl.debug_barrier()")
     # phase 2
+    pre = fused and _WIDTH[variant][1]
+    if pre:
+        # the next register chunk's inputs are loaded a chunk ahead (latency hidden behind a chunk's work)
+        w(f"{i2}if REVERSE:")
+        w(f"{i3}kn = 0")
+        w(f"{i2}else:")
+        w(f"{i3}kn = K - 1")
+        _bwd_chunk_raw(w, i2, TR, "seg * K + kn", "nx")
     w(f"{i2}for kk in range(K):")
     w(f"{i3}if REVERSE:")
     w(f"{i4}k = kk")
+    if pre:
+        w(f"{i4}kn = k + 1")
     w(f"{i3}else:")
     w(f"{i4}k = K - 1 - kk")
-    _bwd_chunk_inputs(w, i3, TR, "seg * K + k", with_u=True, full=True)
+    if pre:
+        w(f"{i4}kn = k - 1")
+    if pre:
+        for x in ("dtr", "u", "do", "z"):
+            w(f"{i3}{x}_c = {x}_nx")
+        _bwd_chunk_raw(w, i3, TR, "seg * K + kn", "nx", "kk + 1 < K")
+    _bwd_chunk_inputs(w, i3, TR, "seg * K + k", with_u=True, full=True, raw="c" if pre else None)
     dts = _split(L_, "dt", "dtc", lv, i3)
     dus = _split(L_, "du", "duc", lv, i3)
     dys = _split(L_, "dy", "dyc", lv, i3)
@@ -568,7 +615,8 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
         _join(L_, dds, "dda", lv, ind)
 
     if fused:
-        p2 = functools.partial(_p2_fused, L_, N, TR, lv, dts, dus, dys, width=_WIDTH[variant])
+        p2 = functools.partial(_p2_fused, L_, N, TR, lv, dts, dus, dys, width=_WIDTH[variant][0],
+                               prefetch=_WIDTH[variant][1])
     w(f"{i3}if REVERSE:")
     p2(range(TR - 1, -1, -1), i4)
     w(f"{i3}else:")
@@ -605,17 +653,19 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
 
 
 def _p2_fused(lines: list[str], N: int, TR: int, lv: int, dts: dict, dus: dict, dys: dict, order, ind: str,
-              width: int = 1) -> None:
+              width: int = 1, prefetch: bool = False) -> None:
     """Phase 2 of the main backward (one register chunk, every state), with a_t h_(t-1) g_t taken as
     h_(t-1) (a_t g_t): the product a_t g_t is the adjoint's next value anyway and h_(t-1) the previous recomputed state
     (or the state entering the chunk), so hb costs one multiply and no subtraction, and b_t = du_t B_t is not kept.
     Per (step, state): exp2 (a multiply and MUFU), FMAs h and y, FMA g += dy C, multiplies dB, dC, FMA acc += g B,
     multiplies a g and h_(t-1) (a g), FMAs dda, dA. With `width` > 1 that many states' code is interleaved statement by
     statement (recomputation, adjoint, warp reductions), so that each dependent step of one state's chains has the
-    others' independent work beside it. Per-state values carry the state's index in their names."""
+    others' independent work beside it. With `prefetch` each group's loads (scratch state, B / C rows) are emitted
+    before the previous group's work. Per-state values carry the state's index in their names."""
     fwd_order = list(order)
     rev_order = fwd_order[::-1]
     groups = [list(range(n, min(n + width, N))) for n in range(0, N, width)]
+    per_group = []
     for grp in groups:
         per = {}
         for n in grp:
@@ -652,9 +702,19 @@ def _p2_fused(lines: list[str], N: int, TR: int, lv: int, dts: dict, dus: dict, 
             vals = [f"dBc{t}_{n}" for t in range(TR)] + [f"dCc{t}_{n}" for t in range(TR)]
             red_v = _shfl_reduce(red, vals, f"r{n}", ind + "    ")
             per[n] = dict(load=ld, F=F, R=R, red=red, red_v=red_v)
-        # loads in state order (they advance the row pointers), then the two states' chains side by side
-        for n in grp:
-            lines.extend(per[n]["load"])
+        per_group.append((grp, per))
+    for gi, (grp, per) in enumerate(per_group):
+        # loads in state order (they advance the row pointers); with prefetch, group gi + 1's loads before group gi's
+        # work, so that their latency overlaps it
+        if gi == 0:
+            for n in grp:
+                lines.extend(per[n]["load"])
+        if prefetch and gi + 1 < len(per_group):
+            for n in per_group[gi + 1][0]:
+                lines.extend(per_group[gi + 1][1][n]["load"])
+        if not prefetch and gi > 0:
+            for n in grp:
+                lines.extend(per[n]["load"])
         for key in ("F", "R"):
             lines.extend(_interleave([per[n][key] for n in grp]))
         lines.append(f"{ind}if USE_SHFL:")
@@ -672,8 +732,8 @@ def _p2_fused(lines: list[str], N: int, TR: int, lv: int, dts: dict, dus: dict, 
         _join(lines, {t: f"{name}{t}" for t in range(TR)}, name, lv, ind)
 
 
-# states interleaved in phase 2 by the fused backward shapes
-_WIDTH = {"fuse": 1, "ilp": 2, "ilp4": 4}
+# phase 2 of the fused backward shapes: states interleaved, and whether the next group of states' loads come first
+_WIDTH = {"fuse": (1, False), "ilp": (2, False), "ilp4": (4, False), "fusep": (1, True), "ilpp": (2, True)}
 
 
 def _interleave(parts: list[list[str]]) -> list[str]:
@@ -753,8 +813,9 @@ _SHFL["_opaque_zero"] = _compile_source("_opaque_zero", (
 # walks them with a pointer advanced by an opaque stride per state (fewer registers, see `_opaque_strides`); "lean"
 # (the main backward; elsewhere as "chain") also keeps A log2 e in memory and runs phase 1 state by state; "fuse"
 # (main backward) is "chain" with phase 2's a_t h_(t-1) g_t from products it holds anyway (`_p2_fused`), "ilp" the same
-# with two states' statements interleaved, "ilp4" with four
-BWD_VARIANTS = ("base", "chain", "lean", "fuse", "ilp", "ilp4")
+# with two states' statements interleaved, "ilp4" with four; "fusep" / "ilpp" also load the next group of states'
+# B / C rows and the next register chunk's inputs ahead (their latency behind work)
+BWD_VARIANTS = ("base", "chain", "lean", "fuse", "ilp", "ilp4", "fusep", "ilpp")
 
 
 @functools.cache

@@ -26,8 +26,9 @@ import time
 import torch
 
 # base-base first: the gradient reference (the slower "lean" shapes and 144 / 128 caps, measured 2026-11-29, left out)
-DEFAULT_VARIANTS = ("base-base,chain-chain,chain-chain+f32,chain-fuse:168,chain-ilp:168,chain-ilp,chain-ilp:168+f32,"
-                    "chain-ilp4:168+f32,chain-chain+sw4,chain-chain+sw1+f32,chain-ilp4:168+sw1+f32")
+DEFAULT_VARIANTS = ("base-base,chain-chain,chain-chain+f32,chain-fuse:168,chain-ilp:168,chain-ilp:168+f32,"
+                    "chain-ilp4:168+f32,chain-ilpp:168+f32,chain-ilpp+f32,chain-chain+sw4,chain-chain+sw1+f32,"
+                    "chain-ilpp:168+sw1+f32")
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 

@@ -58,11 +58,11 @@ CASES = [
     (3, 4, None, False, True, True, "lean_bwd"),
     (4, 4, 2, True, False, True, "lean_bwd"),
 ]
-# the backward's newer shapes, fp32 only (CI time): "ilp" at an odd N (two states paired, one alone, as "fuse" runs
-# every state); "ilp4" (four states interleaved) with the group pass's FMA-unit exp2 on 2 of 4 states and the backward
-# on fp32 copies of B and C
+# the backward's newer shapes, fp32 only (CI time): "ilpp" at an odd N (two states paired, one alone, as "fuse" runs
+# every state; the next group's loads first); "ilp4" (four states interleaved) with the group pass's FMA-unit exp2 on
+# 2 of 4 states and the backward on fp32 copies of B and C
 NEW_BWD_CASES = [
-    (6, 3, 3, False, True, True, "ilp_bwd"),
+    (6, 3, 3, False, True, True, "ilpp_bwd"),
     (4, 4, 2, True, True, False, "ilp4_sw_exp2_fp32_bc"),
 ]
 
@@ -79,7 +79,7 @@ def test_scan_matches_fp64_loop(small_tiles, monkeypatch, dtype, dim, n_state, g
 
 @pytest.mark.parametrize("dim,n_state,groups,reverse,mask,initial_state,kernels", NEW_BWD_CASES)
 def test_scan_new_bwd_shapes(small_tiles, monkeypatch, dim, n_state, groups, reverse, mask, initial_state, kernels):
-    """The backward's "ilp" and "ilp4" shapes, the group pass's FMA-unit exp2, fp32 B / C (fp32 activations)."""
+    """The backward's "ilpp" and "ilp4" shapes, the group pass's FMA-unit exp2, fp32 B / C (fp32 activations)."""
     _check_scan(monkeypatch, torch.float32, dim, n_state, groups, reverse, mask, initial_state, kernels)
 
 
@@ -91,8 +91,8 @@ def _check_scan(monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial
         monkeypatch.setattr(scan_triton, "BWD_SEGMENTS", False)
     if kernels == "lean_bwd":
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "lean")
-    if kernels == "ilp_bwd":
-        monkeypatch.setattr(scan_triton, "BWD_VARIANT", "ilp")
+    if kernels == "ilpp_bwd":
+        monkeypatch.setattr(scan_triton, "BWD_VARIANT", "ilpp")
     if kernels == "ilp4_sw_exp2_fp32_bc":
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "ilp4")
         monkeypatch.setattr(scan_triton, "BWD_LOCAL_SW_EXP2", 8)
