@@ -100,7 +100,7 @@ def test_fused_steps_match_reference(forced, monkeypatch, batch, kw, programs, m
             torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
     # four grid barriers per layer (three in layer 0, which starts from the embedding, and one before the head);
     # merged, one fewer per layer
-    assert step._barrier.item() == 5 * (3 if merge else 4) * kw["n_layer"]
+    assert step._barrier.item() == 5 * (3 if merge else 4) * kw["n_layer"] * step.grid  # an arrival per program
 
 
 def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
@@ -121,7 +121,7 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
         return step, cache
 
     full, full_cache = run()
-    assert full._barrier.item() == 4 * n_layer and torch.isfinite(full.logits).all()
+    assert full._barrier.item() == 4 * n_layer * full.grid and torch.isfinite(full.logits).all()
     nowait, nowait_cache = run(NO_WAIT=1)
     assert nowait._barrier.item() == 0
     torch.testing.assert_close(nowait.logits, full.logits, atol=0, rtol=0)
@@ -131,7 +131,7 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
     unwritten = {"SKIP_P1": "_xz", "SKIP_P2": "_xc", "SKIP_P3": "_y", "SKIP_P4": "_resid", "SKIP_HEAD": "logits"}
     for flag, buf in unwritten.items():
         step, cache = run(**{flag: 1})
-        assert step._barrier.item() == 4 * n_layer, flag
+        assert step._barrier.item() == 4 * n_layer * step.grid, flag
         assert torch.isnan(getattr(step, buf)).all(), flag
         others = [name for name in unwritten.values() if name != buf and name != "logits"]
         if flag == "SKIP_HEAD":  # everything before the head ran as in the full step
@@ -147,7 +147,7 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
 
     # merged in_proj + conv phase: SKIP_P2 drops the merged phase (z and the windows), SKIP_P1 has nothing to drop
     step, cache = run(MERGE_IN_CONV=1, SKIP_P2=1)
-    assert step._barrier.item() == 3 * n_layer and torch.isnan(step._xz).all()
+    assert step._barrier.item() == 3 * n_layer * step.grid and torch.isnan(step._xz).all()
     assert all(torch.equal(c.conv_state, s.conv_state) for c, s in zip(cache.layers, start.layers, strict=True))
     with pytest.raises(ValueError, match="SKIP_P1"):
         run(MERGE_IN_CONV=1, SKIP_P1=1)
@@ -205,13 +205,12 @@ def test_variants_match_reference_and_default(forced, monkeypatch, variant, batc
     per_step = (3 if variant.get("MERGE_IN_CONV") or variant.get("LOCAL_P2") else 4) * n_layer
     if variant.get("BARRIER"):  # one flag per program, each the count of barriers met over every launch
         flags = step._barrier.tolist()
-        assert flags[0] == 2 * per_step
-        if variant.get("LOCAL_P2"):  # then each in_proj item's ready flag: the last layer's epoch + 1
-            assert flags[1:] == [2 * per_step - 2] * -(-2 * 48 // c["PER_IN"])
-        else:
-            assert len(flags) == 1
+        assert flags[:step.grid] == [2 * per_step] * step.grid
+        # then, under LOCAL_P2, each in_proj item's ready flag: the last layer's epoch + 1
+        n_ready = -(-2 * 48 // c["PER_IN"]) if variant.get("LOCAL_P2") else 0
+        assert flags[step.grid:] == [2 * per_step - 2] * n_ready
     else:
-        assert step._barrier.item() == 2 * per_step
+        assert step._barrier.item() == 2 * per_step * step.grid
 
 
 def test_variant_plans_at_the_benchmark_size():
@@ -316,6 +315,37 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
         assert ((got - want).norm() / want.norm()).item() < 3e-2
     for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
         assert ((f.ssm_state - r.ssm_state).norm() / r.ssm_state.norm()).item() < 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("variant", "batch"), [
+    ({"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, 8),
+    ({"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, 1),
+    ({"BARRIER": 1}, 3),
+    ({"ONE_ITEM": 1, "BATCH_TILE": 1}, 5),
+])
+def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
+    """decode.TUNE's variants on the real grid (one program per SM: flags and ready flags raced for real) at the 90M
+    LM's layer size in bf16, two layers, against the reference; every program's flag ends at the same epoch."""
+    monkeypatch.delenv("SEQBACKBONE_KERNELS", raising=False)
+    monkeypatch.setattr(decode, "TUNE", dict(variant))
+    model = _lm("mamba_wave_lm_base", seed=batch, device="cuda", dtype=torch.bfloat16, d_model=768, n_layer=2)
+    fused_cache, ref_cache = _random_caches(model, batch, seed=batch)
+    token = torch.zeros(batch, dtype=torch.long, device="cuda")
+    step = FusedDecodeStep(model, token, [c.conv_state for c in fused_cache.layers],
+                           [c.ssm_state for c in fused_cache.layers])
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(8):
+        token.copy_(torch.randint(0, 256, (batch,), device="cuda", generator=gen))
+        got = step().clone()
+        with torch.no_grad():
+            want = _reference_step(model, token, ref_cache)
+        assert ((got - want).norm() / want.norm()).item() < 3e-2
+    for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
+        assert ((f.ssm_state - r.ssm_state).norm() / r.ssm_state.norm()).item() < 3e-2
+    if variant.get("BARRIER"):
+        per_step = (3 if variant.get("LOCAL_P2") else 4) * 2
+        assert step._barrier[:step.grid].tolist() == [8 * per_step] * step.grid
 
 
 @pytest.mark.gpu
