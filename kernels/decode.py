@@ -66,7 +66,7 @@ VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2")
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
 # 1024 tile)
 _ONE_ITEM_TILE = 2 * _TILE
-_ONE_ITEM_SUMS = 64
+_ONE_ITEM_SUMS = 64  # BLOCK_B x rows of one ONE_ITEM item (see plan_constexprs)
 _SETTINGS = {"": "auto", "auto": "auto", "1": "on", "true": "on", "on": "on", "yes": "on",
              "0": "off", "false": "off", "off": "off", "no": "off"}
 
@@ -254,8 +254,8 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     c["BATCH_TILE"] = bool(c["BATCH_TILE"])
     if c["BATCH_TILE"]:
         c["BLOCK_B"] = _pow2(batch)
-    # a batch tile keeps BLOCK_B x rows fp32 sums per thread in the projections (sm_90 ptxas, d_model 768, batch 8:
-    # in_proj items of 32 rows spill 1.7 KB), so ONE_ITEM stops at _ONE_ITEM_SUMS of them
+    # a batch tile keeps BLOCK_B x rows fp32 sums per thread in the projections and the SSM's dt (sm_90 ptxas,
+    # d_model 768, batch 8: in_proj items of 32 rows spill 1.7 KB), so ONE_ITEM's items stop at _ONE_ITEM_SUMS sums
     max_rows = _ONE_ITEM_SUMS // c["BLOCK_B"]
     per = {}
     for key, block, items, width in (("IN", "ROWS_IN", 2 * Di, block_dm), ("CONV", "CH_CONV", Di, 0),
