@@ -278,6 +278,13 @@ def main() -> int:
 
     torch.manual_seed(0)
     model = seqbackbone.create_model(args.model, d_model=args.d_model, n_layer=args.n_layer)
+    mixer = model.backbone.layers[0].mixer
+    sizes = (args.d_model, mixer.d_inner, mixer.d_state, mixer.dt_rank, mixer.d_conv, model.head.weight.shape[0])
+    for label, tune in [("--tune", {})] + variants:  # a bad setting fails here, not after minutes of GPU work
+        try:
+            decode.plan_constexprs(*sizes, 1, 132, {**decode.TUNE, **tune})
+        except ValueError as exc:
+            raise SystemExit(f"{label}: {exc}") from None
     if args.ptxas:
         ptxas_report(model, [("default", dict(decode.TUNE))]
                      + [(label, {**decode.TUNE, **tune}) for label, tune in variants], args.batch_sizes)
