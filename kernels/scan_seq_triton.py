@@ -314,13 +314,14 @@ _BWD_ARGS = (
 )
 
 
-def _bwd_chunk_raw(w, ind: str, TR: int, chunk: str, sfx: str, guard: str = "True") -> None:
-    """Emit loads of register chunk `chunk`'s delta, u, dout, z tiles as stored (names dtr_, u_, do_, z_ + sfx;
-    0 past L or where `guard` is false), for `_bwd_chunk_inputs(raw=sfx)` a register chunk later."""
+def _bwd_chunk_raw(w, ind: str, TR: int, chunk: str, sfx: str, guard: str = "True", with_u: bool = True) -> None:
+    """Emit loads of register chunk `chunk`'s delta, u (with_u), dout, z tiles as stored (names dtr_, u_, do_, z_ +
+    sfx; 0 past L or where `guard` is false), for `_bwd_chunk_inputs(raw=sfx)` a register chunk later."""
     w(f"{ind}offs_p = ({chunk}) * {TR} + loc")
     w(f"{ind}m_p = d_ok[:, None] & (offs_p < L)[None, :] & ({guard})")
     w(f"{ind}dtr_{sfx} = tl.load(dl_row + offs_p[None, :], mask=m_p, other=0.0)")
-    w(f"{ind}u_{sfx} = tl.load(u_row + offs_p[None, :], mask=m_p, other=0.0)")
+    if with_u:
+        w(f"{ind}u_{sfx} = tl.load(u_row + offs_p[None, :], mask=m_p, other=0.0)")
     w(f"{ind}do_{sfx} = tl.load(do_row + offs_p[None, :], mask=m_p, other=0.0)")
     w(f"{ind}if HAS_Z:")
     w(f"{ind}    z_{sfx} = tl.load(z_row + offs_p[None, :], mask=m_p, other=0.0)")
@@ -334,7 +335,7 @@ def _bwd_chunk_inputs(w, ind: str, TR: int, chunk: str, with_u: bool, full: bool
     gradient at the scan's output) and dzf (dz / y). raw: the delta, u, dout, z tiles come from `_bwd_chunk_raw`'s
     names with this suffix (loaded earlier) instead of loads here (with_u and full only)."""
     if raw is not None:
-        assert with_u and full
+        assert full
         ld = {x: f"{x}_{raw}.to(tl.float32)" for x in ("dtr", "u", "do", "z")}
     else:
         ld = {x: f"tl.load({r} + offs_t[None, :], mask=ok2, other=0.0).to(tl.float32)"
@@ -837,7 +838,8 @@ def _bwd_local_source(N: int, TR: int, variant: str = "base", sw_exp2: int = 0) 
     g <- a_t (g + dy_t C_t) over its steps against the scan order, and its delta sum (the decay across the group is
     exp(A sum delta)). Chained by `_seg_combine_kernel`, these give every group of the backward its starting adjoint.
     sw_exp2 of the N states (spread evenly) take exp2 from `_exp2_fma` instead of the MUFU, whose throughput bounds
-    this pass (per step and state it is one MUFU against three FMA-unit instructions)."""
+    this pass (per step and state it is one MUFU against three FMA-unit instructions). The prefetching shapes
+    ("fusep", "ilpp") load each register chunk's delta, dout, z one chunk ahead."""
     if variant not in BWD_VARIANTS:
         raise ValueError(f"bwd_local_kernel: variant is {variant!r}; expected one of {BWD_VARIANTS}")
     if not 0 <= sw_exp2 <= N:
@@ -873,12 +875,33 @@ def _bwd_local_source(N: int, TR: int, variant: str = "base", sw_exp2: int = 0) 
     w(f"{i1}z_row = z_ptr + pid_b * s_z_b + offs_d64[:, None] * s_z_d")
     w(f"{i1}do_row = dout_ptr + pid_b * s_do_b + offs_d64[:, None] * s_do_d")
     w(f"{i1}C_row = C_ptr + pid_b * s_C_b + grp * s_C_g")
+    pre = variant in _WIDTH and _WIDTH[variant][1]
+
+    def raw_loads(ind, chunk, guard):
+        # the register chunk's delta, dout, z tiles as stored (no padding mask); not the C rows: carried over the
+        # loop, their 16 tiles cost a register move each per chunk (sm_90 offline: 69 moves, 196 registers)
+        _bwd_chunk_raw(w, ind, TR, chunk, "nx", guard, with_u=False)
+
+    if pre:
+        # prefetch: the next register chunk's inputs are loaded a chunk ahead (latency hidden behind a chunk's work)
+        w(f"{i1}if REVERSE:")
+        w(f"{i2}rcn = q_lo * K")
+        w(f"{i1}else:")
+        w(f"{i2}rcn = (q_lo + n_loc) * K - 1")
+        raw_loads(i1, "rcn", "True")
     w(f"{i1}for si in range(n_loc * K):")
     w(f"{i2}if REVERSE:")
     w(f"{i3}rc = q_lo * K + si")
+    if pre:
+        w(f"{i3}rcn = rc + 1")
     w(f"{i2}else:")
     w(f"{i3}rc = (q_lo + n_loc) * K - 1 - si")
-    _bwd_chunk_inputs(w, i2, TR, "rc", with_u=False, full=True)
+    if pre:
+        w(f"{i3}rcn = rc - 1")
+        for x in ("dtr", "do", "z"):
+            w(f"{i2}{x}_c = {x}_nx")
+        raw_loads(i2, "rcn", "si + 1 < n_loc * K")
+    _bwd_chunk_inputs(w, i2, TR, "rc", with_u=False, full=True, raw="c" if pre else None)
     w(f"{i2}dsum += tl.sum(dt, axis=1)")
     dts = _split(L_, "dt", "dtc", lv, i2)
     dys = _split(L_, "dy", "dyc", lv, i2)
