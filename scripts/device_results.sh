@@ -44,7 +44,8 @@ has decode && timeout ${DECODE_S:-90} python3 -m seqbackbone.bench.decode --out 
 has scanvariants && timeout ${SCANVAR_S:-240} python3 scripts/scan_bwd_variants.py --out "$R/bench/scan_bwd_variants.json" \
     > "$R/bench/scan_bwd_variants.txt" 2>&1
 if has decodecheck; then
-    timeout 200 python3 scripts/decode_gpu_check.py --timeout 190 ${DECODE_VARIANTS:+--variants $DECODE_VARIANTS} \
+    timeout ${DECODE_CHECK_S:-300} python3 scripts/decode_gpu_check.py --timeout $(( ${DECODE_CHECK_S:-300} - 10 )) \
+        --steps 20 --replays 200 ${DECODE_VARIANTS:+--variants $DECODE_VARIANTS} \
         > "$R/bench/decode_check.txt" 2>&1
     timeout 160 python3 scripts/decode_gpu_check.py --breakdown --replays 100 --timeout 150 > "$R/bench/decode_breakdown.txt" 2>&1
 fi
