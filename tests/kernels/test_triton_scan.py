@@ -258,3 +258,33 @@ def test_transposing_warp_reduction(n_values):
     levels = n_values.bit_length() - 1
     want = np.stack([values[name].sum() for name in names])[lane >> (5 - levels)]
     np.testing.assert_allclose(scope[result], want, rtol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant,sw_exp2,bc_fp32", [("fuse", 0, False), ("ilp", 0, False), ("ilp4", 0, True),
+                                                    ("fusep", 0, False), ("ilpp", 4, True)])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gpu_bwd_shapes_agree(monkeypatch, variant, sw_exp2, bc_fp32, reverse):
+    """On the GPU (32-channel blocks, so the warp-shuffle reductions of dB / dC; time groups, so the group pass):
+    every gradient of each opt-in backward shape against the default shape's, fp32, padded, with an initial state."""
+    monkeypatch.setattr(scan_triton, "BWD_SEG_TARGET_WARPS", 64)
+    args = random_scan_inputs(batch=2, dim=64, length=1000, n_state=16, mask=True, initial_state=True, seed=3)
+    args.pop("delta_softplus")
+    args = {k: v.cuda() for k, v in args.items()}
+    args["B"], args["C"] = args["B"][:, None], args["C"][:, None]
+    names = [k for k, v in args.items() if v.is_floating_point()]
+    g_out = torch.randn(args["u"].shape, device="cuda", generator=torch.Generator("cuda").manual_seed(4))
+
+    def grads() -> dict:
+        x = {k: v.clone().requires_grad_(k in names) for k, v in args.items()}
+        out = selective_scan_triton(**x, delta_softplus=True, reverse=reverse)
+        out.backward(g_out)
+        return {k: x[k].grad for k in names}
+
+    want = grads()
+    monkeypatch.setattr(scan_triton, "BWD_VARIANT", variant)
+    monkeypatch.setattr(scan_triton, "BWD_LOCAL_SW_EXP2", sw_exp2)
+    monkeypatch.setattr(scan_triton, "BWD_BC_FP32", bc_fp32)
+    got = grads()
+    for k in names:
+        assert _rel(got[k], want[k]) < 2e-5, (k, _rel(got[k], want[k]))
