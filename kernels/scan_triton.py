@@ -413,6 +413,8 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, mask,
     if seq:
         block_t = 8 if u.element_size() <= 2 else 4
     save_every = 1
+    if seq and FWD_BC_FP32:
+        B, C = B.float(), C.float()
     if save_states:
         # the backward recomputes chunks of save_block_t steps from the states saved here
         save_block_t = save_block_t or bwd_config(batch, dim, L)[1]
@@ -460,6 +462,12 @@ FWD_SEGMENTS = True
 # code shape of the sequential forward kernel, as BWD_VARIANT (sm_90, triton 3.6 offline, bf16: main pass 167 registers
 # and no spills against 255 and 2 spills, 5% fewer instructions; the segment pass 128 registers against 167)
 FWD_VARIANT = "chain"
+# the sequential forward reads fp32 copies of B and C (as BWD_BC_FP32). sm_90a offline, bf16: the main pass issues
+# 1,668 instructions per register chunk of 8 steps x 16 states, 442 of them integer unpacking (SHF / PRMT), against
+# 152 MUFU (1,216 MUFU cycles), so it is issue-bound; with fp32 B / C 1,402 instructions, but the 16 states' B / C
+# tiles of 8 fp32 values take 255 registers and 84 bytes of spills (bf16: 167, none; the segment pass 182 against
+# 128), so this would want 4-step register chunks or B / C loaded state by state
+FWD_BC_FP32 = False
 
 
 def _seq_fwd(args, flags, grid, N, block_t, n_chunks, A, initial_state, hlast, write_last, reverse):

@@ -2,10 +2,11 @@
 
     python scripts/scan_bwd_variants.py [--shapes 0,1,2] [--variants base-base,base-chain,...] [--out FILE]
 
-A variant is FWD-BWD[:MAXNREG][+swN][+f32]: `scan_triton.FWD_VARIANT`, `BWD_VARIANT` (the sequential kernels' code
-shape, see `scan_seq_triton.BWD_VARIANTS`), optionally `BWD_MAXNREG` (a register cap on the main backward),
-`BWD_LOCAL_SW_EXP2` = N (sixteenths of the states whose exp2 the group pass computes on the FMA units) and
-`BWD_BC_FP32` (the backward reads fp32 copies of B and C). For each shape
+A variant is FWD-BWD[:MAXNREG][+swN][+f32][+ff32]: `scan_triton.FWD_VARIANT`, `BWD_VARIANT` (the sequential kernels'
+code shape, see `scan_seq_triton.BWD_VARIANTS`), optionally `BWD_MAXNREG` (a register cap on the main backward),
+`BWD_LOCAL_SW_EXP2` = N (sixteenths of the states whose exp2 the group pass computes on the FMA units),
+`BWD_BC_FP32` (f32: the backward reads fp32 copies of B and C) and `FWD_BC_FP32` (ff32: the forward does). For each
+shape
 (batch, dim, L, N = 16; bf16 u / delta / z / B / C, fp32 A, D, delta_bias, softplus, with z, as
 `python -m seqbackbone.bench kernels` runs it) and variant it prints the median (`triton.testing.do_bench`) of the
 forward alone (no saved states), of the backward alone (`scan_bwd` from the forward's saved states: group pass,
@@ -28,43 +29,46 @@ import torch
 # base-base first: the gradient reference (the slower "lean" shapes and 144 / 128 caps, measured 2026-11-29, left out)
 DEFAULT_VARIANTS = ("base-base,chain-chain,chain-chain+f32,chain-fuse:168,chain-ilp:168,chain-ilp:168+f32,"
                     "chain-ilp4:168+f32,chain-ilpp:168+f32,chain-ilpp+f32,chain-chain+sw4,chain-chain+sw1+f32,"
-                    "chain-ilpp:168+sw1+f32")
+                    "chain-ilpp:168+sw1+f32,chain-chain+ff32")
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
-Variant = tuple[str, str, int | None, int, bool]
+Variant = tuple[str, str, int | None, int, bool, bool]
 
 
 def parse_variant(text: str) -> Variant:
-    """FWD-BWD[:MAXNREG][+swN][+f32] -> (FWD_VARIANT, BWD_VARIANT, BWD_MAXNREG, BWD_LOCAL_SW_EXP2, BWD_BC_FP32)."""
+    """FWD-BWD[:MAXNREG][+swN][+f32][+ff32] -> (FWD_VARIANT, BWD_VARIANT, BWD_MAXNREG, BWD_LOCAL_SW_EXP2,
+    BWD_BC_FP32, FWD_BC_FP32)."""
     from seqbackbone.kernels.scan_seq_triton import BWD_VARIANTS
 
-    want = f"FWD-BWD[:MAXNREG][+swN][+f32], FWD and BWD in {BWD_VARIANTS}, N in 0..16"
+    want = f"FWD-BWD[:MAXNREG][+swN][+f32][+ff32], FWD and BWD in {BWD_VARIANTS}, N in 0..16"
     head, *opts = text.split("+")
     names, _, cap = head.partition(":")
     fwd, _, bwd = names.partition("-")
-    sw, f32 = 0, False
+    sw, f32, ff32 = 0, False, False
     for o in opts:
         if o == "f32":
             f32 = True
+        elif o == "ff32":
+            ff32 = True
         elif o.startswith("sw") and o[2:].isdigit() and int(o[2:]) <= 16:
             sw = int(o[2:])
         else:
             raise ValueError(f"--variants: got {text!r}; expected {want}")
     if fwd not in BWD_VARIANTS or bwd not in BWD_VARIANTS or (cap and not cap.isdigit()):
         raise ValueError(f"--variants: got {text!r}; expected {want}")
-    return fwd, bwd, (int(cap) if cap else None), sw, f32
+    return fwd, bwd, (int(cap) if cap else None), sw, f32, ff32
 
 
 def variant_name(v: Variant) -> str:
     return (f"{v[0]}-{v[1]}" + (f":{v[2]}" if v[2] else "") + (f"+sw{v[3]}" if v[3] else "")
-            + ("+f32" if v[4] else ""))
+            + ("+f32" if v[4] else "") + ("+ff32" if v[5] else ""))
 
 
 def _select(variant: Variant) -> None:
     from seqbackbone.kernels import scan_triton as st
 
-    st.FWD_VARIANT, st.BWD_VARIANT, st.BWD_MAXNREG, st.BWD_LOCAL_SW_EXP2, st.BWD_BC_FP32 = variant
+    st.FWD_VARIANT, st.BWD_VARIANT, st.BWD_MAXNREG, st.BWD_LOCAL_SW_EXP2, st.BWD_BC_FP32, st.FWD_BC_FP32 = variant
 
 
 def _fwd_bwd(x: dict, dout: torch.Tensor) -> None:
@@ -119,7 +123,7 @@ def time_variant(variant, shape, ref_grads: dict | None) -> tuple[dict, dict]:
     t_bwd = triton.testing.do_bench(bwd, warmup=25, rep=200, return_mode="median") * 1e3
     kb, kl = st.LAST_KERNEL.get("bwd"), st.LAST_KERNEL.get("bwd_local")
     row = dict(shape=list(shape), fwd_variant=variant[0], bwd_variant=variant[1], maxnreg=variant[2],
-               local_sw_exp2=variant[3], bc_fp32=variant[4], fwd_us=t_fwd,
+               local_sw_exp2=variant[3], bc_fp32=variant[4], fwd_bc_fp32=variant[5], fwd_us=t_fwd,
                bwd_us=t_bwd, fwd_bwd_us=t_all,
                max_abs_diff=diff, regs=getattr(kb, "n_regs", None), spills=getattr(kb, "n_spills", None),
                local_regs=getattr(kl, "n_regs", None), local_spills=getattr(kl, "n_spills", None))

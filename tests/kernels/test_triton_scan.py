@@ -60,7 +60,7 @@ CASES = [
 ]
 # the backward's newer shapes, fp32 only (CI time): "ilpp" at an odd N (two states paired, one alone, as "fuse" runs
 # every state; the next group's loads first); "ilp4" (four states interleaved) with the group pass's FMA-unit exp2 on
-# 2 of 4 states and the backward on fp32 copies of B and C
+# 2 of 4 states and both directions on fp32 copies of B and C
 NEW_BWD_CASES = [
     (6, 3, 3, False, True, True, "ilpp_bwd"),
     (4, 4, 2, True, True, False, "ilp4_sw_exp2_fp32_bc"),
@@ -97,6 +97,7 @@ def _check_scan(monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "ilp4")
         monkeypatch.setattr(scan_triton, "BWD_LOCAL_SW_EXP2", 8)
         monkeypatch.setattr(scan_triton, "BWD_BC_FP32", True)
+        monkeypatch.setattr(scan_triton, "FWD_BC_FP32", True)
     if kernels == "base_shape":
         monkeypatch.setattr(scan_triton, "FWD_VARIANT", "base")
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "base")
