@@ -295,11 +295,9 @@ def test_unsupported_models_fall_back(triton_path, monkeypatch):
                                                                     n_layer=1, device="cpu"), 1) or DEV == "cuda"
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("batch", [1, 8])
-def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
-    """The real grid (one program per SM) at the 90M LM's layer size in bf16, two layers, against the reference."""
-    monkeypatch.delenv("SEQBACKBONE_KERNELS", raising=False)
+def _gpu_steps_match_reference(batch: int) -> FusedDecodeStep:
+    """8 fused steps of a bf16 two-layer LM at the 90M LM's layer size on the real grid against the reference step
+    (random states); returns the step for further checks."""
     model = _lm("mamba_wave_lm_base", seed=batch, device="cuda", dtype=torch.bfloat16, d_model=768, n_layer=2)
     fused_cache, ref_cache = _random_caches(model, batch, seed=batch)
     token = torch.zeros(batch, dtype=torch.long, device="cuda")
@@ -315,6 +313,15 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
         assert ((got - want).norm() / want.norm()).item() < 3e-2
     for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
         assert ((f.ssm_state - r.ssm_state).norm() / r.ssm_state.norm()).item() < 3e-2
+    return step
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 8])
+def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
+    """The real grid (one program per SM) at the 90M LM's layer size in bf16, two layers, against the reference."""
+    monkeypatch.delenv("SEQBACKBONE_KERNELS", raising=False)
+    _gpu_steps_match_reference(batch)
 
 
 @pytest.mark.gpu
@@ -329,20 +336,7 @@ def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     LM's layer size in bf16, two layers, against the reference; every program's flag ends at the same epoch."""
     monkeypatch.delenv("SEQBACKBONE_KERNELS", raising=False)
     monkeypatch.setattr(decode, "TUNE", dict(variant))
-    model = _lm("mamba_wave_lm_base", seed=batch, device="cuda", dtype=torch.bfloat16, d_model=768, n_layer=2)
-    fused_cache, ref_cache = _random_caches(model, batch, seed=batch)
-    token = torch.zeros(batch, dtype=torch.long, device="cuda")
-    step = FusedDecodeStep(model, token, [c.conv_state for c in fused_cache.layers],
-                           [c.ssm_state for c in fused_cache.layers])
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    for _ in range(8):
-        token.copy_(torch.randint(0, 256, (batch,), device="cuda", generator=gen))
-        got = step().clone()
-        with torch.no_grad():
-            want = _reference_step(model, token, ref_cache)
-        assert ((got - want).norm() / want.norm()).item() < 3e-2
-    for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
-        assert ((f.ssm_state - r.ssm_state).norm() / r.ssm_state.norm()).item() < 3e-2
+    step = _gpu_steps_match_reference(batch)
     if variant.get("BARRIER"):
         per_step = (3 if variant.get("LOCAL_P2") else 4) * 2
         assert step._barrier[:step.grid].tolist() == [8 * per_step] * step.grid
