@@ -194,9 +194,23 @@ def fused_decode_supported(model: nn.Module, batch: int) -> bool:
     return fused_decode_unsupported_reason(model, batch) is None and batch <= fused_decode_max_batch()
 
 
+def resident_programs(sm_count: int, mps_percentage: str | None) -> int:
+    """Programs of the persistent step that surely run at once: one per SM, or under CUDA MPS with
+    CUDA_MPS_ACTIVE_THREAD_PERCENTAGE set the share of SMs the process may use, rounded down to whole pairs of SMs
+    (a TPC) to be safe: the grid barriers would wait forever for programs that cannot start."""
+    try:
+        share = float(mps_percentage) if mps_percentage not in (None, "") else 100.0
+    except ValueError:
+        share = 100.0
+    if share >= 100.0:
+        return sm_count
+    return max(1, int(sm_count * share / 100.0) // 2 * 2)
+
+
 @functools.cache
 def _sm_count(index: int | None) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    sms = torch.cuda.get_device_properties(index).multi_processor_count
+    return resident_programs(sms, os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"))
 
 
 def _pow2(n: int) -> int:

@@ -353,3 +353,10 @@ def test_gpu_greedy_generation_same_both_ways(monkeypatch):
     monkeypatch.setenv("SEQBACKBONE_FUSED_DECODE", "0")
     reference = generate(model, prompt, 64, temperature=0)
     assert torch.equal(fused, reference)
+
+
+@pytest.mark.parametrize(("share", "want"), [(None, 132), ("", 132), ("100", 132), ("50", 66), ("0.5", 1),
+                                             ("25.5", 32), ("x", 132)])
+def test_resident_programs_follow_the_mps_share(share, want):
+    """Under CUDA MPS only a share of the SMs runs the process's programs at once: the grid must not exceed it."""
+    assert decode.resident_programs(132, share) == want
