@@ -4,7 +4,7 @@
 # all packed into $OUT/results.tar.gz. PARTS picks what runs: decode (the decoding benchmark), scanvariants (the
 # sequential scan's code variants, scripts/scan_bwd_variants.py), decodecheck (the one-kernel decoding step against the
 # layer-by-layer one, its variants in DECODE_VARIANTS, and its cost breakdown), runs (scripts/real_data.sh), promoters
-# (scripts/promoters_sweep.sh), ddp, tests, kernels, models. Timed parts run first, alone on the GPU.
+# (scripts/promoters_sweep.sh), ddp, tests, kernels, models. BREAKDOWN_TUNE (KEY=VALUE ...) sets the breakdown's kernel. Timed parts run first, alone on the GPU.
 # Usage (repo root, data copied to DATA, soundfile wheels in .whl): bash scripts/device_results.sh DATA MINUTES
 set -uo pipefail
 DATA=${1:-../shared/data}
@@ -47,7 +47,8 @@ if has decodecheck; then
     timeout ${DECODE_CHECK_S:-300} python3 scripts/decode_gpu_check.py --timeout $(( ${DECODE_CHECK_S:-300} - 10 )) \
         --steps 20 --replays 200 ${DECODE_VARIANTS:+--variants $DECODE_VARIANTS} \
         > "$R/bench/decode_check.txt" 2>&1
-    timeout 160 python3 scripts/decode_gpu_check.py --breakdown --replays 100 --timeout 150 > "$R/bench/decode_breakdown.txt" 2>&1
+    timeout ${BREAKDOWN_S:-160} python3 scripts/decode_gpu_check.py --breakdown --replays 100 \
+        --timeout $(( ${BREAKDOWN_S:-160} - 10 )) ${BREAKDOWN_TUNE:+--tune $BREAKDOWN_TUNE} > "$R/bench/decode_breakdown.txt" 2>&1
 fi
 
 # 2. Real-data runs (scripts/real_data.sh, the waveform language model and its samples included), side by side on GPU 0.
