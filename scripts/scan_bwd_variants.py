@@ -12,8 +12,9 @@ shape
 forward alone (no saved states), of the backward alone (`scan_bwd` from the forward's saved states: group pass,
 chaining, main backward, partial-sum reductions) and of forward + backward through autograd, the registers and spills
 of the main backward and of the group pass, and the largest absolute difference of every input gradient from the
-first variant's (the variants change code shape only, so they should agree to rounding). Kernels are compiled first,
-in one process per variant.
+first variant's at the first shape (the variants change code shape only, so they should agree to rounding). Each
+variant runs in a process of its own: all compile side by side, then they time one at a time; a variant that hangs
+ends at --budget with a traceback of where it stood, and the others still report.
 """
 
 from __future__ import annotations
@@ -86,30 +87,13 @@ def _inputs(shape) -> tuple[dict, torch.Tensor]:
     return x, dout
 
 
-def _warm(variant: Variant, shapes: list) -> str:
-    """Compile every kernel of one variant (run once at each shape; Triton keeps them in its disk cache)."""
-    _select(variant)
-    try:
-        for shape in shapes:
-            x, dout = _inputs(shape)
-            _fwd_bwd(x, dout)
-        torch.cuda.synchronize()
-    except Exception as e:  # reported; the variant then fails again, visibly, in its own row
-        return f"{variant_name(variant)} failed to compile or run: {e!r}"[:400]
-    return f"{variant_name(variant)} compiled"
-
-
-def time_variant(variant, shape, ref_grads: dict | None) -> tuple[dict, dict]:
+def time_variant(variant: Variant, shape) -> dict:
+    """Medians (us) of forward alone, backward alone and forward + backward, with the main kernels' registers."""
     import triton.testing
     from seqbackbone.kernels import scan_triton as st
 
     _select(variant)
     x, dout = _inputs(shape)
-    _fwd_bwd(x, dout)
-    grads = {k: x[k].grad.detach().clone() for k in GRAD_NAMES}
-    diff = None
-    if ref_grads is not None:
-        diff = max((grads[k].float() - ref_grads[k].float()).abs().max().item() for k in GRAD_NAMES)
     params = list(x.values())
     t_all = triton.testing.do_bench(lambda: _fwd_bwd(x, dout), warmup=25, rep=200, grad_to_none=params,
                                     return_mode="median") * 1e3
@@ -122,12 +106,66 @@ def time_variant(variant, shape, ref_grads: dict | None) -> tuple[dict, dict]:
     bwd()
     t_bwd = triton.testing.do_bench(bwd, warmup=25, rep=200, return_mode="median") * 1e3
     kb, kl = st.LAST_KERNEL.get("bwd"), st.LAST_KERNEL.get("bwd_local")
-    row = dict(shape=list(shape), fwd_variant=variant[0], bwd_variant=variant[1], maxnreg=variant[2],
-               local_sw_exp2=variant[3], bc_fp32=variant[4], fwd_bc_fp32=variant[5], fwd_us=t_fwd,
-               bwd_us=t_bwd, fwd_bwd_us=t_all,
-               max_abs_diff=diff, regs=getattr(kb, "n_regs", None), spills=getattr(kb, "n_spills", None),
-               local_regs=getattr(kl, "n_regs", None), local_spills=getattr(kl, "n_spills", None))
-    return row, grads
+    return dict(name=variant_name(variant), shape=list(shape), fwd_variant=variant[0], bwd_variant=variant[1],
+                maxnreg=variant[2], local_sw_exp2=variant[3], bc_fp32=variant[4], fwd_bc_fp32=variant[5],
+                fwd_us=t_fwd, bwd_us=t_bwd, fwd_bwd_us=t_all,
+                regs=getattr(kb, "n_regs", None), spills=getattr(kb, "n_spills", None),
+                local_regs=getattr(kl, "n_regs", None), local_spills=getattr(kl, "n_spills", None))
+
+
+def _check_grads(variant: Variant, shape) -> dict:
+    """The variant's input gradients at `shape` (batch-first ones cut to two batch items, to keep the files small)."""
+    x, dout = _inputs(shape)
+    _fwd_bwd(x, dout)
+    return {k: (x[k].grad[:2] if x[k].grad.dim() == 3 else x[k].grad).detach().cpu() for k in GRAD_NAMES}
+
+
+def _variant_worker(variant: Variant, shapes: list, lock, barrier, results, grad_dir: str, seconds: float) -> None:
+    """One variant in its own process: compile (beside the others), then, one process at a time, time it at each
+    shape and save its gradients at the first. A kernel that hangs ends this process only: faulthandler prints where
+    it stood and exits."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(seconds, exit=True)
+    name = variant_name(variant)
+    _select(variant)
+    t0 = time.time()
+    try:
+        for shape in shapes:  # compile every kernel of the variant
+            x, dout = _inputs(shape)
+            _fwd_bwd(x, dout)
+            del x, dout
+        torch.cuda.synchronize()
+        results.put(("msg", f"{name} compiled in {time.time() - t0:.0f} s"))
+        failed = None
+    except Exception as e:  # reported; the other variants go on
+        failed = f"{name}: failed to compile or run: {e!r}"[:400]
+    torch.cuda.empty_cache()
+    try:
+        barrier.wait()  # no timing while others compile and run their first launches
+    except Exception:
+        pass
+    if failed:
+        results.put(("msg", failed))
+        return
+    with lock:
+        for shape in shapes:
+            try:
+                row = time_variant(variant, shape)
+            except Exception as e:
+                results.put(("msg", f"{str(tuple(shape[:3])):>18} {name}: failed: {e!r}"[:400]))
+                continue
+            results.put(("row", row))
+            torch.cuda.empty_cache()
+        torch.save(_check_grads(variant, shapes[0]), f"{grad_dir}/{name}.pt")
+        torch.cuda.synchronize()
+    results.put(("done", name))
+
+
+def _row_line(row: dict, diff: str, upstream: float) -> str:
+    return (f"{str(tuple(row['shape'][:3])):>18} {row['name']:>24} {row['fwd_us']:7.0f} {row['bwd_us']:7.0f} "
+            f"{row['fwd_bwd_us']:10.0f} {upstream:8.0f} {str(row['regs']) + '/' + str(row['spills']):>11} "
+            f"{str(row['local_regs']):>5} {diff:>10}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,49 +175,66 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated FWD-BWD[:MAXNREG]; gradients are compared with the first")
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
     p.add_argument("--budget", type=float, default=210.0,
-                   help="seconds; once past them the remaining rows are skipped (reported as such)")
+                   help="seconds; a variant not done by then is ended (its process prints where it stood)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 1
+    import queue
+    import tempfile
+
     import triton
 
     from seqbackbone.bench.kernels import SHAPES, UPSTREAM
 
     shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
     variants = [parse_variant(v) for v in args.variants.split(",")]
+    names = [variant_name(v) for v in variants]
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}", flush=True)
     t0 = time.time()
-    with mp.get_context("spawn").Pool(len(variants)) as pool:
-        for msg in pool.starmap(_warm, [(v, shapes) for v in variants]):
-            print(msg, flush=True)
-    print(f"compiled in {time.time() - t0:.0f} s; {torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"triton {triton.__version__}", flush=True)
-    rows = []
-    hdr = (f"{'shape':>18} {'variant':>24} {'fwd us':>7} {'bwd us':>7} {'fwd+bwd us':>10} {'upstream':>8} "
-           f"{'regs/spills':>11} {'local':>5} {'max|dgrad|':>10}")
-    print(hdr)
-    for shape in shapes:
-        ref = None
-        for variant in variants:
-            if time.time() - t0 > args.budget:
-                print(f"{str(tuple(shape[:3])):>18} {variant_name(variant)}: skipped, past --budget "
-                      f"{args.budget:.0f} s")
-                continue
+    ctx = mp.get_context("spawn")
+    lock, barrier, results = ctx.Lock(), ctx.Barrier(len(variants), timeout=args.budget / 2), ctx.Queue()
+    rows, done = [], set()
+    with tempfile.TemporaryDirectory() as grad_dir:
+        procs = [ctx.Process(target=_variant_worker, args=(v, shapes, lock, barrier, results, grad_dir,
+                                                           args.budget - 5), daemon=True) for v in variants]
+        for pr in procs:
+            pr.start()
+        print("rows in the order measured (us; regs/spills of the main backward, registers of the group pass)")
+        while any(pr.is_alive() for pr in procs) or not results.empty():
             try:
-                row, grads = time_variant(variant, shape, ref)
-            except Exception as e:  # one broken variant must not hide the others
-                print(f"{str(tuple(shape[:3])):>18} {variant_name(variant)}: failed: {e!r}"[:400], flush=True)
+                kind, item = results.get(timeout=1.0)
+            except queue.Empty:
                 continue
-            ref = grads if ref is None else ref
-            rows.append(row)
-            name = variant_name(variant)
-            diff = "ref" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.2e}"
-            print(f"{str(tuple(shape[:3])):>18} {name:>24} {row['fwd_us']:7.0f} {row['bwd_us']:7.0f} "
-                  f"{row['fwd_bwd_us']:10.0f} {UPSTREAM[shape][1]:8.0f} "
-                  f"{str(row['regs']) + '/' + str(row['spills']):>11} {str(row['local_regs']):>5} {diff:>10}",
-                  flush=True)
-        del ref
-        torch.cuda.empty_cache()
+            if kind == "row":
+                rows.append(item)
+                print(_row_line(item, "", UPSTREAM[tuple(item["shape"])][1]), flush=True)
+            elif kind == "done":
+                done.add(item)
+            else:
+                print(item, flush=True)
+        for pr in procs:
+            pr.join()
+        missing = [n for n in names if n not in done]
+        if missing:
+            print(f"not finished (failed, or ended at --budget {args.budget:.0f} s): {', '.join(missing)}")
+        ref_name = names[0] if names[0] in done else None
+        diffs = {}
+        if ref_name:
+            ref = torch.load(f"{grad_dir}/{ref_name}.pt", weights_only=True)
+            for n in done:
+                g = torch.load(f"{grad_dir}/{n}.pt", weights_only=True)
+                diffs[n] = max((g[k].float() - ref[k].float()).abs().max().item() for k in GRAD_NAMES)
+    print(f"\nall rows by shape (max|dgrad|: largest gradient difference from {names[0]} at {tuple(shapes[0][:3])}, "
+          "first two batch items)")
+    print(f"{'shape':>18} {'variant':>24} {'fwd us':>7} {'bwd us':>7} {'fwd+bwd us':>10} {'upstream':>8} "
+          f"{'regs/spills':>11} {'local':>5} {'max|dgrad|':>10}")
+    rows.sort(key=lambda r: (shapes.index(tuple(r["shape"])), names.index(r["name"])))
+    for row in rows:
+        d = diffs.get(row["name"])
+        row["max_abs_diff"] = d
+        diff = "ref" if row["name"] == ref_name else ("?" if d is None else f"{d:.2e}")
+        print(_row_line(row, diff, UPSTREAM[tuple(row["shape"])][1]))
     print(f"total {time.time() - t0:.0f} s")
     if args.out:
         with open(args.out, "w") as f:
