@@ -51,7 +51,7 @@ _NUM_WARPS = 8
 #   SKIP_P1 .. SKIP_P4, SKIP_HEAD=1 drop the loads and the work of in_proj, conv + x_proj, SSM, out_proj or the head,
 #   while every program still meets every barrier (SKIP_P2 under MERGE_IN_CONV drops the merged phase; SKIP_P1 has
 #   no phase of its own there and is refused);
-# - variants, same results (not yet timed on a GPU; the default kernel is compiled as before):
+# - variants, same results (timings in BENCHMARKS.md; DEFAULT_TUNE says which are on unless TUNE says otherwise):
 #   BARRIER=1: grid barriers on per-program arrival flags (a release store of the program's epoch into its own slot,
 #     one vector of acquire loads of every slot to wait) instead of the shared counter's atomics;
 #   ONE_ITEM=1: in_proj, SSM, out_proj and head items sized from the grid (any count, masked to a power-of-two
@@ -61,6 +61,9 @@ _NUM_WARPS = 8
 #   LOCAL_P2=1 (needs BARRIER=1): no grid barrier between in_proj and the conv phase; a conv item waits on ready
 #     flags of the in_proj items that wrote its channels (three grid barriers per layer).
 TUNE: dict[str, int] = {}
+# settings under TUNE's: the batch rows as one tile (H200, 90M LM, CUDA-graph step: 467 us against 540 at batch 1,
+# 1,353 against 2,069 at batch 8; the flag barrier was slower, 632 / 2,162 us, ONE_ITEM 547 / 1,833 us; 2026-11-29)
+DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1}
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
 VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2")
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
@@ -236,7 +239,8 @@ def _one_item(items: int, programs: int, width: int, block: int, max_rows: int) 
 def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
                     tune: dict[str, int]) -> dict[str, int]:
     """The step kernel's tile sizes and variant switches for these model sizes, `programs` programs and batch
-    `batch`, with `tune`'s overrides (decode.TUNE) applied; num_warps is not among them."""
+    `batch`, with `tune`'s overrides (decode.TUNE) applied over DEFAULT_TUNE; num_warps is not among them."""
+    tune = {**DEFAULT_TUNE, **tune}
     X = R + 2 * N
     block_dm, block_di = _pow2(Dm), _pow2(Di)
     block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)

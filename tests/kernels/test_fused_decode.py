@@ -153,7 +153,7 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
         run(MERGE_IN_CONV=1, SKIP_P1=1)
 
 
-VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 1}, {"BATCH_TILE": 1}, {"BARRIER": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
+VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 1}, {"BATCH_TILE": 0}, {"BARRIER": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
             {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, {"BARRIER": 1, "LOCAL_P2": 1},
             {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}]
 
@@ -216,9 +216,14 @@ def test_variants_match_reference_and_default(forced, monkeypatch, variant, batc
 def test_variant_plans_at_the_benchmark_size():
     """The plans of the variants for the 90M LM (d_model 768: Di 1536, N 16, R 48, V 256) on 132 SMs."""
     args = (768, 1536, 16, 48, 4, 256)
+    rows = decode.plan_constexprs(*args, 8, 132, {"BATCH_TILE": 0})  # a loop over the batch rows
+    assert (rows["ROWS_IN"], rows["CH_CONV"], rows["CH_SSM"], rows["ROWS_OUT"], rows["ROWS_HEAD"]) == (8, 64, 16, 4, 2)
+    assert not rows["ONE_ITEM"] and not rows["BATCH_TILE"] and rows["BARRIER"] == 0 and rows["BLOCK_B"] == 1
+    # the default: the batch rows as one tile, so the conv phase's items shrink to keep x_proj's product in a tile
     base = decode.plan_constexprs(*args, 8, 132, {})
-    assert (base["ROWS_IN"], base["CH_CONV"], base["CH_SSM"], base["ROWS_OUT"], base["ROWS_HEAD"]) == (8, 64, 16, 4, 2)
-    assert not base["ONE_ITEM"] and not base["BATCH_TILE"] and base["BARRIER"] == 0 and base["BLOCK_B"] == 1
+    assert (base["ROWS_IN"], base["CH_CONV"], base["CH_SSM"], base["ROWS_OUT"], base["ROWS_HEAD"]) == (8, 16, 16, 4, 2)
+    assert base["BATCH_TILE"] and base["BLOCK_B"] == 8 and base["BARRIER"] == 0
+    assert decode.plan_constexprs(*args, 1, 132, {})["BLOCK_B"] == 1
     one = decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 1})
     # one item a program: in_proj 24 rows (tile 32), SSM 12 channels (16), out_proj 6 rows (8), head 2 rows
     assert [(one[f"PER_{k}"], one[b]) for k, b in (("IN", "ROWS_IN"), ("SSM", "CH_SSM"), ("OUT", "ROWS_OUT"),
