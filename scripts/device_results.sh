@@ -41,7 +41,7 @@ has decode && timeout ${DECODE_S:-90} python3 -m seqbackbone.bench.decode --out 
     > "$R/bench/decode.txt" 2>&1
 
 # 1b. Code variants of the scan and of the one-kernel decoding step, and the step's cost breakdown (timings, alone).
-has scanvariants && timeout ${SCANVAR_S:-240} python3 scripts/scan_bwd_variants.py --out "$R/bench/scan_bwd_variants.json" \
+has scanvariants && timeout ${SCANVAR_S:-240} python3 scripts/scan_bwd_variants.py --out "$R/bench/scan_bwd_variants.json" ${SCANVAR_ARGS:-} \
     > "$R/bench/scan_bwd_variants.txt" 2>&1
 if has decodecheck; then
     timeout ${DECODE_CHECK_S:-300} python3 scripts/decode_gpu_check.py --timeout $(( ${DECODE_CHECK_S:-300} - 10 )) \
