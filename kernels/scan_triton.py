@@ -58,23 +58,27 @@ BWD_SHFL = True
 # keeps A log2 e in scratch memory and runs phase 1 state by state: 168 registers as well, but with no spills down to
 # 144 and 10 spills (3 loads per register chunk) at 128, against 24 for "chain"; "fuse" and "ilp" (phase 2 with one
 # instruction fewer per step and state; ilp also interleaves states in pairs) compile to 255 registers uncapped, 168
-# with no spills under BWD_MAXNREG = 168 (sm_90 offline; the commit that added them has the instruction counts)
-BWD_VARIANT = "chain"
+# with no spills under BWD_MAXNREG = 168 (sm_90 offline; the commit that added them has the instruction counts);
+# "ilpp" also loads the next group of states' B / C rows and the next register chunk's inputs ahead. Default: "ilpp"
+# with the cap at 168, fp32 B / C and the FMA-unit exp2 on 1 state of 16: on the H200 (2026-11-29, (8, 1536, 4096),
+# bf16) the backward alone took 3,514 us against 4,176 for "chain" with the same fp32 B / C and exp2 split, forward +
+# backward 4,325 us against 4,973 (BENCHMARKS.md)
+BWD_VARIANT = "ilpp"
 # states, in sixteenths of N, whose exp2 the group pass (`bwd_local_kernel`) computes on the FMA units
 # (scan_seq_triton._exp2_fma, 10 instructions for one MUFU) to relieve the MUFU: 0 = none, 4 = 4 of 16. The MUFU does
 # 1/8 of the FMA units' rate; sm_90 offline, per register chunk of 4 steps x 16 states the group pass issues 617
 # instructions with 76 MUFU (608 MUFU cycles): balanced already with bf16 B / C, so this pays only with BWD_BC_FP32
 # (537 instructions; the balance is near 1 state of 16)
-BWD_LOCAL_SW_EXP2 = 0
+BWD_LOCAL_SW_EXP2 = 1
 # the sequential backward reads fp32 copies of B and C, made once per call ((b, g, N, L): 1/48 of u's bytes per group
 # at N = 16), so that its kernels skip unpacking bf16, one integer instruction per value in every register chunk.
 # sm_90 offline, instructions per register chunk: group pass 617 -> 537 (96 -> 110 registers); main backward phase 1
 # 585 -> 503, phase 2 2,099 -> 1,942 ("chain", 168 registers but 24 bytes of spills), 2,074 -> 1,887 ("ilp" capped
 # at 168: no spills)
-BWD_BC_FP32 = False
+BWD_BC_FP32 = True
 # register cap (ptxas maxnreg) of the main backward kernel, None for the compiler's choice; one warp per program, so
 # 65536 / (32 x registers) warps fit on an SM: 168 -> 12, 144 -> 14, 128 -> 16 (with a few spills at 128)
-BWD_MAXNREG: int | None = None
+BWD_MAXNREG: int | None = 168
 
 
 def bwd_config(batch: int, dim: int, L: int) -> tuple[int, int, int]:

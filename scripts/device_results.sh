@@ -71,12 +71,14 @@ if has ddp && [ "$NGPU" -ge 2 ]; then
     echo "ddp exit $?" >> "$R/logs/ddp.txt"
 fi
 
-# 4. On the last GPU: GPU tests (beside the runs when there is one GPU: correctness only), then the benchmarks.
+# 4. On the last GPU: the kernel benchmark, GPU tests (beside the runs when there is one GPU: correctness only), the
+# model benchmark.
 export CUDA_VISIBLE_DEVICES=$LAST
-# -v and a per-test limit: a cut run still names every test it finished and prints its summary
+has kernels && timeout ${KERNELS_S:-300} python3 -m seqbackbone.bench kernels ${KERNELS_ARGS:-} > "$R/bench/kernels.txt" 2>&1
+# -v and a per-test limit: a cut run still names every test it finished and prints its summary; TEST_ARGS, e.g.
+# "-n 6" (pytest-xdist, where installed), runs them in several processes, so their kernels compile side by side
 has tests && timeout ${TESTS_S:-240} python3 -m pytest -v -rfE --timeout ${TEST_TIMEOUT_S:-150} -m gpu -p no:cacheprovider \
-    tests > "$R/logs/gpu_tests.txt" 2>&1
-has kernels && python3 -m seqbackbone.bench kernels > "$R/bench/kernels.txt" 2>&1
+    ${TEST_ARGS:-} tests > "$R/logs/gpu_tests.txt" 2>&1
 has models && python3 -m seqbackbone.bench models --out "$R/bench/models" --budget-s ${MODELS_BUDGET:-120} > "$R/bench/models.txt" 2>&1
 unset CUDA_VISIBLE_DEVICES
 [ ${#RUNS[@]} -gt 0 ] && wait "${RUNS[@]}"

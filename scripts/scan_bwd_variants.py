@@ -87,23 +87,29 @@ def _inputs(shape) -> tuple[dict, torch.Tensor]:
     return x, dout
 
 
+def _calls(shape) -> tuple:
+    """Forward + backward through autograd, the forward alone (no saved states) and the backward alone (from the
+    forward's saved states) at `shape`, as functions of no argument, and the inputs autograd fills."""
+    from seqbackbone.kernels import scan_triton as st
+
+    x, dout = _inputs(shape)
+    xd = {k: v.detach() for k, v in x.items()}
+    args = (xd["u"], xd["delta"], xd["A"], xd["B"], xd["C"], xd["D"], xd["z"], xd["delta_bias"])
+    fwd = lambda: st.scan_fwd(*args, True, False, None, None, save_states=False, write_last=False)  # noqa: E731
+    _, _, hsave = st.scan_fwd(*args, True, False, None, None, save_states=True, write_last=False)
+    bwd = lambda: st.scan_bwd(dout, None, *args, True, False, None, hsave)  # noqa: E731
+    return (lambda: _fwd_bwd(x, dout)), fwd, bwd, list(x.values())
+
+
 def time_variant(variant: Variant, shape) -> dict:
     """Medians (us) of forward alone, backward alone and forward + backward, with the main kernels' registers."""
     import triton.testing
     from seqbackbone.kernels import scan_triton as st
 
     _select(variant)
-    x, dout = _inputs(shape)
-    params = list(x.values())
-    t_all = triton.testing.do_bench(lambda: _fwd_bwd(x, dout), warmup=25, rep=200, grad_to_none=params,
-                                    return_mode="median") * 1e3
-    xd = {k: v.detach() for k, v in x.items()}
-    args = (xd["u"], xd["delta"], xd["A"], xd["B"], xd["C"], xd["D"], xd["z"], xd["delta_bias"])
-    fwd = lambda: st.scan_fwd(*args, True, False, None, None, save_states=False, write_last=False)  # noqa: E731
+    fwd_bwd, fwd, bwd, params = _calls(shape)
+    t_all = triton.testing.do_bench(fwd_bwd, warmup=25, rep=200, grad_to_none=params, return_mode="median") * 1e3
     t_fwd = triton.testing.do_bench(fwd, warmup=25, rep=200, return_mode="median") * 1e3
-    _, _, hsave = st.scan_fwd(*args, True, False, None, None, save_states=True, write_last=False)
-    bwd = lambda: st.scan_bwd(dout, None, *args, True, False, None, hsave)  # noqa: E731
-    bwd()
     t_bwd = triton.testing.do_bench(bwd, warmup=25, rep=200, return_mode="median") * 1e3
     kb, kl = st.LAST_KERNEL.get("bwd"), st.LAST_KERNEL.get("bwd_local")
     return dict(name=variant_name(variant), shape=list(shape), fwd_variant=variant[0], bwd_variant=variant[1],
@@ -131,10 +137,9 @@ def _variant_worker(variant: Variant, shapes: list, lock, barrier, results, grad
     _select(variant)
     t0 = time.time()
     try:
-        for shape in shapes:  # compile every kernel of the variant
-            x, dout = _inputs(shape)
-            _fwd_bwd(x, dout)
-            del x, dout
+        for shape in shapes:  # compile every kernel the timing launches (each specialisation is a compile)
+            for call in _calls(shape)[:3]:
+                call()
         torch.cuda.synchronize()
         results.put(("msg", f"{name} compiled in {time.time() - t0:.0f} s"))
         failed = None

@@ -58,11 +58,13 @@ CASES = [
     (3, 4, None, False, True, True, "lean_bwd"),
     (4, 4, 2, True, False, True, "lean_bwd"),
 ]
-# the backward's newer shapes, fp32 only (CI time): "ilpp" at an odd N (two states paired, one alone, as "fuse" runs
+# the backward's other shapes, fp32 only (CI time): "chain" (the former default: bf16 B / C, exp2 on the MUFU only);
+# "ilpp" at an odd N (two states paired, one alone, as "fuse" runs
 # every state; the next group's loads first); "ilp4" (four states interleaved) with the group pass's FMA-unit exp2 on
 # 2 of 4 states and both directions on fp32 copies of B and C
 NEW_BWD_CASES = [
     (6, 3, 3, False, True, True, "ilpp_bwd"),
+    (4, 4, 2, True, True, True, "chain_bwd"),
     (4, 4, 2, True, True, False, "ilp4_sw_exp2_fp32_bc"),
 ]
 
@@ -79,7 +81,8 @@ def test_scan_matches_fp64_loop(small_tiles, monkeypatch, dtype, dim, n_state, g
 
 @pytest.mark.parametrize("dim,n_state,groups,reverse,mask,initial_state,kernels", NEW_BWD_CASES)
 def test_scan_new_bwd_shapes(small_tiles, monkeypatch, dim, n_state, groups, reverse, mask, initial_state, kernels):
-    """The backward's "ilpp" and "ilp4" shapes, the group pass's FMA-unit exp2, fp32 B / C (fp32 activations)."""
+    """The backward's "chain", "ilpp" and "ilp4" shapes, the group pass's FMA-unit exp2, fp32 B / C (fp32
+    activations)."""
     _check_scan(monkeypatch, torch.float32, dim, n_state, groups, reverse, mask, initial_state, kernels)
 
 
@@ -93,6 +96,10 @@ def _check_scan(monkeypatch, dtype, dim, n_state, groups, reverse, mask, initial
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "lean")
     if kernels == "ilpp_bwd":
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "ilpp")
+    if kernels == "chain_bwd":
+        monkeypatch.setattr(scan_triton, "BWD_VARIANT", "chain")
+        monkeypatch.setattr(scan_triton, "BWD_LOCAL_SW_EXP2", 0)
+        monkeypatch.setattr(scan_triton, "BWD_BC_FP32", False)
     if kernels == "ilp4_sw_exp2_fp32_bc":
         monkeypatch.setattr(scan_triton, "BWD_VARIANT", "ilp4")
         monkeypatch.setattr(scan_triton, "BWD_LOCAL_SW_EXP2", 8)
@@ -262,12 +269,13 @@ def test_transposing_warp_reduction(n_values):
 
 
 @pytest.mark.gpu
+# reverse in two cases only: each case is a compile of its own
 @pytest.mark.parametrize("variant,sw_exp2,bc_fp32,reverse", [
-    ("fuse", 0, False, False), ("ilp", 0, False, False), ("ilp4", 0, True, False), ("fusep", 0, False, False),
-    ("ilpp", 4, True, False), ("ilpp", 4, True, True)])  # one reverse case: each is a compile of its own
+    ("chain", 0, False, False), ("chain", 0, False, True), ("fuse", 0, False, False), ("ilp", 0, False, False),
+    ("ilp4", 0, True, False), ("fusep", 0, False, False), ("ilpp", 4, True, False), ("ilpp", 0, False, True)])
 def test_gpu_bwd_shapes_agree(monkeypatch, variant, sw_exp2, bc_fp32, reverse):
     """On the GPU (32-channel blocks, so the warp-shuffle reductions of dB / dC; time groups, so the group pass):
-    every gradient of each opt-in backward shape against the default shape's, fp32, padded, with an initial state."""
+    every gradient of each other backward shape against the default's, fp32, padded, with an initial state."""
     monkeypatch.setattr(scan_triton, "BWD_SEG_TARGET_WARPS", 64)
     args = random_scan_inputs(batch=2, dim=64, length=1000, n_state=16, mask=True, initial_state=True, seed=3)
     args.pop("delta_softplus")
