@@ -4,7 +4,9 @@
 # all packed into $OUT/results.tar.gz. PARTS picks what runs: decode (the decoding benchmark), scanvariants (the
 # sequential scan's code variants, scripts/scan_bwd_variants.py), decodecheck (the one-kernel decoding step against the
 # layer-by-layer one, its variants in DECODE_VARIANTS, and its cost breakdown), runs (scripts/real_data.sh), promoters
-# (scripts/promoters_sweep.sh), ddp, tests, kernels, models. BREAKDOWN_TUNE (KEY=VALUE ...) sets the breakdown's kernel. Timed parts run first, alone on the GPU.
+# (scripts/promoters_sweep.sh), ddp, tests, kernels, models. Timed parts run first, alone on the GPU. Time limits and
+# options: SCANVAR_S / SCANVAR_ARGS, DECODE_CHECK_S / DECODE_VARIANTS, BREAKDOWN_S / BREAKDOWN_TUNE (KEY=VALUE ... for
+# the breakdown's kernel), KERNELS_S / KERNELS_ARGS, TESTS_S / TEST_TIMEOUT_S / TEST_ARGS, PROMOTERS_MINUTES.
 # Usage (repo root, data copied to DATA, soundfile wheels in .whl): bash scripts/device_results.sh DATA MINUTES
 set -uo pipefail
 DATA=${1:-../shared/data}
