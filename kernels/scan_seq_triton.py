@@ -201,14 +201,7 @@ def _fwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
         w(f"{i2}bp = B_row + bc_offs")
         w(f"{i2}cp = C_row + bc_offs")
     for n in range(N):
-        if chain:
-            w(f"{i2}Bt{n} = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
-            w(f"{i2}Ct{n} = tl.load(cp, mask=bc_ok, other=0.0).to(tl.float32)")
-            w(f"{i2}bp += sBn")
-            w(f"{i2}cp += sCn")
-        else:
-            w(f"{i2}Bt{n} = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
-            w(f"{i2}Ct{n} = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+        L_.extend(_bc_rows(i2, n, (("B", f"Bt{n}"), ("C", f"Ct{n}")), chain))
         Bs.append(_split(L_, f"Bt{n}", f"Bc{n}", lv, i2))
         Cs.append(_split(L_, f"Ct{n}", f"Cc{n}", lv, i2))
 
@@ -490,19 +483,14 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
         _opaque_strides(w, i3, ("B",))
         w(f"{i3}bp = B_row + bc_offs")
     for n in range(N if not lean else 0):
-        if chain:
-            w(f"{i3}Bt{n} = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
-            w(f"{i3}bp += sBn")
-        else:
-            w(f"{i3}Bt{n} = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+        L_.extend(_bc_rows(i3, n, (("B", f"Bt{n}"),), chain))
         Bs.append(_split(L_, f"Bt{n}", f"p1B{n}", lv, i3))
 
     def p1_steps(order, ind):
         if lean:
             for n in range(N):
                 w(f"{ind}a2n = tl.load(scr + (K * {N} + {n}) * BLOCK_D)")
-                w(f"{ind}Bt = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
-                w(f"{ind}bp += sBn")
+                L_.extend(_bc_rows(ind, n, (("B", "Bt"),), chain=True))
                 Bc = _split(L_, "Bt", f"p1B{n}", lv, ind)
                 for t in order:
                     w(f"{ind}h{n} = tl.exp2({dts[t]} * a2n) * h{n} + {dus[t]} * {Bc[t]}")
@@ -558,14 +546,7 @@ def _bwd_source(N: int, TR: int, variant: str = "base") -> tuple[str, str]:
             w(f"{ind}hh = tl.load(scr + (k * {N} + {n}) * BLOCK_D)")
             if lean:
                 w(f"{ind}a2n = tl.load(scr + (K * {N} + {n}) * BLOCK_D)")
-            if chain:
-                w(f"{ind}Bt = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
-                w(f"{ind}Ct = tl.load(cp, mask=bc_ok, other=0.0).to(tl.float32)")
-                w(f"{ind}bp += sBn")
-                w(f"{ind}cp += sCn")
-            else:
-                w(f"{ind}Bt = tl.load(B_row + {n} * s_B_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
-                w(f"{ind}Ct = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+            L_.extend(_bc_rows(ind, n, (("B", "Bt"), ("C", "Ct")), chain))
             Bc = _split(L_, "Bt", f"B{n}", lv, ind)
             Cc = _split(L_, "Ct", f"C{n}", lv, ind)
             for t in fwd_order:
@@ -672,10 +653,7 @@ def _p2_fused(lines: list[str], N: int, TR: int, lv: int, dts: dict, dus: dict, 
         for n in grp:
             ld: list[str] = []
             ld.append(f"{ind}hv_{n}_i = tl.load(scr + (k * {N} + {n}) * BLOCK_D)")
-            ld.append(f"{ind}Bt_{n} = tl.load(bp, mask=bc_ok, other=0.0).to(tl.float32)")
-            ld.append(f"{ind}Ct_{n} = tl.load(cp, mask=bc_ok, other=0.0).to(tl.float32)")
-            ld.append(f"{ind}bp += sBn")
-            ld.append(f"{ind}cp += sCn")
+            ld.extend(_bc_rows(ind, n, (("B", f"Bt_{n}"), ("C", f"Ct_{n}")), chain=True))
             Bc = _split(ld, f"Bt_{n}", f"B{n}", lv, ind)
             Cc = _split(ld, f"Ct_{n}", f"C{n}", lv, ind)
             op = "=" if n == 0 else "+="
@@ -743,6 +721,19 @@ def _interleave(parts: list[list[str]]) -> list[str]:
     for i in range(max(len(p) for p in parts)):
         out.extend(p[i] for p in parts if i < len(p))
     return out
+
+
+def _bc_rows(ind: str, n: int, loads: tuple[tuple[str, str], ...], chain: bool) -> list[str]:
+    """Source lines loading state n's row of B and / or C as fp32: `loads` holds (matrix "B" or "C", variable) pairs.
+    Under `chain` each row comes from its walking pointer (bp / cp), advanced after all the loads; otherwise from the
+    row start plus n times the state stride."""
+    lines = []
+    for m, var in loads:
+        src = f"{m.lower()}p" if chain else f"{m}_row + {n} * s_{m}_n + bc_offs"
+        lines.append(f"{ind}{var} = tl.load({src}, mask=bc_ok, other=0.0).to(tl.float32)")
+    if chain:
+        lines += [f"{ind}{m.lower()}p += s{m}n" for m, _ in loads]
+    return lines
 
 
 def _opaque_strides(w, ind: str, which: tuple[str, ...] = ("B", "C", "L")) -> None:
@@ -910,11 +901,7 @@ def _bwd_local_source(N: int, TR: int, variant: str = "base", sw_exp2: int = 0) 
         _opaque_strides(w, i2, ("C",))
         w(f"{i2}cp = C_row + bc_offs")
     for n in range(N):
-        if chain:
-            w(f"{i2}Ct{n} = tl.load(cp, mask=bc_ok, other=0.0).to(tl.float32)")
-            w(f"{i2}cp += sCn")
-        else:
-            w(f"{i2}Ct{n} = tl.load(C_row + {n} * s_C_n + bc_offs, mask=bc_ok, other=0.0).to(tl.float32)")
+        L_.extend(_bc_rows(i2, n, (("C", f"Ct{n}"),), chain))
         Cs.append(_split(L_, f"Ct{n}", f"Cc{n}", lv, i2))
 
     def steps(order, ind):
