@@ -27,5 +27,7 @@ run tiny-shift10     --model mamba_dna_cls_tiny --epochs 30 --lr 1e-3 --set shif
 run tiny-shift10-mut --model mamba_dna_cls_tiny --epochs 30 --lr 1e-3 --set shift_augment=10 --set mutate_augment=0.02 &
 run tiny-shift20-mut --model mamba_dna_cls_tiny --epochs 40 --lr 1e-3 --set shift_augment=20 --set mutate_augment=0.05 &
 run small-shift10    --model mamba_dna_cls_small --epochs 30 --lr 5e-4 --set shift_augment=10 --set mutate_augment=0.02 &
+run tiny-shift5-mut  --model mamba_dna_cls_tiny --epochs 30 --lr 1e-3 --set shift_augment=5 --set mutate_augment=0.01 &
+run tiny-shift10-mut-2e3 --model mamba_dna_cls_tiny --epochs 40 --lr 2e-3 --set shift_augment=10 --set mutate_augment=0.02 &
 wait
 for f in "$RUNS"/*/results.json; do echo "$f"; cat "$f"; echo; done
