@@ -21,7 +21,8 @@ start=$(date +%s)
 pack() { tar -czf "$OUT/results.tar.gz" --exclude='*.safetensors' --exclude='*.ckpt' -C /tmp results; cp "$R/summary.txt" "$OUT/" 2>/dev/null; }
 trap pack EXIT
 # the call is cut at 600 s: pack what exists shortly before, whatever is still running
-(sleep ${DEADLINE:-560}; pack) &
+# (its own output closed, and its sleep killed at the end: an orphaned sleep holding stdout kept the call open)
+(sleep ${DEADLINE:-560} & echo $! > /tmp/watchdog_sleep; wait; pack) > /dev/null 2>&1 &
 WATCHDOG=$!
 
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -87,4 +88,4 @@ unset CUDA_VISIBLE_DEVICES
 for f in "$R"/runs/*/results.json "$R"/runs/promoters/*/results.json; do echo "$f"; cat "$f"; echo; done > "$R/summary.txt"
 echo "elapsed $(( $(date +%s) - start )) s" >> "$R/summary.txt"
 cat "$R/summary.txt"
-kill $WATCHDOG 2>/dev/null
+kill $WATCHDOG $(cat /tmp/watchdog_sleep 2>/dev/null) 2>/dev/null
