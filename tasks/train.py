@@ -2,7 +2,8 @@
 
 A run directory holds config.json (the resolved settings), metrics.csv + curves.png (one row / point per
 evaluation), model/ (the best model so far by the validation metric, in save_pretrained layout), last.ckpt (everything
-needed to resume exactly) and, at the end, results.json (test metrics of the best model).
+needed to resume exactly) and, at the end, results.json (test metrics of the best model). With `ema_decay` set, an
+exponential moving average of the weights is what gets validated, saved to model/ and tested; last.ckpt holds both.
 
 Settings, lowest priority first: COMMON_DEFAULTS, the task's `defaults`, a JSON config file, command-line flags.
 Distributed data parallel runs start through torchrun (`torchrun --nproc_per_node N -m seqbackbone train ...`): each
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader
 from .base import EvalContext, Task, TaskData, TaskInputError, get_task, is_better, to_device
 from .batching import BatchPlan
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .ema import WeightEMA
 from .metrics import MetricsLog
 
 COMMON_DEFAULTS: dict[str, Any] = {
@@ -48,6 +50,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "warmup_steps": None,
     "min_lr_ratio": 0.05,  # the cosine ends at lr * min_lr_ratio
     "grad_clip": 1.0,
+    "ema_decay": 0.0,  # > 0 (e.g. 0.999): validate, save and test a moving average of the weights (tasks/ema.py)
     "label_smoothing": 0.0,  # classification tasks: cross entropy against (1 - s) one-hot + s uniform
     "eval_every": None,  # steps between evaluations; default once per epoch
     "val_fraction": 0.1,  # part of the training data held out to pick the best model
@@ -92,8 +95,13 @@ def resolve_config(task: Task, file_cfg: dict[str, Any] | None, flags: dict[str,
         raise TaskInputError(f"--max-steps must be positive, got {cfg['max_steps']}")
     if float(cfg["lr"]) <= 0:
         raise TaskInputError(f"--lr must be positive, got {cfg['lr']}")
-    if not 0.0 <= float(cfg.get("label_smoothing") or 0.0) < 1.0:
-        raise TaskInputError(f"label_smoothing must lie in [0, 1), got {cfg['label_smoothing']}")
+    for key in ("label_smoothing", "ema_decay"):
+        try:
+            value = float(cfg.get(key) or 0.0)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0.0 <= value < 1.0:
+            raise TaskInputError(f"{key} must lie in [0, 1), got {cfg[key]!r}")
     if cfg.get("threads") is not None and int(cfg["threads"]) <= 0:
         raise TaskInputError(f"--threads must be positive, got {cfg['threads']}")
     if cfg["out"] is None:
@@ -256,6 +264,9 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
     model = task.build_model(cfg, data).to(device)
     raw_model = model
     n_params = sum(p.numel() for p in model.parameters())
+    # Every process keeps the average (the same on each), from the unwrapped model; rank 0 evaluates it.
+    ema_decay = float(cfg.get("ema_decay") or 0.0)  # runs saved before the setting existed lack it
+    ema = WeightEMA(raw_model, ema_decay) if ema_decay > 0 else None
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -303,6 +314,8 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
         raw_model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         step, epoch, pos = ck["step"], ck["epoch"], ck["pos"]
         best, loss_acc = ck["best"], ck["loss_acc"]
         t_start -= float(ck.get("elapsed_s", 0.0))  # elapsed_s in metrics.csv counts the earlier part too
@@ -336,28 +349,31 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
                 "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch, "pos": pos, "best": best,
                 "loss_acc": loss_acc, "rng": rngs, "aug_gen": gens, "world_size": world,
                 "elapsed_s": time.monotonic() - t_start,
+                **({"ema": ema.state_dict()} if ema is not None else {}),
             })
         last_ckpt_step = step
 
     def evaluate_and_save() -> None:
         nonlocal loss_acc
         if main:
-            raw_model.eval()
-            val = task.evaluate(raw_model, data.val, ctx) if data.val is not None else {}
-            raw_model.train()
-            row = {"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": scheduler.get_last_lr()[0],
-                   "train_loss": loss_acc[0] / max(1, loss_acc[1]), **{f"val_{k}": v for k, v in val.items()},
-                   "elapsed_s": round(time.monotonic() - t_start, 1)}
-            log.append(row)
-            shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "lr")
-            _write(f"step {step}/{total_steps} {shown}")
-            value = val.get(task.metric)
-            # Ties on the metric go to the lower validation loss (a later checkpoint often ties at 100%).
-            loss = val.get("loss", math.inf)
-            tie = value is not None and value == best["value"] and loss < best.get("loss", math.inf)
-            if value is None or tie or is_better(value, best["value"], task.greater_is_better):
-                best.update(value=value, step=step, loss=loss)
-                save_model_dir(raw_model, out / "model")
+            # With EMA on, the averaged weights are validated and saved; the trained ones come back afterwards.
+            with ema.swapped_in(raw_model) if ema is not None else nullcontext():
+                raw_model.eval()
+                val = task.evaluate(raw_model, data.val, ctx) if data.val is not None else {}
+                raw_model.train()
+                row = {"step": step, "epoch": round(step / steps_per_epoch, 3), "lr": scheduler.get_last_lr()[0],
+                       "train_loss": loss_acc[0] / max(1, loss_acc[1]), **{f"val_{k}": v for k, v in val.items()},
+                       "elapsed_s": round(time.monotonic() - t_start, 1)}
+                log.append(row)
+                shown = " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "lr")
+                _write(f"step {step}/{total_steps} {shown}")
+                value = val.get(task.metric)
+                # Ties on the metric go to the lower validation loss (a later checkpoint often ties at 100%).
+                loss = val.get("loss", math.inf)
+                tie = value is not None and value == best["value"] and loss < best.get("loss", math.inf)
+                if value is None or tie or is_better(value, best["value"], task.greater_is_better):
+                    best.update(value=value, step=step, loss=loss)
+                    save_model_dir(raw_model, out / "model")
         loss_acc = [0.0, 0]
         checkpoint()
         barrier(world)
@@ -399,6 +415,8 @@ def train(cfg: dict[str, Any], halt_after_step: int | None = None) -> dict[str, 
                     f"epoch {epoch}; {kept}. Try a lower --lr."
                 )
             optimizer.step()
+            if ema is not None:
+                ema.update(raw_model)
             if time_limit:
                 clock["fraction"] = (time.monotonic() - t_invocation) / time_limit
             scheduler.step()

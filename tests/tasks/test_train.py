@@ -29,12 +29,14 @@ def rows(path):
         return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in csv.DictReader(fh)]
 
 
-def test_resumed_run_ends_in_the_same_state(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resumed_run_ends_in_the_same_state(tmp_path, ema_decay):
     # 13 steps over 8 batches per epoch: the halt at step 8 falls on an epoch boundary; the one at step 4 does not.
-    train(toy_cfg(tmp_path / "whole"))
+    # With ema_decay, the moving average of the weights (evaluated and saved instead of them) must resume too.
+    train(toy_cfg(tmp_path / "whole", ema_decay=ema_decay))
     for halt in (4, 8):
         part = tmp_path / f"part{halt}"
-        assert train(toy_cfg(part), halt_after_step=halt) == {"halted_at_step": halt}
+        assert train(toy_cfg(part, ema_decay=ema_decay), halt_after_step=halt) == {"halted_at_step": halt}
         assert load_checkpoint(part / "last.ckpt")["step"] == halt
         assert not (part / "results.json").exists()
         train({"task": "toy", "resume": str(part), "progress": False})
@@ -47,6 +49,11 @@ def test_resumed_run_ends_in_the_same_state(tmp_path):
             for k, v in state.items():
                 assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
         assert a["scheduler"] == b["scheduler"]
+        assert ("ema" in a) == ("ema" in b) == (ema_decay > 0)
+        if ema_decay:
+            assert a["ema"]["updates"] == b["ema"]["updates"] == 13
+            for k, v in a["ema"]["weights"].items():
+                assert torch.equal(v, b["ema"]["weights"][k]), k
         assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
         assert rows(tmp_path / "whole" / "metrics.csv") == rows(part / "metrics.csv")
         whole = json.loads((tmp_path / "whole" / "results.json").read_text())
