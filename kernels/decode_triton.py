@@ -123,7 +123,10 @@ def _item_rows(item, BLOCK: tl.constexpr, PER: tl.constexpr, n, ONE_ITEM: tl.con
 
 @triton.jit
 def _layer_ptr(tab, layer, DT: tl.constexpr):
-    return tl.load(tab + layer).to(tl.pointer_type(DT))
+    """Layer `layer`'s tensor from an int64 table of data pointers. PyTorch allocations start on 16-byte (in fact
+    512-byte) boundaries and the host checks every table entry for it, so the compiler is told: without that it cannot
+    prove any alignment of a pointer read from memory and loads every element on its own."""
+    return tl.multiple_of(tl.load(tab + layer).to(tl.pointer_type(DT)), 16)
 
 
 @triton.jit
