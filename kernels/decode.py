@@ -60,12 +60,22 @@ _NUM_WARPS = 8
 #   BATCH_TILE=1: the batch rows of every phase as one (BLOCK_B, ...) tile instead of a loop over the rows;
 #   LOCAL_P2=1 (needs BARRIER=1): no grid barrier between in_proj and the conv phase; a conv item waits on ready
 #     flags of the in_proj items that wrote its channels (three grid barriers per layer).
+# - SPLIT=1: the other kernel, kernels/decode_split_triton.py: every phase on channel blocks, x_proj's and out_proj's
+#   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
+#   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
+#   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), no other.
+#   Slower so far (H200, batch 1: 684 us against 449 us; BENCHMARKS.md).
 TUNE: dict[str, int] = {}
 # settings under TUNE's: the batch rows as one tile (H200, 90M LM, CUDA-graph step: 467 us against 540 at batch 1,
 # 1,353 against 2,069 at batch 8; the flag barrier was slower, 632 / 2,162 us, ONE_ITEM 547 / 1,833 us; 2026-11-29)
 DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1}
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
-VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2")
+VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT")
+# SPLIT's channels per item: at most this many (a BLOCK_C x BLOCK_DM in_proj tile twice, and out_proj's transpose)
+_SPLIT_MAX_C = 32
+# SPLIT's copies of each accumulator (item i adds into copy i % COPIES; readers add the copies): float atomics from
+# every program onto the same few addresses queue at a few L2 slices
+_SPLIT_COPIES = 8
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
 # 1024 tile)
 _ONE_ITEM_TILE = 2 * _TILE
@@ -180,6 +190,8 @@ def fused_decode_unsupported_reason(model: nn.Module, batch: int) -> str | None:
             return f"all parameters must be on one device, found {t.device} and {device}"
         if not t.is_contiguous():
             return "every parameter must be contiguous"
+        if t.data_ptr() % 16:  # the kernels' vector loads (PyTorch allocates at 512-byte boundaries; a view may not)
+            return "every parameter must start on a 16-byte boundary"
     if device.type == "cuda":
         if backend(emb.weight) != "triton":
             return "SEQBACKBONE_KERNELS=torch"
@@ -264,7 +276,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         **{flag: 0 for flag in BREAKDOWN_FLAGS},
         BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1, LOCAL_P2=False, BLOCK_Q=1,
     )
-    unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J"})
+    unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J", "SPLIT"})
     if unknown:  # a misspelt setting would time the default kernel under another name
         raise ValueError(f"TUNE: unknown settings {unknown}, expected some of {sorted(c)}, BLOCK_J or num_warps")
     c.update({k: v for k, v in tune.items() if k in c})
@@ -302,6 +314,39 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     if c["MERGE_IN_CONV"] and c["SKIP_P1"]:
         raise ValueError("TUNE: SKIP_P1 needs in_proj as a phase of its own, got MERGE_IN_CONV=1 (use SKIP_P2)")
     return c
+
+
+def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
+                          tune: dict[str, int]) -> dict[str, int]:
+    """decode_split_triton's tile sizes for these model sizes, `programs` programs and batch `batch`, with `tune`'s
+    overrides (decode.TUNE; DEFAULT_TUNE's settings are the other kernel's): about ceil(Di / programs) channels per
+    item (one item per program), at most _SPLIT_MAX_C."""
+    per_c = int(tune.get("PER_C") or min(-(-Di // max(1, programs)), _SPLIT_MAX_C))
+    if not 1 <= per_c <= Di:
+        raise ValueError(f"TUNE: PER_C must lie in [1, d_inner={Di}], got {per_c}")
+    c = dict(
+        BLOCK_B=_pow2(batch), BLOCK_DM=_pow2(Dm), BLOCK_N=_pow2(N), BLOCK_R=_pow2(R), BLOCK_W=max(2, _pow2(W)),
+        BLOCK_X=_pow2(R + 2 * N), BLOCK_C=max(2, _pow2(per_c)), PER_C=per_c,
+        ROWS_HEAD=int(tune.get("ROWS_HEAD") or _block(V, programs, 2, _TILE // _pow2(Dm))),
+        COPIES=int(tune.get("COPIES") or _SPLIT_COPIES), NO_WAIT=int(tune.get("NO_WAIT", 0)),
+        SKIP_ATOMICS=int(tune.get("SKIP_ATOMICS", 0)),
+    )
+    if c["COPIES"] < 1 or c["COPIES"] & (c["COPIES"] - 1):
+        raise ValueError(f"TUNE: COPIES must be a power of two, got {c['COPIES']}")
+    unknown = sorted(set(tune) - {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "num_warps"})
+    if unknown:
+        raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes PER_C, ROWS_HEAD, COPIES, "
+                         "NO_WAIT, num_warps)")
+    return c
+
+
+def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
+             tune: dict[str, int]) -> dict[str, int]:
+    """The constexprs of whichever kernel `tune` (over DEFAULT_TUNE) selects: plan_split_constexprs under SPLIT=1,
+    else plan_constexprs. Raises ValueError for a setting that does not apply."""
+    if {**DEFAULT_TUNE, **tune}.get("SPLIT"):
+        return plan_split_constexprs(Dm, Di, N, R, W, V, batch, programs, tune)
+    return plan_constexprs(Dm, Di, N, R, W, V, batch, programs, tune)
 
 
 class FusedDecodeStep:
@@ -359,6 +404,11 @@ class FusedDecodeStep:
         self.conv_states, self.ssm_states = conv_states, ssm_states
 
         def table(tensors: list[torch.Tensor]) -> torch.Tensor:
+            # the kernels assume 16-byte aligned tensors (vector loads); PyTorch's allocations are, views may not be
+            for t in tensors:
+                if t.data_ptr() % 16:
+                    raise ValueError(f"the fused decoding step needs 16-byte aligned parameters and states, got a "
+                                     f"{tuple(t.shape)} {t.dtype} tensor at address {t.data_ptr():#x} (a view?)")
             return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=self.device)
 
         self._tables = [
@@ -382,10 +432,35 @@ class FusedDecodeStep:
         self.grid = _sm_count(self.device.index) if on_gpu else 1
         plan = programs if programs is not None else self.grid
         X = R + 2 * N
-        tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)
-        n_conv = -(-Di // tiles["PER_CONV"])
+        self.split = bool({**DEFAULT_TUNE, **TUNE}.get("SPLIT"))
         f32 = dict(dtype=torch.float32, device=self.device)
         self.logits = torch.empty(batch, V, **f32)
+        import triton.language as tl
+
+        tl_dtype = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+        dtypes = dict(
+            ADT=tl_dtype[emb.dtype], CONV_DT=tl_dtype[conv_dtype], ALOG_DT=tl_dtype[m0.A_log.dtype],
+            D_DT=tl_dtype[m0.D.dtype], DTB_DT=tl_dtype[m0.dt_proj.bias.dtype],
+            CB_DT=tl_dtype[m0.conv1d.bias.dtype if m0.conv1d.bias is not None else emb.dtype],
+            HAS_CONV_BIAS=m0.conv1d.bias is not None, HAS_HEAD_BIAS=head_b is not None,
+        )
+        self._num_warps = TUNE.get("num_warps", _NUM_WARPS)
+        head_args = (token, emb, head_w, head_b if head_b is not None else head_w, backbone.norm_f.weight, self.logits)
+        sizes = (batch, len(mixers), Dm, Di, N, R, W, V, float(backbone.norm_f.eps))
+        if self.split:
+            # the inputs of phase B that phase A writes, and the per-layer accumulators of the split sums (zero
+            # between launches: the kernel zeroes each once it is read)
+            self._xc = torch.empty(batch, Di, **f32)
+            self._z = torch.empty(batch, Di, **f32)
+            self._constexprs = {**dtypes, **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)}
+            copies = self._constexprs["COPIES"]
+            self._xacc = torch.zeros(len(mixers), copies, batch, X, **f32)
+            self._oacc = torch.zeros(len(mixers), copies, batch, Dm, **f32)
+            self._barrier = torch.zeros(1, dtype=torch.int64, device=self.device)
+            self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._barrier, *sizes)
+            return
+        tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)
+        n_conv = -(-Di // tiles["PER_CONV"])
         self._resid = torch.empty(batch, Dm, **f32)
         self._xz = torch.empty(batch, 2 * Di, **f32)
         self._xc = torch.empty(batch, Di, **f32)
@@ -398,32 +473,28 @@ class FusedDecodeStep:
         if tiles["LOCAL_P2"]:
             n_slots += -(-2 * Di // tiles["PER_IN"])
         self._barrier = torch.zeros(n_slots, dtype=torch.int64, device=self.device)
-
-        import triton.language as tl
-
-        from . import decode_triton  # noqa: F401 (imports triton)
-
-        tl_dtype = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
         self._constexprs = dict(
-            ADT=tl_dtype[emb.dtype], CONV_DT=tl_dtype[conv_dtype], ALOG_DT=tl_dtype[m0.A_log.dtype],
-            D_DT=tl_dtype[m0.D.dtype], DTB_DT=tl_dtype[m0.dt_proj.bias.dtype],
-            CB_DT=tl_dtype[m0.conv1d.bias.dtype if m0.conv1d.bias is not None else emb.dtype],
-            HAS_CONV_BIAS=m0.conv1d.bias is not None, HAS_HEAD_BIAS=head_b is not None,
+            **dtypes,
             # the flags barrier's vector of every slot; PTX only where there is a GPU (the interpreter runs none)
             BLOCK_P=_pow2(self.grid), ASM=on_gpu,
             **tiles,
         )
-        self._num_warps = TUNE.get("num_warps", _NUM_WARPS)
-        self._args = (
-            token, emb, head_w, head_b if head_b is not None else head_w, backbone.norm_f.weight, self.logits,
-            *self._tables,
-            self._resid, self._xz, self._xc, self._part, self._y, self._barrier,
-            batch, len(mixers), Dm, Di, N, R, W, V, float(backbone.norm_f.eps),
-        )
+        self._args = (*head_args, *self._tables, self._resid, self._xz, self._xc, self._part, self._y,
+                      self._barrier, *sizes)
+
+    def scratch(self) -> list[torch.Tensor]:
+        """The buffers the kernel writes before it reads them (tests poison them): the logits and the scratch of
+        the chosen kernel; SPLIT's accumulators are state, not scratch."""
+        if self.split:
+            return [self.logits, self._xc, self._z]
+        return [self.logits, self._resid, self._xz, self._xc, self._part, self._y]
 
     def __call__(self) -> torch.Tensor:
         """Runs the step: logits (B, V) fp32 for the tokens in `token`; the states advance in place."""
-        from .decode_triton import launch
+        if self.split:
+            from .decode_split_triton import launch
+        else:
+            from .decode_triton import launch
 
         launch(self.grid, self._args, self._constexprs, self._num_warps)
         return self.logits

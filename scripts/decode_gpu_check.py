@@ -162,7 +162,9 @@ def breakdown(model: torch.nn.Module, batch_sizes: list[int], replays: int) -> N
     base = dict(decode.TUNE)
     n_layer = len(model.backbone.layers)
     times: dict[tuple[str, int], float] = {}
-    rows = [*BREAKDOWN, ("layer by layer (not fused)", None)]
+    # the split kernel (SPLIT=1) has no phase switches, only NO_WAIT
+    steps = BREAKDOWN[:2] if {**decode.DEFAULT_TUNE, **base}.get("SPLIT") else BREAKDOWN
+    rows = [*steps, ("layer by layer (not fused)", None)]
     for label, flags in rows:
         decode.TUNE.clear()
         decode.TUNE.update(base)
@@ -198,28 +200,33 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
 
     import triton
     import triton.language as tl
-    from seqbackbone.kernels import decode, decode_triton
+    from seqbackbone.kernels import decode, decode_split_triton, decode_triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     mixer = model.backbone.layers[0].mixer
     sizes = (model.backbone.d_model, mixer.d_inner, mixer.d_state, mixer.dt_rank, mixer.d_conv,
              model.head.weight.shape[0])
-    fn = decode_triton._decode_step_kernel
     bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     ptxas = next(iter(glob.glob(os.path.join(bin_dir, "ptxas"))), None)
     if ptxas is None:
         raise SystemExit(f"--ptxas: no ptxas under {bin_dir}")
     pointers = {"tok_ptr": "*i64", "logits_ptr": "*fp32", "resid_ptr": "*fp32", "xz_ptr": "*fp32", "xc_ptr": "*fp32",
-                "part_ptr": "*fp32", "y_ptr": "*fp32", "bar_ptr": "*i64"}
+                "part_ptr": "*fp32", "y_ptr": "*fp32", "bar_ptr": "*i64", "z_ptr": "*fp32", "xacc_ptr": "*fp32",
+                "oacc_ptr": "*fp32"}
     print(f"sm_90a ptxas, {programs} programs, sizes (Dm, Di, N, R, W, V) {sizes}, bf16")
     for label, tune in settings:
         for batch in batch_sizes:
             consts = dict(ADT=tl.bfloat16, CONV_DT=tl.bfloat16, ALOG_DT=tl.bfloat16, D_DT=tl.bfloat16,
                           DTB_DT=tl.bfloat16, CB_DT=tl.bfloat16, HAS_CONV_BIAS=mixer.conv1d.bias is not None,
                           HAS_HEAD_BIAS=getattr(model.head, "bias", None) is not None,
-                          BLOCK_P=1 << (programs - 1).bit_length(), ASM=True,
-                          **decode.plan_constexprs(*sizes, batch, programs, tune))
+                          **decode.plan_any(*sizes, batch, programs, tune))
+            if {**decode.DEFAULT_TUNE, **tune}.get("SPLIT"):
+                fn = decode_split_triton._decode_split_kernel
+                consts["Dm"] = sizes[0]  # a constexpr there
+            else:
+                fn = decode_triton._decode_step_kernel
+                consts.update(BLOCK_P=1 << (programs - 1).bit_length(), ASM=True)
             sig = {}
             for name in fn.arg_names:
                 if name in consts:
@@ -230,8 +237,12 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                     sig[name] = pointers.get(name, "*bf16")
                 else:
                     sig[name] = "fp32" if name == "eps" else "i32"
-            kernel = triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                                    options=dict(num_warps=tune.get("num_warps", 8)))
+            # what the launcher specialises: pointers and integers divisible by 16 are marked so
+            values = dict(zip(("batch", "n_layer", "Dm", "Di", "N", "R", "W", "V"), (batch, 24, *sizes), strict=True))
+            attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if name not in consts
+                     and (sig[name].startswith("*") or values.get(name, 1) % 16 == 0)}
+            kernel = triton.compile(ASTSource(fn, sig, constexprs=consts, attrs=attrs),
+                                    target=GPUTarget("cuda", 90, 32), options=dict(num_warps=tune.get("num_warps", 8)))
             with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
                 f.write(kernel.asm["ptx"])
                 f.flush()
@@ -282,7 +293,7 @@ def main() -> int:
     sizes = (args.d_model, mixer.d_inner, mixer.d_state, mixer.dt_rank, mixer.d_conv, model.head.weight.shape[0])
     for label, tune in [("--tune", {})] + variants:  # a bad setting fails here, not after minutes of GPU work
         try:
-            decode.plan_constexprs(*sizes, 1, 132, {**decode.TUNE, **tune})
+            decode.plan_any(*sizes, 1, 132, {**decode.TUNE, **tune})
         except ValueError as exc:
             raise SystemExit(f"{label}: {exc}") from None
     if args.ptxas:

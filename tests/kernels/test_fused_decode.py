@@ -56,7 +56,7 @@ def _reference_step(model: torch.nn.Module, token: torch.Tensor, cache) -> torch
 
 def _poison(step: FusedDecodeStep) -> None:
     """NaN in the logits and every scratch buffer, so that whatever the kernel does not write shows."""
-    for buf in (step.logits, step._resid, step._xz, step._xc, step._part, step._y):
+    for buf in step.scratch():
         buf.fill_(float("nan"))
 
 
@@ -245,6 +245,69 @@ def test_variant_plans_at_the_benchmark_size():
         decode.plan_constexprs(*args, 1, 132, {"BARIER": 1})
 
 
+@pytest.mark.parametrize(("batch", "programs", "copies"), [(1, 1, 8), (3, 5, 2), (2, 7, 1)])
+def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies):
+    """SPLIT=1 (kernels/decode_split_triton.py) against the layer-by-layer step over three steps from random states:
+    programs=5 or 7 plans channel blocks of 10 or 7 (tiles of 16 and 8) that one interpreted program loops over, each
+    adding into its copy of the accumulators. Between launches every accumulator is zero but the last layer's
+    out_proj sums (zeroed at the start of the next launch)."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies})
+    n_layer = 3
+    model = _lm("mamba_dna_lm_tiny", seed=40 + batch, d_model=24, n_layer=n_layer, d_state=6)
+    fused_cache, ref_cache = _random_caches(model, batch, seed=50 + batch)
+    token = torch.zeros(batch, dtype=torch.long, device=DEV)
+    step = FusedDecodeStep(model, token, [c.conv_state for c in fused_cache.layers],
+                           [c.ssm_state for c in fused_cache.layers], programs=programs)
+    c = step._constexprs
+    per = min(-(-48 // programs), 32)  # at most _SPLIT_MAX_C channels an item
+    assert step.split and (c["PER_C"], c["BLOCK_C"], c["COPIES"]) == (per, max(2, 1 << (per - 1).bit_length()), copies)
+    assert tuple(step._oacc.shape) == (n_layer, copies, batch, 24)
+    gen = torch.Generator().manual_seed(batch)
+    for i in range(3):
+        _poison(step)
+        token.copy_(torch.randint(0, model.vocab_size, (batch,), generator=gen))
+        got = step()
+        monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
+        with torch.no_grad():
+            want = _reference_step(model, token, ref_cache)
+        monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+        for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
+            torch.testing.assert_close(f.conv_state, r.conv_state, atol=2e-5, rtol=2e-5)
+            torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
+        assert not step._xacc.any() and not step._oacc[:-1].any() and step._oacc[-1].abs().sum() > 0
+        assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
+
+
+def test_split_plan_and_its_errors():
+    """SPLIT's plan for the 90M LM on 132 SMs (12 channels an item, 128 items) and the settings it refuses."""
+    args = (768, 1536, 16, 48, 4, 256)
+    plan = decode.plan_any(*args, 1, 132, {"SPLIT": 1})
+    assert (plan["PER_C"], plan["BLOCK_C"], plan["COPIES"], plan["BLOCK_B"]) == (12, 16, 8, 1)
+    assert decode.plan_any(*args, 1, 4, {"SPLIT": 1})["PER_C"] == 32  # at most _SPLIT_MAX_C: several items a program
+    assert decode.plan_any(*args, 1, 132, {"SPLIT": 1, "PER_C": 16})["BLOCK_C"] == 16
+    with pytest.raises(ValueError, match="COPIES"):
+        decode.plan_any(*args, 1, 132, {"SPLIT": 1, "COPIES": 3})
+    with pytest.raises(ValueError, match="PER_C"):
+        decode.plan_any(*args, 1, 132, {"SPLIT": 1, "PER_C": 2000})
+    with pytest.raises(ValueError, match="ROWS_IN"):  # the other kernel's settings do not apply
+        decode.plan_any(*args, 1, 132, {"SPLIT": 1, "ROWS_IN": 8})
+    assert "ROWS_IN" in decode.plan_any(*args, 1, 132, {})  # no SPLIT: the four-barrier kernel's plan
+
+
+def test_unaligned_parameters_fall_back(triton_path):
+    """The kernels' vector loads need 16-byte aligned tensors: a parameter that is an offset view is refused with a
+    reason (the decoder then steps layer by layer)."""
+    model = _lm("mamba_dna_lm_tiny", seed=5, d_model=16, n_layer=1)
+    assert fused_decode_unsupported_reason(model, 1) is None
+    w = model.backbone.layers[0].mixer.D
+    with torch.no_grad():
+        shifted = torch.empty(w.numel() + 1, dtype=w.dtype, device=w.device)[1:]  # 4 bytes past an aligned start
+        shifted.copy_(w)
+    model.backbone.layers[0].mixer.D = torch.nn.Parameter(shifted)
+    assert "16-byte" in fused_decode_unsupported_reason(model, 1)
+
+
 def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
     """StepDecoder on the fused path: prefill fills the very tensors the kernel reads; steps match the reference.
     Batch 2: by default layer by layer, fused when forced."""
@@ -335,6 +398,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, 1),
     ({"BARRIER": 1}, 3),
     ({"ONE_ITEM": 1, "BATCH_TILE": 1}, 5),
+    ({"SPLIT": 1}, 1),
+    ({"SPLIT": 1, "COPIES": 1}, 2),
 ])
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     """decode.TUNE's variants on the real grid (one program per SM: flags and ready flags raced for real) at the 90M

@@ -1,0 +1,273 @@
+"""The decoding step of decode_triton.py with two grid barriers per layer instead of four (decode.TUNE's SPLIT=1).
+
+Dimensions: as in decode_triton.py; B batch as a BLOCK_B tile dimension; C channels of Di per item (PER_C of them in
+a BLOCK_C tile).
+
+Every phase of a layer works on the same channel blocks, so in_proj, the conv step and the SSM step of a channel need
+nothing from other blocks; the two sums across all channels, x_proj's and out_proj's, are split over the blocks and
+added into per-layer fp32 accumulators with float atomics:
+
+    per layer l, items = channel blocks of Di (one per program at the usual sizes):
+      A   r = r + round(o_acc[l-1])      (every program alike, in registers; r = the embedding at l = 0)
+          xn = rmsnorm(r);  u = xn @ W_in[blk]^T, z = xn @ W_in[Di + blk]^T;  conv window step, xc = silu(...)
+          x_acc[l] += xc @ W_x[:, blk]^T                                        (B, X)
+      --- grid barrier ---
+      B   dt_low, B, C = round(x_acc[l]);  dt = softplus(W_dt[blk] dt_low + bias);  h = exp(dt A) h + dt B xc
+          y = (C . h + D xc) silu(z);  o_acc[l] += y @ W_out[:, blk]^T             (B, Dm)
+      --- grid barrier ---
+    head: r = r + round(o_acc[L-1]);  logits = rmsnorm_f(r) @ W_head^T (+ bias)    items: row blocks of the head
+
+The accumulators are laid out (layers, COPIES, B, n): item i adds into copy i % COPIES and readers add the copies,
+because float atomics from every program onto the same few addresses queue at a few L2 slices (H200, 90M LM:
+849 us a step with one copy, 684 with 8). The residual stream never leaves registers: every program computes the
+same r from the same accumulators. Each accumulator is zero before its layer's first atomic: the last program zeroes x_acc[l] in phase A of layer l + 1 (the
+head phase for the last layer) and o_acc[l] in phase B of layer l + 1 (o_acc[L-1] in phase A of layer 0, for the next
+launch), each after every program has read it and at least one barrier before anyone adds to it again. The host
+allocates them zeroed once.
+
+The roundings are the reference's (decode_triton.py); only the order of the fp32 sums across channel blocks changes
+from run to run with the atomics, so two runs agree to fp32 rounding before the activation-dtype roundings, not bit for
+bit. Each phase loads the weights of its first item before the barrier that guards its inputs. Under the interpreter
+the host launches one program, which loops over every item.
+
+Measured (H200, batch 1, BENCHMARKS.md): 684 us a step against 449 us for the four-barrier kernel; 429 us with no
+barrier waits and no atomics at all, so the per-program work of a phase, not the barriers, sets its pace. Kept as an
+opt-in variant (decode.TUNE's SPLIT=1) for that work.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .decode_triton import _grid_barrier, _layer_ptr, _round, _rows_dot
+
+
+@triton.jit
+def _channels(item, BLOCK_C: tl.constexpr, PER_C: tl.constexpr, Di):
+    """Item `item`'s channels (BLOCK_C, the lanes past PER_C masked) and their mask. Contiguous from item * PER_C, so
+    that the compiler sees runs of PER_C channels for vector loads of the weight columns."""
+    lane = tl.arange(0, BLOCK_C)
+    ch = item * PER_C + lane
+    return ch, (lane < PER_C) & (ch < Di)
+
+
+@triton.jit
+def _embedded(tok_ptr, emb_ptr, offs_b, b_ok, offs_m, m_ok, Dm):
+    """The embedding rows of the batch's tokens, fp32: (BLOCK_B, BLOCK_DM)."""
+    tok = tl.load(tok_ptr + offs_b, mask=b_ok, other=0).to(tl.int64)
+    return tl.load(emb_ptr + tok[:, None] * Dm + offs_m[None, :], mask=b_ok[:, None] & m_ok[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _acc_sum(acc_ptr, layer, batch, offs_b, b_ok, offs, ok, n, COPIES: tl.constexpr):
+    """Layer `layer`'s accumulated sums, every copy added: (BLOCK_B, len(offs)) fp32 from an accumulator laid out
+    (layers, COPIES, batch, n)."""
+    g = tl.arange(0, COPIES)[:, None, None]
+    ptrs = acc_ptr + ((layer * COPIES + g) * batch + offs_b[None, :, None]) * n + offs[None, None, :]
+    parts = tl.load(ptrs, mask=(b_ok[:, None] & ok[None, :])[None, :, :], other=0.0, cache_modifier=".cg")
+    return tl.sum(parts, axis=0)
+
+
+@triton.jit
+def _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT: tl.constexpr,
+                   COPIES: tl.constexpr):
+    """r + layer `layer`'s out_proj output (its accumulator, rounded to the activation dtype): (BLOCK_B, BLOCK_DM)."""
+    return r + _round(_acc_sum(oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, COPIES), ADT)
+
+
+@triton.jit
+def _normed(r, norm_w, Dm, eps, ADT: tl.constexpr):
+    """rmsnorm of every row of r (BLOCK_B, BLOCK_DM), rounded to the activation dtype."""
+    rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=1) / Dm + eps)
+    return _round(r * rstd[:, None] * norm_w[None, :], ADT)
+
+
+@triton.jit
+def _zero(ptr, n, BLOCK: tl.constexpr):
+    """ptr[:n] = 0 (fp32)."""
+    for start in range(0, n, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        tl.store(ptr + offs, tl.zeros([BLOCK], dtype=tl.float32), mask=offs < n)
+
+
+@triton.jit
+def _a_tiles(in_tab, convw_tab, conv_tab, xproj_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_w, offs_x, x_ok,
+             Dm, Di, W, ADT: tl.constexpr, CONV_DT: tl.constexpr):
+    """What phase A of `layer` reads for channels `ch`: in_proj's u and z rows (C, BLOCK_DM), the conv taps
+    (C, BLOCK_W) fp32, x_proj's columns (C, BLOCK_X) fp32 and the conv windows' newest W - 1 entries (B, C, BLOCK_W),
+    shifted to the front."""
+    w_in = _layer_ptr(in_tab, layer, ADT)
+    cm_ok = c_ok[:, None] & m_ok[None, :]
+    wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :], mask=cm_ok, other=0.0)
+    wz = tl.load(w_in + (Di + ch).to(tl.int64)[:, None] * Dm + offs_m[None, :], mask=cm_ok, other=0.0)
+    taps = tl.load(_layer_ptr(convw_tab, layer, ADT) + ch[:, None] * W + offs_w[None, :],
+                   mask=c_ok[:, None] & (offs_w[None, :] < W), other=0.0).to(tl.float32)
+    wx = tl.load(_layer_ptr(xproj_tab, layer, ADT) + offs_x[None, :] * Di + ch[:, None],
+                 mask=c_ok[:, None] & x_ok[None, :], other=0.0).to(tl.float32)
+    w3 = offs_w[None, None, :]
+    row3 = _layer_ptr(conv_tab, layer, CONV_DT) + offs_b[:, None, None] * Di * W + ch[None, :, None] * W
+    older = tl.load(row3 + w3 + 1, mask=(b_ok[:, None] & c_ok[None, :])[:, :, None] & (w3 + 1 < W), other=0.0)
+    return wu, wz, taps, wx, older
+
+
+@triton.jit
+def _b_tiles(out_tab, dtw_tab, alog_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r,
+             r_ok, Di, N, R, ADT: tl.constexpr, ALOG_DT: tl.constexpr):
+    """What phase B of `layer` reads for channels `ch`: out_proj's columns (BLOCK_DM, C), dt_proj's rows (C, BLOCK_R),
+    A = -exp(A_log) (C, BLOCK_N) fp32 and the SSM states (B, C, BLOCK_N) fp32."""
+    wout = tl.load(_layer_ptr(out_tab, layer, ADT) + offs_m.to(tl.int64)[:, None] * Di + ch[None, :],
+                   mask=m_ok[:, None] & c_ok[None, :], other=0.0)
+    wdt = tl.load(_layer_ptr(dtw_tab, layer, ADT) + ch[:, None] * R + offs_r[None, :],
+                  mask=c_ok[:, None] & r_ok[None, :], other=0.0)
+    alog = tl.load(_layer_ptr(alog_tab, layer, ALOG_DT) + ch[:, None] * N + offs_n[None, :],
+                   mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+    h_ptrs = (_layer_ptr(ssm_tab, layer, tl.float32) + offs_b[:, None, None] * Di * N + ch[None, :, None] * N
+              + offs_n[None, None, :])
+    h = tl.load(h_ptrs, mask=(b_ok[:, None] & c_ok[None, :])[:, :, None] & n_ok[None, None, :], other=0.0)
+    return wout, wdt, -tl.exp(alog.to(tl.float32)), h
+
+
+@triton.jit(do_not_specialize=["batch"])
+def _decode_split_kernel(
+    tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
+    norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab,
+    conv_tab, ssm_tab,
+    xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,
+    batch, n_layer, Dm: tl.constexpr, Di, N, R, W, V, eps,
+    ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
+    CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr,
+    ROWS_HEAD: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr = 0,
+):
+    # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
+    # atomics
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    zeroer = pid == nprog - 1  # zeroes the accumulators once they are read (see the module docstring)
+    X = R + 2 * N
+    offs_b = tl.arange(0, BLOCK_B)
+    b_ok = offs_b < batch
+    offs_m = tl.arange(0, BLOCK_DM)
+    m_ok = offs_m < Dm
+    offs_n = tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_r = tl.arange(0, BLOCK_R)
+    r_ok = offs_r < R
+    offs_w = tl.arange(0, BLOCK_W)
+    w3 = offs_w[None, None, :]
+    offs_x = tl.arange(0, BLOCK_X)
+    x_ok = offs_x < X
+    n_items = tl.cdiv(Di, PER_C)
+
+    item = pid
+    ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
+    wu, wz, taps, wx, older = _a_tiles(in_tab, convw_tab, conv_tab, xproj_tab, 0, ch, c_ok, offs_b, b_ok, offs_m,
+                                       m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT, CONV_DT)
+    r = _embedded(tok_ptr, emb_ptr, offs_b, b_ok, offs_m, m_ok, Dm)  # the residual stream, (B, BLOCK_DM) fp32
+
+    for layer in range(n_layer):
+        # ---- A: norm, in_proj rows of the block, conv step, x_proj partial sums ---------------------------------
+        norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+        conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
+        if layer > 0:
+            _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the previous layer's phase B filled o_acc[layer - 1]
+            r = _add_mixer_out(r, oacc_ptr, layer - 1, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES)
+            if zeroer:
+                _zero(xacc_ptr + (layer - 1) * COPIES * batch * X, COPIES * batch * X, BLOCK_X)
+        elif zeroer:
+            _zero(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, BLOCK_DM)
+        xn = _normed(r, norm_w, Dm, eps, ADT)
+        while item < n_items:
+            bc_ok = b_ok[:, None] & c_ok[None, :]
+            u = _round(_rows_dot(wu, xn), ADT)  # (B, C)
+            z = _round(_rows_dot(wz, xn), ADT)
+            window = tl.where(w3 == W - 1, u.to(CONV_DT)[:, :, None], older)
+            row3 = conv_st + offs_b[:, None, None] * Di * W + ch[None, :, None] * W  # (B, C, 1), oldest first
+            tl.store(row3 + w3, window, mask=bc_ok[:, :, None] & (w3 < W))
+            out = tl.sum(window.to(tl.float32) * taps[None, :, :], axis=2)
+            if HAS_CONV_BIAS:
+                out += tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+            xc = tl.where(bc_ok, _round(out / (1.0 + tl.exp(-out)), ADT), 0.0)
+            tl.store(xc_ptr + offs_b[:, None] * Di + ch[None, :], xc, mask=bc_ok)
+            tl.store(z_ptr + offs_b[:, None] * Di + ch[None, :], z, mask=bc_ok)
+            part = tl.sum(wx[None, :, :] * xc[:, :, None], axis=1)  # (B, BLOCK_X)
+            if SKIP_ATOMICS & 2 == 0:
+                tl.atomic_add(xacc_ptr + ((layer * COPIES + item % COPIES) * batch + offs_b[:, None]) * X
+                              + offs_x[None, :], part, mask=b_ok[:, None] & x_ok[None, :], sem="relaxed")
+            item += nprog
+            ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
+            wu, wz, taps, wx, older = _a_tiles(in_tab, convw_tab, conv_tab, xproj_tab, layer, ch, c_ok, offs_b, b_ok,
+                                               offs_m, m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT, CONV_DT)
+
+        # ---- B: dt, SSM state update, gate, out_proj partial sums -----------------------------------------------
+        item = pid
+        ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
+        wout, wdt, A, h = _b_tiles(out_tab, dtw_tab, alog_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok,
+                                   offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT, ALOG_DT)
+        _grid_barrier(bar_ptr, nprog, NO_WAIT)  # phase A filled x_acc[layer]
+        if zeroer and layer > 0:
+            _zero(oacc_ptr + (layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, BLOCK_DM)
+        dt_low = _round(_acc_sum(xacc_ptr, layer, batch, offs_b, b_ok, offs_r, r_ok, X, COPIES), ADT)  # (B, R)
+        Bv = _round(_acc_sum(xacc_ptr + R, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES), ADT)  # (B, N)
+        Cv = _round(_acc_sum(xacc_ptr + R + N, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES), ADT)
+        ssm = _layer_ptr(ssm_tab, layer, tl.float32)
+        while item < n_items:
+            bc_ok = b_ok[:, None] & c_ok[None, :]
+            Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+            dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+            x = tl.load(xc_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
+            z = tl.load(z_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
+            dt = _round(_rows_dot(wdt, dt_low), ADT) + dtb[None, :]  # (B, C)
+            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            h = tl.exp(dt[:, :, None] * A[None, :, :]) * h + (dt * x)[:, :, None] * Bv[:, None, :]
+            h_ptrs = ssm + offs_b[:, None, None] * Di * N + ch[None, :, None] * N + offs_n[None, None, :]
+            tl.store(h_ptrs, h, mask=bc_ok[:, :, None] & n_ok[None, None, :])
+            y = tl.sum(h * Cv[:, None, :], axis=2) + Dv[None, :] * x
+            y = tl.where(bc_ok, _round(y * (z / (1.0 + tl.exp(-z))), ADT), 0.0)
+            part = _rows_dot(wout, y)  # (B, BLOCK_DM)
+            if SKIP_ATOMICS & 1 == 0:
+                tl.atomic_add(oacc_ptr + ((layer * COPIES + item % COPIES) * batch + offs_b[:, None]) * Dm
+                              + offs_m[None, :], part, mask=b_ok[:, None] & m_ok[None, :], sem="relaxed")
+            item += nprog
+            ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
+            wout, wdt, A, h = _b_tiles(out_tab, dtw_tab, alog_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok, offs_m,
+                                       m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT, ALOG_DT)
+
+        # the next layer's phase A tiles of this program's first item (after the last layer: its own again, unused)
+        item = pid
+        ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
+        wu, wz, taps, wx, older = _a_tiles(in_tab, convw_tab, conv_tab, xproj_tab, tl.minimum(layer + 1, n_layer - 1),
+                                           ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT,
+                                           CONV_DT)
+
+    # ---- final norm and head ---------------------------------------------------------------------------------
+    norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
+    item = pid
+    rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
+    tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                   mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
+    _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the last layer's phase B filled o_acc[n_layer - 1]
+    r = _add_mixer_out(r, oacc_ptr, n_layer - 1, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES)
+    if zeroer:
+        _zero(xacc_ptr + (n_layer - 1) * COPIES * batch * X, COPIES * batch * X, BLOCK_X)
+    hidden = _normed(r, norm_f, Dm, eps, ADT)
+    n_head = tl.cdiv(V, ROWS_HEAD)
+    while item < n_head:
+        rows_ok = rows < V
+        lg = _rows_dot(tile, hidden)  # (B, ROWS_HEAD)
+        if HAS_HEAD_BIAS:
+            lg += tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(logits_ptr + offs_b[:, None] * V + rows[None, :], _round(lg, ADT),
+                 mask=b_ok[:, None] & rows_ok[None, :])
+        item += nprog
+        rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
+        tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                       mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
+
+
+def launch(grid: int, args: tuple, constexprs: dict, num_warps: int) -> None:
+    """Runs the split step kernel on `grid` programs (at most one per SM: they meet at grid barriers)."""
+    _decode_split_kernel[(grid,)](*args, **constexprs, num_warps=num_warps)
