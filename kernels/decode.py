@@ -65,6 +65,9 @@ _NUM_WARPS = 8
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), no other.
 #   Slower so far (H200, batch 1: 684 us against 449 us; BENCHMARKS.md).
+# - TRACE=1 (the four-barrier kernel with the counter barrier): each program records its clock (%clock64) and the
+#   global timer (%globaltimer) at its start, on arriving at and leaving each barrier, and at its end, into
+#   FusedDecodeStep.trace (programs, 4 * layers + 2, 4) int64 (scripts/decode_gpu_check.py --trace); same results.
 TUNE: dict[str, int] = {}
 # settings under TUNE's: the batch rows as one tile (H200, 90M LM, CUDA-graph step: 467 us against 540 at batch 1,
 # 1,353 against 2,069 at batch 8; the flag barrier was slower, 632 / 2,162 us, ONE_ITEM 547 / 1,833 us; 2026-11-29)
@@ -274,7 +277,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         ROWS_HEAD=_block(V, programs, 2, _TILE // block_dm),
         MERGE_IN_CONV=merge,
         **{flag: 0 for flag in BREAKDOWN_FLAGS},
-        BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1, LOCAL_P2=False, BLOCK_Q=1,
+        BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1, LOCAL_P2=False, BLOCK_Q=1, TRACE=False,
     )
     unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J", "SPLIT"})
     if unknown:  # a misspelt setting would time the default kernel under another name
@@ -311,6 +314,9 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
                              f"(MERGE_IN_CONV=0), got BARRIER={c['BARRIER']}, MERGE_IN_CONV={int(c['MERGE_IN_CONV'])}")
         # a conv item's channels span ceil(PER_CONV / PER_IN) in_proj items, one more where they straddle a border
         c["BLOCK_Q"] = _pow2(-(-per["CONV"] // per["IN"]) + 1)
+    c["TRACE"] = bool(c["TRACE"])
+    if c["TRACE"] and c["BARRIER"] != 0:
+        raise ValueError("TUNE: TRACE records the counter barrier's arrivals, got BARRIER=1")
     if c["MERGE_IN_CONV"] and c["SKIP_P1"]:
         raise ValueError("TUNE: SKIP_P1 needs in_proj as a phase of its own, got MERGE_IN_CONV=1 (use SKIP_P2)")
     return c
@@ -473,6 +479,9 @@ class FusedDecodeStep:
         if tiles["LOCAL_P2"]:
             n_slots += -(-2 * Di // tiles["PER_IN"])
         self._barrier = torch.zeros(n_slots, dtype=torch.int64, device=self.device)
+        # TRACE: per program, the clock and global time at its start, at each barrier (arrived, left) and at its end
+        self.trace = torch.zeros(self.grid, 4 * len(mixers) + 2, 4, dtype=torch.int64,
+                                 device=self.device) if tiles["TRACE"] else None
         self._constexprs = dict(
             **dtypes,
             # the flags barrier's vector of every slot; PTX only where there is a GPU (the interpreter runs none)
@@ -480,7 +489,7 @@ class FusedDecodeStep:
             **tiles,
         )
         self._args = (*head_args, *self._tables, self._resid, self._xz, self._xc, self._part, self._y,
-                      self._barrier, *sizes)
+                      self._barrier, self.trace if self.trace is not None else self._barrier, *sizes)
 
     def scratch(self) -> list[torch.Tensor]:
         """The buffers the kernel writes before it reads them (tests poison them): the logits and the scratch of

@@ -97,12 +97,53 @@ def _wait_flags(flags, target, ASM: tl.constexpr):
 
 
 @triton.jit
+def _timestamps(pid, ASM: tl.constexpr):
+    """(SM clock cycles, global timer ns) now, int64: PTX %clock64 and %globaltimer; (0, 0) under the interpreter.
+    `pid` only gives the asm an operand (its value is unused)."""
+    if ASM:
+        clk = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [pid], dtype=tl.int64, is_pure=False, pack=1)
+        ns = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [pid], dtype=tl.int64, is_pure=False,
+                                       pack=1)
+    else:
+        clk = pid.to(tl.int64) * 0
+        ns = clk
+    return clk, ns
+
+
+@triton.jit
+def _stamp(trace_ptr, pid, slot, n_slots, clk0, clk1, ns0, ns1):
+    """Row (pid, slot) of the trace (programs, n_slots, 4) int64: clocks and global times before and after."""
+    row = trace_ptr + (pid * n_slots + slot) * 4
+    tl.store(row, clk0)
+    tl.store(row + 1, clk1)
+    tl.store(row + 2, ns0)
+    tl.store(row + 3, ns1)
+
+
+@triton.jit
+def _traced_grid_barrier(bar_ptr, nprog, pid, trace_ptr, base, n_slots, ASM: tl.constexpr):
+    """_grid_barrier that also records when this program arrived and left (decode.TUNE's TRACE=1): in slot 1 + the
+    barrier's number in this launch (its episode of the counter less `base`, the episode at launch)."""
+    tl.debug_barrier()
+    clk0, ns0 = _timestamps(pid, ASM)
+    old = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
+    target = (old // nprog + 1) * nprog
+    while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
+        pass
+    tl.debug_barrier()
+    clk1, ns1 = _timestamps(pid, ASM)
+    _stamp(trace_ptr, pid, 1 + old // nprog - base, n_slots, clk0, clk1, ns0, ns1)
+
+
+@triton.jit
 def _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT: tl.constexpr, BARRIER: tl.constexpr, BLOCK_P: tl.constexpr,
-             ASM: tl.constexpr):
-    """The grid barrier BARRIER selects: 0 the counter (_grid_barrier), 1 the flags (_flag_barrier). Returns the
-    program's epoch (only the flags use it)."""
+             ASM: tl.constexpr, trace_ptr, base, n_slots, TRACE: tl.constexpr):
+    """The grid barrier BARRIER selects: 0 the counter (_grid_barrier; _traced_grid_barrier under TRACE), 1 the flags
+    (_flag_barrier). Returns the program's epoch (only the flags use it)."""
     if BARRIER == 1:
         epoch = _flag_barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BLOCK_P, ASM)
+    elif TRACE:
+        _traced_grid_barrier(bar_ptr, nprog, pid, trace_ptr, base, n_slots, ASM)
     else:
         _grid_barrier(bar_ptr, nprog, NO_WAIT)
     return epoch
@@ -185,7 +226,7 @@ def _decode_step_kernel(
     tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
     norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab,
     conv_tab, ssm_tab,
-    resid_ptr, xz_ptr, xc_ptr, part_ptr, y_ptr, bar_ptr,
+    resid_ptr, xz_ptr, xc_ptr, part_ptr, y_ptr, bar_ptr, trace_ptr,
     batch, n_layer, Dm, Di, N, R, W, V, eps,
     ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
     CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
@@ -199,7 +240,7 @@ def _decode_step_kernel(
     ONE_ITEM: tl.constexpr = False, PER_IN: tl.constexpr = 1, PER_CONV: tl.constexpr = 1, PER_SSM: tl.constexpr = 1,
     PER_OUT: tl.constexpr = 1, PER_HEAD: tl.constexpr = 1,
     BATCH_TILE: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
-    LOCAL_P2: tl.constexpr = False, BLOCK_Q: tl.constexpr = 1,
+    LOCAL_P2: tl.constexpr = False, BLOCK_Q: tl.constexpr = 1, TRACE: tl.constexpr = False,
 ):
     # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
     # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
@@ -236,6 +277,15 @@ def _decode_step_kernel(
         epoch = tl.load(bar_ptr + pid, cache_modifier=".cg")  # this program's flag: the barriers met so far
     else:
         epoch = pid.to(tl.int64)  # unused
+    # TRACE: when each program started, arrived at and left each barrier, and ended (trace_ptr: (programs, n_slots,
+    # 4) int64; slot 0 the start, 1 + i the launch's i-th barrier, the last slot the end)
+    n_slots = 4 * n_layer + 2
+    trace_base = 0
+    if TRACE:
+        # no episode can end before this program arrives, so this is the launch's first
+        trace_base = tl.atomic_add(bar_ptr, 0, sem="relaxed", scope="gpu") // nprog
+        clk, ns = _timestamps(pid, ASM)
+        _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
 
     for layer in range(n_layer):
         # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
@@ -249,7 +299,8 @@ def _decode_step_kernel(
                                mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
             if layer > 0:
                 # the previous layer's P4 wrote the residual
-                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)
+                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                                 trace_ptr, trace_base, n_slots, TRACE)
             if not SKIP_P1:
                 if BATCH_TILE:
                     xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm,
@@ -295,10 +346,12 @@ def _decode_step_kernel(
         if MERGE_IN_CONV:
             if layer > 0:
                 # the previous layer's P4 wrote the residual
-                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)
+                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                                 trace_ptr, trace_base, n_slots, TRACE)
         else:
             if not LOCAL_P2:
-                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # P1 wrote xz
+                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                                 trace_ptr, trace_base, n_slots, TRACE)  # P1 wrote xz
         if not SKIP_P2:
             if BATCH_TILE and MERGE_IN_CONV:
                 xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm, eps,
@@ -383,7 +436,8 @@ def _decode_step_kernel(
             c_ok = ch < Di
             wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
             alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # P2 wrote xc and the partial sums
+        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                         trace_ptr, trace_base, n_slots, TRACE)  # P2 wrote xc and the partial sums
         if not SKIP_P3:
             while item < n_ssm:
                 c_ok = ch < Di
@@ -469,7 +523,8 @@ def _decode_step_kernel(
             rows = _item_rows(item, ROWS_OUT, PER_OUT, Dm, ONE_ITEM)
             tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
                            mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
-        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # P3 wrote y
+        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                         trace_ptr, trace_base, n_slots, TRACE)  # P3 wrote y
         if not SKIP_P4:
             if BATCH_TILE:
                 y_t = tl.load(y_ptr + offs_b[:, None] * Di + offs_i[None, :], mask=b_ok[:, None] & i_ok[None, :],
@@ -500,7 +555,8 @@ def _decode_step_kernel(
         rows = _item_rows(item, ROWS_HEAD, PER_HEAD, V, ONE_ITEM)
         tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                        mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
-    epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM)  # the last P4 wrote the residual
+    epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                     trace_ptr, trace_base, n_slots, TRACE)  # the last P4 wrote the residual
     if not SKIP_HEAD:
         n_head = tl.cdiv(V, PER_HEAD)
         if BATCH_TILE:
@@ -529,6 +585,10 @@ def _decode_step_kernel(
             rows = _item_rows(item, ROWS_HEAD, PER_HEAD, V, ONE_ITEM)
             tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                            mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
+    if TRACE:
+        tl.debug_barrier()
+        clk, ns = _timestamps(pid, ASM)
+        _stamp(trace_ptr, pid, n_slots - 1, n_slots, clk, clk, ns, ns)
 
 
 def launch(grid: int, args: tuple, constexprs: dict, num_warps: int) -> None:

@@ -1,7 +1,7 @@
 """GPU check of the one-kernel decoding step (seqbackbone.kernels.decode) on the ~90M-parameter wave LM, bf16.
 
     python scripts/decode_gpu_check.py [--n-layer 24] [--d-model 768] [--steps 50] [--replays 300] [--timeout 420]
-        [--tune KEY=VALUE ...] [--variants K=V,K=V ...] [--breakdown] [--ptxas]
+        [--tune KEY=VALUE ...] [--variants K=V,K=V ...] [--breakdown] [--trace] [--ptxas]
 
 1. Agreement: from the same prefilled state, 50 steps of the fused kernel and of the layer-by-layer step
    (`backbone.step`) on the same tokens, at batch 1 and 8: max abs difference of the logits and of every layer's conv
@@ -22,6 +22,10 @@ breakdown flags of decode.TUNE (results wrong, timing only): all work, NO_WAIT (
 skipped (SKIP_P1 in_proj, SKIP_P2 conv + x_proj, SKIP_P3 SSM, SKIP_P4 out_proj, SKIP_HEAD), barriers only (every
 phase skipped), nothing (barriers dropped too), and the layer-by-layer step; one table of the CUDA-graph step medians
 and their differences to the full step. One Triton compile per setting (both batch sizes share it).
+
+--trace times each phase from inside the kernel (decode.TUNE's TRACE=1: every program's clock on arriving at and
+leaving each grid barrier): per phase, the slowest and the median program's work, the spread of the arrivals, the
+median wait and the release after the last arrival, averaged over the layers (summarise_trace).
 
 --ptxas needs no GPU: it compiles the kernel for sm_90a (Triton's bundled ptxas) at the model's sizes on 132
 programs, default and each --variants setting at each batch size, and prints registers and spill bytes.
@@ -189,6 +193,84 @@ def breakdown(model: torch.nn.Module, batch_sizes: list[int], replays: int) -> N
         print(line, flush=True)
 
 
+PHASES = ("P1 in_proj", "P2 conv + x_proj", "P3 SSM", "P4 out_proj")
+
+
+def summarise_trace(trace: torch.Tensor, n_layer: int) -> tuple[dict[str, list[float]], float, float]:
+    """One step's trace (programs, 4 * n_layer + 2, 4) int64 of FusedDecodeStep (TRACE=1) -> per phase name the means
+    over the layers of [slowest program's work, median program's work, arrival spread, median wait, release] in us,
+    the step's median length on the global timer in us, and the global timer's smallest step seen (ns)."""
+    t = trace.double()
+    nb = 4 * n_layer
+    clk, ns = t[:, :, 0:2], t[:, :, 2:4]  # (programs, slots, arrived / left)
+    scale = (ns[:, -1, 0] - ns[:, 0, 0]) / (clk[:, -1, 0] - clk[:, 0, 0])  # ns per cycle, per program
+    leave_prev = torch.cat([clk[:, :1, 0], clk[:, 1:nb, 1]], dim=1)  # (programs, nb)
+    work = (clk[:, 1:nb + 1, 0] - leave_prev) * scale[:, None] / 1e3
+    wait = (clk[:, 1:nb + 1, 1] - clk[:, 1:nb + 1, 0]) * scale[:, None] / 1e3
+    arrive_ns, leave_ns = ns[:, 1:nb + 1, 0], ns[:, 1:nb + 1, 1]
+    spread = (arrive_ns.max(0).values - arrive_ns.min(0).values) / 1e3
+    release = (leave_ns.median(0).values - arrive_ns.max(0).values) / 1e3
+    head = (clk[:, -1, 0] - clk[:, nb, 1]) * scale / 1e3
+    steps_seen = torch.diff(torch.unique(ns.flatten()))
+    resolution = steps_seen[steps_seen > 0].min().item() if (steps_seen > 0).any() else float("nan")
+    total = ((ns[:, -1, 0] - ns[:, 0, 0]) / 1e3).median().item()
+    acc: dict[str, list[list[float]]] = {}
+    for i in range(nb):
+        name = PHASES[i % 4]  # layer 0 has no P4 before its P1: barrier i ends phase i % 4
+        acc.setdefault(name, []).append([work[:, i].max().item(), work[:, i].median().item(), spread[i].item(),
+                                         wait[:, i].median().item(), release[i].item()])
+    acc["head"] = [[head.max().item(), head.median().item(), 0.0, 0.0, 0.0]]
+    return {name: [statistics.mean(v[k] for v in vals) for k in range(5)] for name, vals in acc.items()}, total, \
+        resolution
+
+
+@torch.inference_mode()
+def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
+    """Times every phase of the four-barrier kernel from inside it (decode.TUNE's TRACE=1): per program, the clock on
+    arriving at and leaving each grid barrier. Prints, per phase and averaged over the layers: the slowest program's
+    work (from leaving the previous barrier to arriving at this one), the median program's, the spread of the
+    arrivals, the median wait, and the release (median leave - last arrival, on the global timer); medians over
+    `steps` traced steps after 20 untraced ones."""
+    from seqbackbone.kernels import decode
+    from seqbackbone.kernels.decode import FusedDecodeStep
+
+    if decode.TUNE.get("MERGE_IN_CONV") or decode.TUNE.get("LOCAL_P2") or decode.TUNE.get("SPLIT"):
+        raise SystemExit("--trace: the four-barrier kernel only (no MERGE_IN_CONV, LOCAL_P2, SPLIT)")
+    base = dict(decode.TUNE)
+    decode.TUNE["TRACE"] = 1
+    n_layer = len(model.backbone.layers)
+    cache = model.backbone.allocate_inference_cache(batch)
+    prompt = torch.randint(0, model.vocab_size, (batch, 16), generator=torch.Generator().manual_seed(0)).cuda()
+    model.backbone(model.encoder.embed(prompt), cache=cache)
+    token = prompt[:, -1].clone()
+    step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers], [c.ssm_state for c in cache.layers])
+    for _ in range(20):
+        step()
+    rows: dict[str, list[list[float]]] = {}
+    totals, resolution = [], []
+    for _ in range(steps):
+        step.trace.zero_()
+        step()
+        torch.cuda.synchronize()
+        per_phase, total, res = summarise_trace(step.trace.cpu(), n_layer)
+        totals.append(total)
+        resolution.append(res)
+        for name, vals in per_phase.items():
+            rows.setdefault(name, []).append(vals)
+    decode.TUNE.clear()
+    decode.TUNE.update(base)
+    print(f"\ntrace, batch {batch}: step {statistics.median(totals):.1f} us on the global timer (median of {steps} "
+          f"traced steps; its resolution seen: {statistics.median(resolution):.0f} ns); per phase, the mean over the "
+          f"layers of (us):")
+    print(f"{'phase':<18}{'work, slowest':>15}{'work, median':>14}{'arrival spread':>16}{'wait, median':>14}"
+          f"{'release':>9}{'x layers':>10}")
+    for name, per_step in rows.items():
+        vals = [statistics.median(v[k] for v in per_step) for k in range(5)]
+        count = 1 if name == "head" else n_layer
+        print(f"{name:<18}{vals[0]:15.2f}{vals[1]:14.2f}{vals[2]:16.2f}{vals[3]:14.2f}{vals[4]:9.2f}{count:10d}",
+              flush=True)
+
+
 def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int]]], batch_sizes: list[int],
                  programs: int = 132) -> None:
     """Registers and spill bytes of the step kernel compiled offline for sm_90a (bf16 weights), per setting and batch.
@@ -212,8 +294,8 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
     if ptxas is None:
         raise SystemExit(f"--ptxas: no ptxas under {bin_dir}")
     pointers = {"tok_ptr": "*i64", "logits_ptr": "*fp32", "resid_ptr": "*fp32", "xz_ptr": "*fp32", "xc_ptr": "*fp32",
-                "part_ptr": "*fp32", "y_ptr": "*fp32", "bar_ptr": "*i64", "z_ptr": "*fp32", "xacc_ptr": "*fp32",
-                "oacc_ptr": "*fp32"}
+                "part_ptr": "*fp32", "y_ptr": "*fp32", "bar_ptr": "*i64", "trace_ptr": "*i64", "z_ptr": "*fp32",
+                "xacc_ptr": "*fp32", "oacc_ptr": "*fp32"}
     print(f"sm_90a ptxas, {programs} programs, sizes (Dm, Di, N, R, W, V) {sizes}, bf16")
     for label, tune in settings:
         for batch in batch_sizes:
@@ -273,6 +355,8 @@ def main() -> int:
     p.add_argument("--ptxas", action="store_true",
                    help="no GPU needed: registers and spills of the default kernel and each --variants setting, "
                         "compiled offline for sm_90a")
+    p.add_argument("--trace", action="store_true",
+                   help="time each phase from inside the kernel (decode.TUNE's TRACE=1) at each batch size")
     p.add_argument("--timeout", type=float, default=420.0, help="seconds before the watchdog ends the process")
     args = p.parse_args()
     # a deadlocked grid barrier would block the host forever: dump every thread's stack and exit instead
@@ -313,6 +397,11 @@ def main() -> int:
             print(f"batch {batch}: fused step not supported: {reason}", flush=True)
             return 1
 
+    if args.trace:
+        for batch in args.batch_sizes:
+            trace_report(model, batch, steps=5)
+        faulthandler.cancel_dump_traceback_later()
+        return 0
     if args.breakdown:
         for batch in args.batch_sizes:
             check_agreement(model, batch, 10)

@@ -279,6 +279,31 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
 
 
+def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch):
+    """TRACE=1 (timing from inside the kernel) gives the same logits and states as without it and writes every row of
+    its trace: the start, each of the 4 * layers barriers and the end (the interpreter's clocks read 0, so a trace
+    poisoned with -1 shows every row written)."""
+    model = _lm("mamba_dna_lm_tiny", seed=60, d_model=24, n_layer=2, d_state=6)
+    runs = []
+    for trace in (0, 1):
+        monkeypatch.setattr(decode, "TUNE", {"TRACE": trace})
+        cache, _ = _random_caches(model, 2, seed=61)
+        token = torch.tensor([3, 1], device=DEV)
+        step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers],
+                               [c.ssm_state for c in cache.layers], programs=4)
+        if trace:
+            assert tuple(step.trace.shape) == (step.grid, 4 * 2 + 2, 4)
+            step.trace.fill_(-1)
+        else:
+            assert step.trace is None
+        runs.append((step().clone(), [c.ssm_state.clone() for c in cache.layers], step))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True))
+    assert (runs[1][2].trace == 0).all()
+    with pytest.raises(ValueError, match="TRACE"):
+        decode.plan_constexprs(768, 1536, 16, 48, 4, 256, 1, 132, {"TRACE": 1, "BARRIER": 1})
+
+
 def test_split_plan_and_its_errors():
     """SPLIT's plan for the 90M LM on 132 SMs (12 channels an item, 128 items) and the settings it refuses."""
     args = (768, 1536, 16, 48, 4, 256)
