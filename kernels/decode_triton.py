@@ -28,7 +28,8 @@ Opt-in variants (constexpr switches set from decode.TUNE; off, the kernel compil
 BARRIER=1 grid barriers on per-program epoch flags (release store, one vector of acquire loads) instead of the
 shared counter; ONE_ITEM=1 items of any row count (masked to a power-of-two tile) planned so that each program has one;
 BATCH_TILE=1 the batch rows as a (BLOCK_B, ...) tile dimension in every phase; LOCAL_P2=1 (with BARRIER=1) the conv
-phase waits on ready flags of the in_proj items it reads instead of a grid barrier.
+phase waits on ready flags of the in_proj items it reads instead of a grid barrier; ARRIVE_FIRST=1 each counter
+barrier split in two (_arrive, _wait) around the next phase's weight loads; TRACE=1 timestamps at every barrier.
 """
 
 from __future__ import annotations
@@ -94,6 +95,29 @@ def _wait_flags(flags, target, ASM: tl.constexpr):
             seen = tl.load(flags, volatile=True)
         behind = tl.max((seen < target).to(tl.int32), axis=0)
     tl.debug_barrier()
+
+
+@triton.jit
+def _arrive(bar_ptr, nprog, NO_WAIT: tl.constexpr):
+    """The first half of _grid_barrier (decode.TUNE's ARRIVE_FIRST=1): publishes this program's writes and counts it
+    in; returns the count to wait for (_wait). The release fence before the arrival waits for every load the
+    program has in flight, so weight loads issued before it do not overlap the barrier: with the halves apart they
+    go between, after the fence and before the polls."""
+    target = nprog.to(tl.int64) * 0
+    if not NO_WAIT:
+        tl.debug_barrier()
+        old = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
+        target = (old // nprog + 1) * nprog
+    return target
+
+
+@triton.jit
+def _wait(bar_ptr, target, NO_WAIT: tl.constexpr):
+    """The second half of _grid_barrier: polls until the count reaches `target` (from _arrive)."""
+    if not NO_WAIT:
+        while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
+            pass
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -241,6 +265,7 @@ def _decode_step_kernel(
     PER_OUT: tl.constexpr = 1, PER_HEAD: tl.constexpr = 1,
     BATCH_TILE: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
     LOCAL_P2: tl.constexpr = False, BLOCK_Q: tl.constexpr = 1, TRACE: tl.constexpr = False,
+    ARRIVE_FIRST: tl.constexpr = False,
 ):
     # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
     # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
@@ -287,9 +312,13 @@ def _decode_step_kernel(
         clk, ns = _timestamps(pid, ASM)
         _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
 
+    ticket = nprog.to(tl.int64) * 0  # ARRIVE_FIRST: the count the current barrier waits for
     for layer in range(n_layer):
         # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
         if not MERGE_IN_CONV:
+            if ARRIVE_FIRST:
+                if layer > 0:
+                    ticket = _arrive(bar_ptr, nprog, NO_WAIT)
             if not SKIP_P1:
                 w_in = _layer_ptr(in_tab, layer, ADT)
                 norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
@@ -299,8 +328,11 @@ def _decode_step_kernel(
                                mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
             if layer > 0:
                 # the previous layer's P4 wrote the residual
-                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                                 trace_ptr, trace_base, n_slots, TRACE)
+                if ARRIVE_FIRST:
+                    _wait(bar_ptr, ticket, NO_WAIT)
+                else:
+                    epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                                     trace_ptr, trace_base, n_slots, TRACE)
             if not SKIP_P1:
                 if BATCH_TILE:
                     xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm,
@@ -326,6 +358,8 @@ def _decode_step_kernel(
                                    mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
 
         # ---- P2: conv window step and partial x_proj sums ------------------------------------------------------
+        if ARRIVE_FIRST:
+            ticket = _arrive(bar_ptr, nprog, NO_WAIT)  # P1 wrote xz
         if not SKIP_P2:
             conv_w = _layer_ptr(convw_tab, layer, ADT)
             conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
@@ -349,7 +383,9 @@ def _decode_step_kernel(
                 epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                                  trace_ptr, trace_base, n_slots, TRACE)
         else:
-            if not LOCAL_P2:
+            if ARRIVE_FIRST:
+                _wait(bar_ptr, ticket, NO_WAIT)
+            elif not LOCAL_P2:
                 epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                                  trace_ptr, trace_base, n_slots, TRACE)  # P1 wrote xz
         if not SKIP_P2:
@@ -427,6 +463,8 @@ def _decode_step_kernel(
                                  mask=c_ok[:, None] & m_ok[None, :], other=0.0)
 
         # ---- P3: SSM state update ------------------------------------------------------------------------------
+        if ARRIVE_FIRST:
+            ticket = _arrive(bar_ptr, nprog, NO_WAIT)  # P2 wrote xc and the partial sums
         if not SKIP_P3:
             dt_w = _layer_ptr(dtw_tab, layer, ADT)
             a_log = _layer_ptr(alog_tab, layer, ALOG_DT)
@@ -436,8 +474,11 @@ def _decode_step_kernel(
             c_ok = ch < Di
             wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
             alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                         trace_ptr, trace_base, n_slots, TRACE)  # P2 wrote xc and the partial sums
+        if ARRIVE_FIRST:
+            _wait(bar_ptr, ticket, NO_WAIT)
+        else:
+            epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                             trace_ptr, trace_base, n_slots, TRACE)  # P2 wrote xc and the partial sums
         if not SKIP_P3:
             while item < n_ssm:
                 c_ok = ch < Di
@@ -517,14 +558,19 @@ def _decode_step_kernel(
                                other=0.0)
 
         # ---- P4: residual += y @ W_out^T ---------------------------------------------------------------------
+        if ARRIVE_FIRST:
+            ticket = _arrive(bar_ptr, nprog, NO_WAIT)  # P3 wrote y
         if not SKIP_P4:
             w_out = _layer_ptr(out_tab, layer, ADT)
             item = pid
             rows = _item_rows(item, ROWS_OUT, PER_OUT, Dm, ONE_ITEM)
             tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
                            mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
-        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                         trace_ptr, trace_base, n_slots, TRACE)  # P3 wrote y
+        if ARRIVE_FIRST:
+            _wait(bar_ptr, ticket, NO_WAIT)
+        else:
+            epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                             trace_ptr, trace_base, n_slots, TRACE)  # P3 wrote y
         if not SKIP_P4:
             if BATCH_TILE:
                 y_t = tl.load(y_ptr + offs_b[:, None] * Di + offs_i[None, :], mask=b_ok[:, None] & i_ok[None, :],
@@ -549,14 +595,19 @@ def _decode_step_kernel(
                                mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
 
     # ---- final norm and head ---------------------------------------------------------------------------------
+    if ARRIVE_FIRST:
+        ticket = _arrive(bar_ptr, nprog, NO_WAIT)  # the last P4 wrote the residual
     if not SKIP_HEAD:
         norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
         item = pid
         rows = _item_rows(item, ROWS_HEAD, PER_HEAD, V, ONE_ITEM)
         tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                        mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
-    epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                     trace_ptr, trace_base, n_slots, TRACE)  # the last P4 wrote the residual
+    if ARRIVE_FIRST:
+        _wait(bar_ptr, ticket, NO_WAIT)
+    else:
+        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                         trace_ptr, trace_base, n_slots, TRACE)  # the last P4 wrote the residual
     if not SKIP_HEAD:
         n_head = tl.cdiv(V, PER_HEAD)
         if BATCH_TILE:

@@ -155,7 +155,8 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
 
 VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 1}, {"BATCH_TILE": 0}, {"BARRIER": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
             {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, {"BARRIER": 1, "LOCAL_P2": 1},
-            {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}]
+            {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, {"ARRIVE_FIRST": 1},
+            {"ARRIVE_FIRST": 1, "BATCH_TILE": 0}]
 
 
 @pytest.mark.parametrize(
@@ -243,6 +244,9 @@ def test_variant_plans_at_the_benchmark_size():
         decode.plan_constexprs(*args, 1, 132, {"LOCAL_P2": 1})
     with pytest.raises(ValueError, match="BARIER"):
         decode.plan_constexprs(*args, 1, 132, {"BARIER": 1})
+    for other in ({"BARRIER": 1}, {"MERGE_IN_CONV": 1}, {"TRACE": 1}):
+        with pytest.raises(ValueError, match="ARRIVE_FIRST"):
+            decode.plan_constexprs(*args, 1, 132, {"ARRIVE_FIRST": 1, **other})
 
 
 @pytest.mark.parametrize(("batch", "programs", "copies"), [(1, 1, 8), (3, 5, 2), (2, 7, 1)])
@@ -424,6 +428,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"BARRIER": 1}, 3),
     ({"ONE_ITEM": 1, "BATCH_TILE": 1}, 5),
     ({"SPLIT": 1}, 1),
+    ({"ARRIVE_FIRST": 1}, 1),
+    ({"ARRIVE_FIRST": 1}, 8),
     ({"SPLIT": 1, "COPIES": 1}, 2),
 ])
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
