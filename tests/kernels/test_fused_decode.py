@@ -70,6 +70,22 @@ def _random_caches(model: torch.nn.Module, batch: int, seed: int):
     return a, b
 
 
+def _step_and_compare(step: FusedDecodeStep, model, token, fused_cache, ref_cache, gen, monkeypatch) -> None:
+    """One fused step on poisoned scratch and random tokens, against the reference step on its own cache: logits and
+    every layer's conv and SSM state."""
+    _poison(step)
+    token.copy_(torch.randint(0, model.vocab_size, token.shape, generator=gen))
+    got = step()
+    monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
+    with torch.no_grad():
+        want = _reference_step(model, token, ref_cache)
+    monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
+        torch.testing.assert_close(f.conv_state, r.conv_state, atol=2e-5, rtol=2e-5)  # in_proj sums
+        torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
+
+
 @pytest.mark.parametrize(
     ("batch", "kw", "programs", "merge"),
     [(1, {"d_model": 32, "n_layer": 2, "d_state": 5}, 6, False), (3, {"d_model": 24, "n_layer": 3, "d_state": 16}, 4,
@@ -87,17 +103,7 @@ def test_fused_steps_match_reference(forced, monkeypatch, batch, kw, programs, m
                            [c.ssm_state for c in fused_cache.layers], programs=programs)
     gen = torch.Generator().manual_seed(batch)
     for _ in range(5):
-        _poison(step)
-        token.copy_(torch.randint(0, model.vocab_size, (batch,), generator=gen))
-        got = step()
-        monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
-        with torch.no_grad():
-            want = _reference_step(model, token, ref_cache)
-        monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
-        for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
-            torch.testing.assert_close(f.conv_state, r.conv_state, atol=2e-5, rtol=2e-5)  # in_proj sums
-            torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
+        _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
     # four grid barriers per layer (three in layer 0, which starts from the embedding, and one before the head);
     # merged, one fewer per layer
     assert step._barrier.item() == 5 * (3 if merge else 4) * kw["n_layer"] * step.grid  # an arrival per program
@@ -268,17 +274,7 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
     assert tuple(step._oacc.shape) == (n_layer, copies, batch, 24)
     gen = torch.Generator().manual_seed(batch)
     for i in range(3):
-        _poison(step)
-        token.copy_(torch.randint(0, model.vocab_size, (batch,), generator=gen))
-        got = step()
-        monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
-        with torch.no_grad():
-            want = _reference_step(model, token, ref_cache)
-        monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
-        torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
-        for f, r in zip(fused_cache.layers, ref_cache.layers, strict=True):
-            torch.testing.assert_close(f.conv_state, r.conv_state, atol=2e-5, rtol=2e-5)
-            torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
+        _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
         assert not step._xacc.any() and not step._oacc[:-1].any() and step._oacc[-1].abs().sum() > 0
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
 
