@@ -98,16 +98,16 @@ def _wait_flags(flags, target, ASM: tl.constexpr):
 
 
 @triton.jit
-def _arrive(bar_ptr, nprog, NO_WAIT: tl.constexpr):
+def _arrive(bar_ptr, target, nprog, NO_WAIT: tl.constexpr):
     """The first half of _grid_barrier (decode.TUNE's ARRIVE_FIRST=1): publishes this program's writes and counts it
-    in; returns the count to wait for (_wait). The release fence before the arrival waits for every load the
-    program has in flight, so weight loads issued before it do not overlap the barrier: with the halves apart they
-    go between, after the fence and before the polls."""
-    target = nprog.to(tl.int64) * 0
+    in; returns the count to wait for (_wait), the previous barrier's `target` + nprog (the launch's first from the
+    count at its start), so the arrival's result is not waited for. The release fence before the arrival waits for
+    every load the program has in flight, so weight loads issued before it do not overlap the barrier: with the
+    halves apart they go between, after the fence and before the polls."""
     if not NO_WAIT:
         tl.debug_barrier()
-        old = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
-        target = (old // nprog + 1) * nprog
+        tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+        target += nprog
     return target
 
 
@@ -312,13 +312,17 @@ def _decode_step_kernel(
         clk, ns = _timestamps(pid, ASM)
         _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
 
-    ticket = nprog.to(tl.int64) * 0  # ARRIVE_FIRST: the count the current barrier waits for
+    # ARRIVE_FIRST: the count the current barrier waits for; from the count at the start, rounded down to a whole
+    # barrier (no barrier can be complete before this program has arrived at it)
+    ticket = nprog.to(tl.int64) * 0
+    if ARRIVE_FIRST:
+        ticket = tl.atomic_add(bar_ptr, 0, sem="relaxed", scope="gpu") // nprog * nprog
     for layer in range(n_layer):
         # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
         if not MERGE_IN_CONV:
             if ARRIVE_FIRST:
                 if layer > 0:
-                    ticket = _arrive(bar_ptr, nprog, NO_WAIT)
+                    ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)
             if not SKIP_P1:
                 w_in = _layer_ptr(in_tab, layer, ADT)
                 norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
@@ -359,7 +363,7 @@ def _decode_step_kernel(
 
         # ---- P2: conv window step and partial x_proj sums ------------------------------------------------------
         if ARRIVE_FIRST:
-            ticket = _arrive(bar_ptr, nprog, NO_WAIT)  # P1 wrote xz
+            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # P1 wrote xz
         if not SKIP_P2:
             conv_w = _layer_ptr(convw_tab, layer, ADT)
             conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
@@ -464,7 +468,7 @@ def _decode_step_kernel(
 
         # ---- P3: SSM state update ------------------------------------------------------------------------------
         if ARRIVE_FIRST:
-            ticket = _arrive(bar_ptr, nprog, NO_WAIT)  # P2 wrote xc and the partial sums
+            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # P2 wrote xc and the partial sums
         if not SKIP_P3:
             dt_w = _layer_ptr(dtw_tab, layer, ADT)
             a_log = _layer_ptr(alog_tab, layer, ALOG_DT)
@@ -559,7 +563,7 @@ def _decode_step_kernel(
 
         # ---- P4: residual += y @ W_out^T ---------------------------------------------------------------------
         if ARRIVE_FIRST:
-            ticket = _arrive(bar_ptr, nprog, NO_WAIT)  # P3 wrote y
+            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # P3 wrote y
         if not SKIP_P4:
             w_out = _layer_ptr(out_tab, layer, ADT)
             item = pid
@@ -596,7 +600,7 @@ def _decode_step_kernel(
 
     # ---- final norm and head ---------------------------------------------------------------------------------
     if ARRIVE_FIRST:
-        ticket = _arrive(bar_ptr, nprog, NO_WAIT)  # the last P4 wrote the residual
+        ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # the last P4 wrote the residual
     if not SKIP_HEAD:
         norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
         item = pid
