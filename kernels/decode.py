@@ -350,7 +350,7 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
     unknown = sorted(set(tune) - {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "num_warps"})
     if unknown:
         raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes PER_C, ROWS_HEAD, COPIES, "
-                         "NO_WAIT, num_warps)")
+                         "NO_WAIT, SKIP_ATOMICS, num_warps)")
     return c
 
 
@@ -471,6 +471,7 @@ class FusedDecodeStep:
             self._xacc = torch.zeros(len(mixers), copies, batch, X, **f32)
             self._oacc = torch.zeros(len(mixers), copies, batch, Dm, **f32)
             self._barrier = torch.zeros(1, dtype=torch.int64, device=self.device)
+            self.trace = None  # TRACE is the four-barrier kernel's
             self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._barrier, *sizes)
             return
         tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)
