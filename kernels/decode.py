@@ -63,6 +63,9 @@ _NUM_WARPS = 8
 # - ARRIVE_FIRST=1: each counter barrier in two halves, the arrival (release fence + count) before the next phase's
 #   weight loads and the polls after them: the fence waits for every load in flight, so loads issued before it (the
 #   default) cannot overlap the barrier. Not yet timed.
+# - EARLY_LOADS=1 (needs BATCH_TILE): a conv item's window and bias and an SSM item's state, D and dt bias are loaded
+#   with its weights before the barrier (by default after it: two or three more dependent round trips to memory a
+#   phase). Not yet timed.
 # - SPLIT=1: the other kernel, kernels/decode_split_triton.py: every phase on channel blocks, x_proj's and out_proj's
 #   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
@@ -76,7 +79,7 @@ TUNE: dict[str, int] = {}
 # 1,353 against 2,069 at batch 8; the flag barrier was slower, 632 / 2,162 us, ONE_ITEM 547 / 1,833 us; 2026-11-29)
 DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1}
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
-VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST")
+VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST", "EARLY_LOADS")
 # SPLIT's channels per item: at most this many (a BLOCK_C x BLOCK_DM in_proj tile twice, and out_proj's transpose)
 _SPLIT_MAX_C = 32
 # SPLIT's copies of each accumulator (item i adds into copy i % COPIES; readers add the copies): float atomics from
@@ -281,7 +284,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         MERGE_IN_CONV=merge,
         **{flag: 0 for flag in BREAKDOWN_FLAGS},
         BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1, LOCAL_P2=False, BLOCK_Q=1, TRACE=False,
-        ARRIVE_FIRST=False,
+        ARRIVE_FIRST=False, EARLY_LOADS=False,
     )
     unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J", "SPLIT"})
     if unknown:  # a misspelt setting would time the default kernel under another name
@@ -320,6 +323,9 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         c["BLOCK_Q"] = _pow2(-(-per["CONV"] // per["IN"]) + 1)
     c["TRACE"] = bool(c["TRACE"])
     c["ARRIVE_FIRST"] = bool(c["ARRIVE_FIRST"])
+    c["EARLY_LOADS"] = bool(c["EARLY_LOADS"])
+    if c["EARLY_LOADS"] and not c["BATCH_TILE"]:
+        raise ValueError("TUNE: EARLY_LOADS loads the batch rows' states as one tile: it needs BATCH_TILE=1")
     if c["ARRIVE_FIRST"] and (c["BARRIER"] or c["MERGE_IN_CONV"] or c["LOCAL_P2"] or c["TRACE"]):
         raise ValueError("TUNE: ARRIVE_FIRST splits the counter barrier of the four-phase layer; it does not combine "
                          "with BARRIER=1, MERGE_IN_CONV, LOCAL_P2 or TRACE")

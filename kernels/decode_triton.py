@@ -29,7 +29,9 @@ BARRIER=1 grid barriers on per-program epoch flags (release store, one vector of
 shared counter; ONE_ITEM=1 items of any row count (masked to a power-of-two tile) planned so that each program has one;
 BATCH_TILE=1 the batch rows as a (BLOCK_B, ...) tile dimension in every phase; LOCAL_P2=1 (with BARRIER=1) the conv
 phase waits on ready flags of the in_proj items it reads instead of a grid barrier; ARRIVE_FIRST=1 each counter
-barrier split in two (_arrive, _wait) around the next phase's weight loads; TRACE=1 timestamps at every barrier.
+barrier split in two (_arrive, _wait) around the next phase's weight loads; EARLY_LOADS=1 (with BATCH_TILE) the conv
+window, conv bias, SSM state, D and dt bias of a conv or SSM item loaded with its weights, before the barrier;
+TRACE=1 timestamps at every barrier.
 """
 
 from __future__ import annotations
@@ -240,6 +242,22 @@ def _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs,
 
 
 @triton.jit
+def _conv_window_tail(conv_st, ch, c_ok, offs_b, b_ok, offs_w, Di, W):
+    """The newest W - 1 entries of every batch row's conv window for channels `ch`, shifted to the front (the last
+    lane is 0): (BLOCK_B, CH, BLOCK_W)."""
+    w3 = offs_w[None, None, :]
+    row3 = conv_st + offs_b[:, None, None] * Di * W + ch[None, :, None] * W
+    return tl.load(row3 + w3 + 1, mask=(b_ok[:, None] & c_ok[None, :])[:, :, None] & (w3 + 1 < W), other=0.0)
+
+
+@triton.jit
+def _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N):
+    """Pointers to every batch row's SSM state of channels `ch` and their mask: (BLOCK_B, CH, BLOCK_N)."""
+    ptrs = ssm + offs_b[:, None, None] * Di * N + ch[None, :, None] * N + offs_n[None, None, :]
+    return ptrs, (b_ok[:, None] & c_ok[None, :])[:, :, None] & n_ok[None, None, :]
+
+
+@triton.jit
 def _rows_dot(w, x):
     """(BLOCK_B, ROWS): every batch row of x (BLOCK_B, K) against every row of the weight tile w (ROWS, K), fp32."""
     return tl.sum(w.to(tl.float32)[None, :, :] * x[:, None, :], axis=2)
@@ -265,7 +283,7 @@ def _decode_step_kernel(
     PER_OUT: tl.constexpr = 1, PER_HEAD: tl.constexpr = 1,
     BATCH_TILE: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
     LOCAL_P2: tl.constexpr = False, BLOCK_Q: tl.constexpr = 1, TRACE: tl.constexpr = False,
-    ARRIVE_FIRST: tl.constexpr = False,
+    ARRIVE_FIRST: tl.constexpr = False, EARLY_LOADS: tl.constexpr = False,
 ):
     # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
     # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
@@ -373,6 +391,10 @@ def _decode_step_kernel(
             c_ok = ch < Di
             taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :], other=0.0)
             wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
+            if EARLY_LOADS:  # this program's own channels: nothing another program writes in this phase
+                older = _conv_window_tail(conv_st, ch, c_ok, offs_b, b_ok, offs_w, Di, W)
+                if HAS_CONV_BIAS:
+                    cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
             if MERGE_IN_CONV:
                 # in_proj's u and z rows of this block's channels here, so no barrier between in_proj and the conv
                 w_in = _layer_ptr(in_tab, layer, ADT)
@@ -406,13 +428,14 @@ def _decode_step_kernel(
                     _wait_flags(bar_ptr + nprog + producers, epoch + 1, ASM)
                 taps32 = taps.to(tl.float32)
                 wx32 = wxt.to(tl.float32)
-                if HAS_CONV_BIAS:
+                if HAS_CONV_BIAS and not EARLY_LOADS:
                     cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
                 if BATCH_TILE:
                     bc_ok = b_ok[:, None] & c_ok[None, :]
                     w3 = offs_w[None, None, :]
                     row3 = conv_st + offs_b[:, None, None] * Di * W + ch[None, :, None] * W  # (B, CH, 1)
-                    older = tl.load(row3 + w3 + 1, mask=bc_ok[:, :, None] & (w3 + 1 < W), other=0.0)
+                    if not EARLY_LOADS:
+                        older = tl.load(row3 + w3 + 1, mask=bc_ok[:, :, None] & (w3 + 1 < W), other=0.0)
                     if MERGE_IN_CONV:
                         zv = _round(_rows_dot(wz, xn_t), ADT)  # (B, CH)
                         tl.store(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], zv, mask=bc_ok)
@@ -460,6 +483,10 @@ def _decode_step_kernel(
                 taps = tl.load(conv_w + ch[:, None] * W + offs_w[None, :], mask=c_ok[:, None] & w_ok[None, :],
                                other=0.0)
                 wxt = tl.load(w_x + offs_x[None, :] * Di + ch[:, None], mask=c_ok[:, None] & x_ok[None, :], other=0.0)
+                if EARLY_LOADS:
+                    older = _conv_window_tail(conv_st, ch, c_ok, offs_b, b_ok, offs_w, Di, W)
+                    if HAS_CONV_BIAS:
+                        cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
                 if MERGE_IN_CONV:
                     wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                                  mask=c_ok[:, None] & m_ok[None, :], other=0.0)
@@ -478,6 +505,11 @@ def _decode_step_kernel(
             c_ok = ch < Di
             wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
             alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+            if EARLY_LOADS:  # this program's own channels: nothing another program writes in this phase
+                Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                h_ptrs, h_ok = _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
+                h = tl.load(h_ptrs, mask=h_ok, other=0.0)
         if ARRIVE_FIRST:
             _wait(bar_ptr, ticket, NO_WAIT)
         else:
@@ -489,8 +521,9 @@ def _decode_step_kernel(
                 cn_ok = c_ok[:, None] & n_ok[None, :]
                 wdt32 = wdt.to(tl.float32)
                 A = -tl.exp(alog.to(tl.float32))
-                Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-                dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                if not EARLY_LOADS:
+                    Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                    dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
                 if BATCH_TILE:
                     bc_ok = b_ok[:, None] & c_ok[None, :]
                     # x_dbl rows = sums over P2's items of their partial sums, the whole batch at once
@@ -516,9 +549,10 @@ def _decode_step_kernel(
                                 cache_modifier=".cg")
                     z = tl.load(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], mask=bc_ok, other=0.0,
                                 cache_modifier=".cg")
-                    h_ptrs = ssm + offs_b[:, None, None] * Di * N + ch[None, :, None] * N + offs_n[None, None, :]
-                    h_ok = bc_ok[:, :, None] & n_ok[None, None, :]
-                    h = tl.load(h_ptrs, mask=h_ok, other=0.0)
+                    if not EARLY_LOADS:
+                        h_ptrs = ssm + offs_b[:, None, None] * Di * N + ch[None, :, None] * N + offs_n[None, None, :]
+                        h_ok = bc_ok[:, :, None] & n_ok[None, None, :]
+                        h = tl.load(h_ptrs, mask=h_ok, other=0.0)
                     h = tl.exp(dt[:, :, None] * A[None, :, :]) * h + (dt * x)[:, :, None] * Bv[:, None, :]
                     tl.store(h_ptrs, h, mask=h_ok)
                     y = tl.sum(h * Cv[:, None, :], axis=2) + Dv[None, :] * x
@@ -560,6 +594,11 @@ def _decode_step_kernel(
                 wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
                 alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :],
                                other=0.0)
+                if EARLY_LOADS:
+                    Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                    dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                    h_ptrs, h_ok = _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
+                    h = tl.load(h_ptrs, mask=h_ok, other=0.0)
 
         # ---- P4: residual += y @ W_out^T ---------------------------------------------------------------------
         if ARRIVE_FIRST:

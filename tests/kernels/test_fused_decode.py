@@ -162,7 +162,8 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
 VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 1}, {"BATCH_TILE": 0}, {"BARRIER": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
             {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, {"BARRIER": 1, "LOCAL_P2": 1},
             {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, {"ARRIVE_FIRST": 1},
-            {"ARRIVE_FIRST": 1, "BATCH_TILE": 0}]
+            {"ARRIVE_FIRST": 1, "BATCH_TILE": 0}, {"EARLY_LOADS": 1}, {"EARLY_LOADS": 1, "ARRIVE_FIRST": 1},
+            {"EARLY_LOADS": 1, "MERGE_IN_CONV": 1}]
 
 
 @pytest.mark.parametrize(
@@ -253,6 +254,8 @@ def test_variant_plans_at_the_benchmark_size():
     for other in ({"BARRIER": 1}, {"MERGE_IN_CONV": 1}, {"TRACE": 1}):
         with pytest.raises(ValueError, match="ARRIVE_FIRST"):
             decode.plan_constexprs(*args, 1, 132, {"ARRIVE_FIRST": 1, **other})
+    with pytest.raises(ValueError, match="EARLY_LOADS"):
+        decode.plan_constexprs(*args, 1, 132, {"EARLY_LOADS": 1, "BATCH_TILE": 0})
 
 
 @pytest.mark.parametrize(("batch", "programs", "copies"), [(1, 1, 8), (3, 5, 2), (2, 7, 1)])
@@ -426,6 +429,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1}, 1),
     ({"ARRIVE_FIRST": 1}, 1),
     ({"ARRIVE_FIRST": 1}, 8),
+    ({"ARRIVE_FIRST": 1, "EARLY_LOADS": 1}, 1),
+    ({"ARRIVE_FIRST": 1, "EARLY_LOADS": 1}, 8),
     ({"SPLIT": 1, "COPIES": 1}, 2),
 ])
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
