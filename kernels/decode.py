@@ -69,7 +69,8 @@ _NUM_WARPS = 8
 # - SPLIT=1: the other kernel, kernels/decode_split_triton.py: every phase on channel blocks, x_proj's and out_proj's
 #   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
-#   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), no other.
+#   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), and
+#   ARRIVE_FIRST (as below, not yet timed there), no other.
 #   Slower so far (H200, batch 1: 684 us against 449 us; BENCHMARKS.md).
 # - TRACE=1 (the four-barrier kernel with the counter barrier): each program records its clock (%clock64) and the
 #   global timer (%globaltimer) at its start, on arriving at and leaving each barrier, and at its end, into
@@ -349,14 +350,14 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         BLOCK_X=_pow2(R + 2 * N), BLOCK_C=max(2, _pow2(per_c)), PER_C=per_c,
         ROWS_HEAD=int(tune.get("ROWS_HEAD") or _block(V, programs, 2, _TILE // _pow2(Dm))),
         COPIES=int(tune.get("COPIES") or _SPLIT_COPIES), NO_WAIT=int(tune.get("NO_WAIT", 0)),
-        SKIP_ATOMICS=int(tune.get("SKIP_ATOMICS", 0)),
+        SKIP_ATOMICS=int(tune.get("SKIP_ATOMICS", 0)), ARRIVE_FIRST=bool(tune.get("ARRIVE_FIRST", 0)),
     )
     if c["COPIES"] < 1 or c["COPIES"] & (c["COPIES"] - 1):
         raise ValueError(f"TUNE: COPIES must be a power of two, got {c['COPIES']}")
-    unknown = sorted(set(tune) - {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "num_warps"})
+    takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "num_warps"}
+    unknown = sorted(set(tune) - takes)
     if unknown:
-        raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes PER_C, ROWS_HEAD, COPIES, "
-                         "NO_WAIT, SKIP_ATOMICS, num_warps)")
+        raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes {', '.join(sorted(takes))})")
     return c
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .decode_triton import _grid_barrier, _layer_ptr, _round, _rows_dot
+from .decode_triton import _arrive, _grid_barrier, _layer_ptr, _round, _rows_dot, _wait
 
 
 @triton.jit
@@ -93,11 +93,12 @@ def _zero(ptr, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _a_tiles(in_tab, convw_tab, conv_tab, xproj_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_w, offs_x, x_ok,
-             Dm, Di, W, ADT: tl.constexpr, CONV_DT: tl.constexpr):
+def _a_tiles(in_tab, convw_tab, convb_tab, conv_tab, xproj_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_w,
+             offs_x, x_ok, Dm, Di, W, ADT: tl.constexpr, CONV_DT: tl.constexpr, CB_DT: tl.constexpr,
+             HAS_CONV_BIAS: tl.constexpr):
     """What phase A of `layer` reads for channels `ch`: in_proj's u and z rows (C, BLOCK_DM), the conv taps
-    (C, BLOCK_W) fp32, x_proj's columns (C, BLOCK_X) fp32 and the conv windows' newest W - 1 entries (B, C, BLOCK_W),
-    shifted to the front."""
+    (C, BLOCK_W) fp32, the conv bias (C,) fp32 (zeros without one), x_proj's columns (C, BLOCK_X) fp32 and the conv
+    windows' newest W - 1 entries (B, C, BLOCK_W), shifted to the front."""
     w_in = _layer_ptr(in_tab, layer, ADT)
     cm_ok = c_ok[:, None] & m_ok[None, :]
     wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :], mask=cm_ok, other=0.0)
@@ -109,14 +110,19 @@ def _a_tiles(in_tab, convw_tab, conv_tab, xproj_tab, layer, ch, c_ok, offs_b, b_
     w3 = offs_w[None, None, :]
     row3 = _layer_ptr(conv_tab, layer, CONV_DT) + offs_b[:, None, None] * Di * W + ch[None, :, None] * W
     older = tl.load(row3 + w3 + 1, mask=(b_ok[:, None] & c_ok[None, :])[:, :, None] & (w3 + 1 < W), other=0.0)
-    return wu, wz, taps, wx, older
+    if HAS_CONV_BIAS:
+        cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+    else:
+        cbias = tl.zeros(ch.shape, dtype=tl.float32)
+    return wu, wz, taps, cbias, wx, older
 
 
 @triton.jit
-def _b_tiles(out_tab, dtw_tab, alog_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r,
-             r_ok, Di, N, R, ADT: tl.constexpr, ALOG_DT: tl.constexpr):
-    """What phase B of `layer` reads for channels `ch`: out_proj's columns (BLOCK_DM, C), dt_proj's rows (C, BLOCK_R),
-    A = -exp(A_log) (C, BLOCK_N) fp32 and the SSM states (B, C, BLOCK_N) fp32."""
+def _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_n,
+             n_ok, offs_r, r_ok, Di, N, R, ADT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr,
+             DTB_DT: tl.constexpr):
+    """What phase B of `layer` reads for channels `ch`: out_proj's columns (BLOCK_DM, C), dt_proj's rows (C, BLOCK_R)
+    and bias (C,) fp32, A = -exp(A_log) (C, BLOCK_N) fp32, D (C,) fp32 and the SSM states (B, C, BLOCK_N) fp32."""
     wout = tl.load(_layer_ptr(out_tab, layer, ADT) + offs_m.to(tl.int64)[:, None] * Di + ch[None, :],
                    mask=m_ok[:, None] & c_ok[None, :], other=0.0)
     wdt = tl.load(_layer_ptr(dtw_tab, layer, ADT) + ch[:, None] * R + offs_r[None, :],
@@ -126,7 +132,9 @@ def _b_tiles(out_tab, dtw_tab, alog_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok,
     h_ptrs = (_layer_ptr(ssm_tab, layer, tl.float32) + offs_b[:, None, None] * Di * N + ch[None, :, None] * N
               + offs_n[None, None, :])
     h = tl.load(h_ptrs, mask=(b_ok[:, None] & c_ok[None, :])[:, :, None] & n_ok[None, None, :], other=0.0)
-    return wout, wdt, -tl.exp(alog.to(tl.float32)), h
+    dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+    Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+    return wout, wdt, dtb, -tl.exp(alog.to(tl.float32)), Dv, h
 
 
 @triton.jit(do_not_specialize=["batch"])
@@ -141,6 +149,7 @@ def _decode_split_kernel(
     BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr,
     ROWS_HEAD: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr = 0,
+    ARRIVE_FIRST: tl.constexpr = False,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics
@@ -164,16 +173,26 @@ def _decode_split_kernel(
 
     item = pid
     ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
-    wu, wz, taps, wx, older = _a_tiles(in_tab, convw_tab, conv_tab, xproj_tab, 0, ch, c_ok, offs_b, b_ok, offs_m,
-                                       m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT, CONV_DT)
+    wu, wz, taps, cbias, wx, older = _a_tiles(in_tab, convw_tab, convb_tab, conv_tab, xproj_tab, 0, ch, c_ok, offs_b,
+                                              b_ok, offs_m, m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT, CONV_DT, CB_DT,
+                                              HAS_CONV_BIAS)
     r = _embedded(tok_ptr, emb_ptr, offs_b, b_ok, offs_m, m_ok, Dm)  # the residual stream, (B, BLOCK_DM) fp32
 
+    # ARRIVE_FIRST (decode_triton._arrive): each barrier's arrival before the next phase's weight loads, its polls
+    # after them; `ticket` is the count the current barrier waits for
+    ticket = nprog.to(tl.int64) * 0
+    if ARRIVE_FIRST:
+        ticket = tl.atomic_add(bar_ptr, 0, sem="relaxed", scope="gpu") // nprog * nprog
     for layer in range(n_layer):
         # ---- A: norm, in_proj rows of the block, conv step, x_proj partial sums ---------------------------------
         norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
         conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
         if layer > 0:
-            _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the previous layer's phase B filled o_acc[layer - 1]
+            # the previous layer's phase B filled o_acc[layer - 1]
+            if ARRIVE_FIRST:
+                _wait(bar_ptr, ticket, NO_WAIT)
+            else:
+                _grid_barrier(bar_ptr, nprog, NO_WAIT)
             r = _add_mixer_out(r, oacc_ptr, layer - 1, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES)
             if zeroer:
                 _zero(xacc_ptr + (layer - 1) * COPIES * batch * X, COPIES * batch * X, BLOCK_X)
@@ -189,7 +208,7 @@ def _decode_split_kernel(
             tl.store(row3 + w3, window, mask=bc_ok[:, :, None] & (w3 < W))
             out = tl.sum(window.to(tl.float32) * taps[None, :, :], axis=2)
             if HAS_CONV_BIAS:
-                out += tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+                out += cbias[None, :]
             xc = tl.where(bc_ok, _round(out / (1.0 + tl.exp(-out)), ADT), 0.0)
             tl.store(xc_ptr + offs_b[:, None] * Di + ch[None, :], xc, mask=bc_ok)
             tl.store(z_ptr + offs_b[:, None] * Di + ch[None, :], z, mask=bc_ok)
@@ -199,15 +218,23 @@ def _decode_split_kernel(
                               + offs_x[None, :], part, mask=b_ok[:, None] & x_ok[None, :], sem="relaxed")
             item += nprog
             ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
-            wu, wz, taps, wx, older = _a_tiles(in_tab, convw_tab, conv_tab, xproj_tab, layer, ch, c_ok, offs_b, b_ok,
-                                               offs_m, m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT, CONV_DT)
+            wu, wz, taps, cbias, wx, older = _a_tiles(in_tab, convw_tab, convb_tab, conv_tab, xproj_tab, layer, ch,
+                                                      c_ok, offs_b, b_ok, offs_m, m_ok, offs_w, offs_x, x_ok, Dm, Di,
+                                                      W, ADT, CONV_DT, CB_DT, HAS_CONV_BIAS)
 
         # ---- B: dt, SSM state update, gate, out_proj partial sums -----------------------------------------------
+        if ARRIVE_FIRST:
+            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)
         item = pid
         ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
-        wout, wdt, A, h = _b_tiles(out_tab, dtw_tab, alog_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok,
-                                   offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT, ALOG_DT)
-        _grid_barrier(bar_ptr, nprog, NO_WAIT)  # phase A filled x_acc[layer]
+        wout, wdt, dtb, A, Dv, h = _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_ok,
+                                            offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT,
+                                            ALOG_DT, D_DT, DTB_DT)
+        # phase A filled x_acc[layer]
+        if ARRIVE_FIRST:
+            _wait(bar_ptr, ticket, NO_WAIT)
+        else:
+            _grid_barrier(bar_ptr, nprog, NO_WAIT)
         if zeroer and layer > 0:
             _zero(oacc_ptr + (layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, BLOCK_DM)
         dt_low = _round(_acc_sum(xacc_ptr, layer, batch, offs_b, b_ok, offs_r, r_ok, X, COPIES), ADT)  # (B, R)
@@ -216,8 +243,6 @@ def _decode_split_kernel(
         ssm = _layer_ptr(ssm_tab, layer, tl.float32)
         while item < n_items:
             bc_ok = b_ok[:, None] & c_ok[None, :]
-            Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-            dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
             x = tl.load(xc_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
             z = tl.load(z_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
             dt = _round(_rows_dot(wdt, dt_low), ADT) + dtb[None, :]  # (B, C)
@@ -233,15 +258,19 @@ def _decode_split_kernel(
                               + offs_m[None, :], part, mask=b_ok[:, None] & m_ok[None, :], sem="relaxed")
             item += nprog
             ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
-            wout, wdt, A, h = _b_tiles(out_tab, dtw_tab, alog_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok, offs_m,
-                                       m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT, ALOG_DT)
+            wout, wdt, dtb, A, Dv, h = _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_ok,
+                                                offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT,
+                                                ALOG_DT, D_DT, DTB_DT)
 
         # the next layer's phase A tiles of this program's first item (after the last layer: its own again, unused)
+        if ARRIVE_FIRST:
+            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # for the next layer's first barrier or the head's
         item = pid
         ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
-        wu, wz, taps, wx, older = _a_tiles(in_tab, convw_tab, conv_tab, xproj_tab, tl.minimum(layer + 1, n_layer - 1),
-                                           ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT,
-                                           CONV_DT)
+        wu, wz, taps, cbias, wx, older = _a_tiles(in_tab, convw_tab, convb_tab, conv_tab, xproj_tab,
+                                                  tl.minimum(layer + 1, n_layer - 1), ch, c_ok, offs_b, b_ok, offs_m,
+                                                  m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT, CONV_DT, CB_DT,
+                                                  HAS_CONV_BIAS)
 
     # ---- final norm and head ---------------------------------------------------------------------------------
     norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
@@ -249,7 +278,11 @@ def _decode_split_kernel(
     rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
     tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                    mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
-    _grid_barrier(bar_ptr, nprog, NO_WAIT)  # the last layer's phase B filled o_acc[n_layer - 1]
+    # the last layer's phase B filled o_acc[n_layer - 1]
+    if ARRIVE_FIRST:
+        _wait(bar_ptr, ticket, NO_WAIT)
+    else:
+        _grid_barrier(bar_ptr, nprog, NO_WAIT)
     r = _add_mixer_out(r, oacc_ptr, n_layer - 1, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES)
     if zeroer:
         _zero(xacc_ptr + (n_layer - 1) * COPIES * batch * X, COPIES * batch * X, BLOCK_X)

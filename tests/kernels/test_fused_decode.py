@@ -258,13 +258,14 @@ def test_variant_plans_at_the_benchmark_size():
         decode.plan_constexprs(*args, 1, 132, {"EARLY_LOADS": 1, "BATCH_TILE": 0})
 
 
-@pytest.mark.parametrize(("batch", "programs", "copies"), [(1, 1, 8), (3, 5, 2), (2, 7, 1)])
-def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies):
+@pytest.mark.parametrize(("batch", "programs", "copies", "arrive_first"),
+                         [(1, 1, 8, 0), (3, 5, 2, 0), (2, 7, 1, 0), (3, 5, 4, 1)])
+def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies, arrive_first):
     """SPLIT=1 (kernels/decode_split_triton.py) against the layer-by-layer step over three steps from random states:
     programs=5 or 7 plans channel blocks of 10 or 7 (tiles of 16 and 8) that one interpreted program loops over, each
     adding into its copy of the accumulators. Between launches every accumulator is zero but the last layer's
     out_proj sums (zeroed at the start of the next launch)."""
-    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies})
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies, "ARRIVE_FIRST": arrive_first})
     n_layer = 3
     model = _lm("mamba_dna_lm_tiny", seed=40 + batch, d_model=24, n_layer=n_layer, d_state=6)
     fused_cache, ref_cache = _random_caches(model, batch, seed=50 + batch)
@@ -432,6 +433,7 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"ARRIVE_FIRST": 1, "EARLY_LOADS": 1}, 1),
     ({"ARRIVE_FIRST": 1, "EARLY_LOADS": 1}, 8),
     ({"SPLIT": 1, "COPIES": 1}, 2),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1}, 1),
 ])
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     """decode.TUNE's variants on the real grid (one program per SM: flags and ready flags raced for real) at the 90M
