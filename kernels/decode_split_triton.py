@@ -78,6 +78,28 @@ def _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, AD
 
 
 @triton.jit
+def _meet(bar_ptr, ticket, nprog, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.constexpr):
+    """The grid barrier: its polls alone under ARRIVE_FIRST (the arrival came before the weight loads), else whole."""
+    if ARRIVE_FIRST:
+        _wait(bar_ptr, ticket, NO_WAIT)
+    else:
+        _grid_barrier(bar_ptr, nprog, NO_WAIT)
+
+
+@triton.jit
+def _after_phase_b(r, layer, bar_ptr, ticket, nprog, oacc_ptr, xacc_ptr, zeroer, batch, offs_b, b_ok, offs_m, m_ok,
+                   Dm, X, ADT: tl.constexpr, COPIES: tl.constexpr, BLOCK_X: tl.constexpr, NO_WAIT: tl.constexpr,
+                   ARRIVE_FIRST: tl.constexpr):
+    """Waits until every program has added its out_proj sums of `layer`, returns r + that layer's output, and (the
+    zeroer) clears x_acc[layer], which every program read before that barrier."""
+    _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST)
+    r = _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES)
+    if zeroer:
+        _zero(xacc_ptr + layer * COPIES * batch * X, COPIES * batch * X, BLOCK_X)
+    return r
+
+
+@triton.jit
 def _normed(r, norm_w, Dm, eps, ADT: tl.constexpr):
     """rmsnorm of every row of r (BLOCK_B, BLOCK_DM), rounded to the activation dtype."""
     rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=1) / Dm + eps)
@@ -188,14 +210,8 @@ def _decode_split_kernel(
         norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
         conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
         if layer > 0:
-            # the previous layer's phase B filled o_acc[layer - 1]
-            if ARRIVE_FIRST:
-                _wait(bar_ptr, ticket, NO_WAIT)
-            else:
-                _grid_barrier(bar_ptr, nprog, NO_WAIT)
-            r = _add_mixer_out(r, oacc_ptr, layer - 1, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES)
-            if zeroer:
-                _zero(xacc_ptr + (layer - 1) * COPIES * batch * X, COPIES * batch * X, BLOCK_X)
+            r = _after_phase_b(r, layer - 1, bar_ptr, ticket, nprog, oacc_ptr, xacc_ptr, zeroer, batch, offs_b, b_ok,
+                               offs_m, m_ok, Dm, X, ADT, COPIES, BLOCK_X, NO_WAIT, ARRIVE_FIRST)
         elif zeroer:
             _zero(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, BLOCK_DM)
         xn = _normed(r, norm_w, Dm, eps, ADT)
@@ -230,11 +246,7 @@ def _decode_split_kernel(
         wout, wdt, dtb, A, Dv, h = _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_ok,
                                             offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT,
                                             ALOG_DT, D_DT, DTB_DT)
-        # phase A filled x_acc[layer]
-        if ARRIVE_FIRST:
-            _wait(bar_ptr, ticket, NO_WAIT)
-        else:
-            _grid_barrier(bar_ptr, nprog, NO_WAIT)
+        _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST)  # phase A filled x_acc[layer]
         if zeroer and layer > 0:
             _zero(oacc_ptr + (layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, BLOCK_DM)
         dt_low = _round(_acc_sum(xacc_ptr, layer, batch, offs_b, b_ok, offs_r, r_ok, X, COPIES), ADT)  # (B, R)
@@ -278,14 +290,8 @@ def _decode_split_kernel(
     rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
     tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                    mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
-    # the last layer's phase B filled o_acc[n_layer - 1]
-    if ARRIVE_FIRST:
-        _wait(bar_ptr, ticket, NO_WAIT)
-    else:
-        _grid_barrier(bar_ptr, nprog, NO_WAIT)
-    r = _add_mixer_out(r, oacc_ptr, n_layer - 1, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES)
-    if zeroer:
-        _zero(xacc_ptr + (n_layer - 1) * COPIES * batch * X, COPIES * batch * X, BLOCK_X)
+    r = _after_phase_b(r, n_layer - 1, bar_ptr, ticket, nprog, oacc_ptr, xacc_ptr, zeroer, batch, offs_b, b_ok, offs_m,
+                       m_ok, Dm, X, ADT, COPIES, BLOCK_X, NO_WAIT, ARRIVE_FIRST)
     hidden = _normed(r, norm_f, Dm, eps, ADT)
     n_head = tl.cdiv(V, ROWS_HEAD)
     while item < n_head:
