@@ -40,7 +40,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .decode_triton import _arrive, _grid_barrier, _layer_ptr, _round, _rows_dot, _wait
+from .decode_triton import (
+    _arrive,
+    _barriers_done,
+    _conv_window_tail,
+    _grid_barrier,
+    _layer_ptr,
+    _round,
+    _rows_dot,
+    _ssm_state_ptrs,
+    _wait,
+)
 
 
 @triton.jit
@@ -129,9 +139,7 @@ def _a_tiles(in_tab, convw_tab, convb_tab, conv_tab, xproj_tab, layer, ch, c_ok,
                    mask=c_ok[:, None] & (offs_w[None, :] < W), other=0.0).to(tl.float32)
     wx = tl.load(_layer_ptr(xproj_tab, layer, ADT) + offs_x[None, :] * Di + ch[:, None],
                  mask=c_ok[:, None] & x_ok[None, :], other=0.0).to(tl.float32)
-    w3 = offs_w[None, None, :]
-    row3 = _layer_ptr(conv_tab, layer, CONV_DT) + offs_b[:, None, None] * Di * W + ch[None, :, None] * W
-    older = tl.load(row3 + w3 + 1, mask=(b_ok[:, None] & c_ok[None, :])[:, :, None] & (w3 + 1 < W), other=0.0)
+    older = _conv_window_tail(_layer_ptr(conv_tab, layer, CONV_DT), ch, c_ok, offs_b, b_ok, offs_w, Di, W)
     if HAS_CONV_BIAS:
         cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
     else:
@@ -151,9 +159,8 @@ def _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_o
                   mask=c_ok[:, None] & r_ok[None, :], other=0.0)
     alog = tl.load(_layer_ptr(alog_tab, layer, ALOG_DT) + ch[:, None] * N + offs_n[None, :],
                    mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-    h_ptrs = (_layer_ptr(ssm_tab, layer, tl.float32) + offs_b[:, None, None] * Di * N + ch[None, :, None] * N
-              + offs_n[None, None, :])
-    h = tl.load(h_ptrs, mask=(b_ok[:, None] & c_ok[None, :])[:, :, None] & n_ok[None, None, :], other=0.0)
+    h_ptrs, h_ok = _ssm_state_ptrs(_layer_ptr(ssm_tab, layer, tl.float32), ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
+    h = tl.load(h_ptrs, mask=h_ok, other=0.0)
     dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
     Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
     return wout, wdt, dtb, -tl.exp(alog.to(tl.float32)), Dv, h
@@ -204,7 +211,7 @@ def _decode_split_kernel(
     # after them; `ticket` is the count the current barrier waits for
     ticket = nprog.to(tl.int64) * 0
     if ARRIVE_FIRST:
-        ticket = tl.atomic_add(bar_ptr, 0, sem="relaxed", scope="gpu") // nprog * nprog
+        ticket = _barriers_done(bar_ptr, nprog) * nprog
     for layer in range(n_layer):
         # ---- A: norm, in_proj rows of the block, conv step, x_proj partial sums ---------------------------------
         norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
@@ -260,8 +267,8 @@ def _decode_split_kernel(
             dt = _round(_rows_dot(wdt, dt_low), ADT) + dtb[None, :]  # (B, C)
             dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
             h = tl.exp(dt[:, :, None] * A[None, :, :]) * h + (dt * x)[:, :, None] * Bv[:, None, :]
-            h_ptrs = ssm + offs_b[:, None, None] * Di * N + ch[None, :, None] * N + offs_n[None, None, :]
-            tl.store(h_ptrs, h, mask=bc_ok[:, :, None] & n_ok[None, None, :])
+            h_ptrs, h_ok = _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
+            tl.store(h_ptrs, h, mask=h_ok)
             y = tl.sum(h * Cv[:, None, :], axis=2) + Dv[None, :] * x
             y = tl.where(bc_ok, _round(y * (z / (1.0 + tl.exp(-z))), ADT), 0.0)
             part = _rows_dot(wout, y)  # (B, BLOCK_DM)

@@ -123,6 +123,13 @@ def _wait(bar_ptr, target, NO_WAIT: tl.constexpr):
 
 
 @triton.jit
+def _barriers_done(bar_ptr, nprog):
+    """How many grid barriers the counter has completed (int64), read at a launch's start: exact then, since no
+    barrier can complete before this program has arrived at it."""
+    return tl.atomic_add(bar_ptr, 0, sem="relaxed", scope="gpu") // nprog
+
+
+@triton.jit
 def _timestamps(pid, ASM: tl.constexpr):
     """(SM clock cycles, global timer ns) now, int64: PTX %clock64 and %globaltimer; (0, 0) under the interpreter.
     `pid` only gives the asm an operand (its value is unused)."""
@@ -325,16 +332,14 @@ def _decode_step_kernel(
     n_slots = 4 * n_layer + 2
     trace_base = 0
     if TRACE:
-        # no episode can end before this program arrives, so this is the launch's first
-        trace_base = tl.atomic_add(bar_ptr, 0, sem="relaxed", scope="gpu") // nprog
+        trace_base = _barriers_done(bar_ptr, nprog)
         clk, ns = _timestamps(pid, ASM)
         _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
 
-    # ARRIVE_FIRST: the count the current barrier waits for; from the count at the start, rounded down to a whole
-    # barrier (no barrier can be complete before this program has arrived at it)
+    # ARRIVE_FIRST: the count the current barrier waits for, from the barriers completed before the launch
     ticket = nprog.to(tl.int64) * 0
     if ARRIVE_FIRST:
-        ticket = tl.atomic_add(bar_ptr, 0, sem="relaxed", scope="gpu") // nprog * nprog
+        ticket = _barriers_done(bar_ptr, nprog) * nprog
     for layer in range(n_layer):
         # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
         if not MERGE_IN_CONV:
