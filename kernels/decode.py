@@ -12,14 +12,15 @@ dtype, sums in fp32), in one persistent Triton kernel with grid-wide barriers be
 tables of their addresses: a decoder built on it sees in-place weight updates, and a CUDA graph captures one kernel.
 
 Measured on an H200 (scripts/decode_gpu_check.py; 90.7M-parameter wave LM, d_model 768, 24 layers, bf16; weight-read
-floor 43.0 us at 4.22 TB/s; CUDA-graph step medians): at batch 1 the fused step takes 560.5 us (531 us with out_proj
-tiles of 4 rows, now the plan; 598 us with in_proj tiles of 16, 707 us with MERGE_IN_CONV) against 576.2 us layer
-by layer; at batch 8, 2148 us against 569 us; logits within 3.1e-2 (rel 8e-3) of the layer path. That is ~23 us
-per layer at batch 1 (four grid barriers and the phases' chains of dependent L2 round trips, far above the ~1.8 us of
-weight reads), and ~9.5 us per layer for each further batch row, since the rows run in a loop inside every item.
-Hence the rule: SEQBACKBONE_FUSED_DECODE unset = automatic (the fused step at batch 1 only), =1 forces it for batches
-up to 8, =0 turns it off (the decoder then runs the layer-by-layer step). On the CPU it runs only through the Triton
-interpreter (SEQBACKBONE_KERNELS=triton, TRITON_INTERPRET=1), with one program.
+floor 43.7 us; CUDA-graph step medians, 2026-11-29): at batch 1 the fused step takes 368 us (8.4x the floor) against
+585 us layer by layer and 1,237 us for upstream's generate(cg=True); at batch 8, 1,337 us against 569 us layer by
+layer. A trace from inside the kernel (--trace, 442 us step before ARRIVE_FIRST, EARLY_LOADS and ONE_ITEM) put
+~14.5 us of a layer's ~18 us into the slowest program's work in the four phases (chains of dependent round trips to
+memory, 3-4.5 us a phase) and ~3.4 us into releasing the four barriers; the weights themselves take ~1.8 us a layer
+to read. Each further batch row adds work to every item, hence the rule: SEQBACKBONE_FUSED_DECODE unset = automatic
+(the fused step at batch 1 only), =1 forces it for batches up to 8, =0 turns it off (the decoder then runs the
+layer-by-layer step). On the CPU it runs only through the Triton interpreter (SEQBACKBONE_KERNELS=triton,
+TRITON_INTERPRET=1), with one program.
 """
 
 from __future__ import annotations
@@ -62,25 +63,39 @@ _NUM_WARPS = 8
 #     flags of the in_proj items that wrote its channels (three grid barriers per layer).
 # - ARRIVE_FIRST=1: each counter barrier in two halves, the arrival (release fence + count) before the next phase's
 #   weight loads and the polls after them: the fence waits for every load in flight, so loads issued before it (the
-#   default) cannot overlap the barrier. Not yet timed.
+#   default) cannot overlap the barrier. On by default (H200, batch 1: 408 us alone, 379 with EARLY_LOADS, 368 with
+#   both and ONE_ITEM, against 442 without any).
 # - EARLY_LOADS=1 (needs BATCH_TILE): a conv item's window and bias and an SSM item's state, D and dt bias are loaded
 #   with its weights before the barrier (by default after it: two or three more dependent round trips to memory a
-#   phase). Not yet timed.
+#   phase). On by default (alone 436 us against 442 at batch 1; see ARRIVE_FIRST).
+# - PREFETCH=k (1..4, not with MERGE_IN_CONV): each program asks L2 (PTX prefetch.global.L2) for its share of the
+#   in_proj, x_proj, dt_proj and out_proj weights of the layer k ahead while this layer's in_proj phase waits at its
+#   barrier, so that every phase's weight loads hit L2 instead of memory. Not yet timed.
 # - SPLIT=1: the other kernel, kernels/decode_split_triton.py: every phase on channel blocks, x_proj's and out_proj's
 #   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), and
-#   ARRIVE_FIRST (as below, not yet timed there), no other.
+#   ARRIVE_FIRST (as below; 583 us there at batch 1), no other.
 #   Slower so far (H200, batch 1: 684 us against 449 us; BENCHMARKS.md).
-# - TRACE=1 (the four-barrier kernel with the counter barrier): each program records its clock (%clock64) and the
-#   global timer (%globaltimer) at its start, on arriving at and leaving each barrier, and at its end, into
+# - TRACE=1 (the four-barrier kernel with the counter barrier, whole or split by ARRIVE_FIRST): each program records
+#   its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving each barrier
+#   (under ARRIVE_FIRST the next phase's weight loads are issued in between), and at its end, into
 #   FusedDecodeStep.trace (programs, 4 * layers + 2, 4) int64 (scripts/decode_gpu_check.py --trace); same results.
 TUNE: dict[str, int] = {}
-# settings under TUNE's: the batch rows as one tile (H200, 90M LM, CUDA-graph step: 467 us against 540 at batch 1,
-# 1,353 against 2,069 at batch 8; the flag barrier was slower, 632 / 2,162 us, ONE_ITEM 547 / 1,833 us; 2026-11-29)
-DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1}
+# settings under TUNE's (H200, 90M LM, CUDA-graph step medians, 2026-11-29): the batch rows as one tile (467 us
+# against 540 at batch 1, 1,353 against 2,069 at batch 8); then the barrier's arrival before the next phase's weight
+# loads, the states loaded with the weights and one item a program: 368 us against 442 at batch 1 (1,337 against
+# 1,282 at batch 8, where the layer-by-layer step, 569 us, is the automatic choice anyway). The flag barrier was
+# slower (632 / 2,162 us), the SPLIT kernel too (583 us at batch 1 with ARRIVE_FIRST).
+DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS": 1, "ONE_ITEM": 1}
+# DEFAULT_TUNE's switches that give way to an explicit TUNE setting they do not combine with: (switch, setting,
+# the setting's values that turn the switch off); set explicitly, the pair is refused by plan_constexprs
+_DEFAULT_YIELDS = (("ARRIVE_FIRST", "BARRIER", "truthy"), ("ARRIVE_FIRST", "MERGE_IN_CONV", "truthy"),
+                   ("ARRIVE_FIRST", "LOCAL_P2", "truthy"),
+                   ("EARLY_LOADS", "BATCH_TILE", "falsy"))
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
-VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST", "EARLY_LOADS")
+VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST", "EARLY_LOADS",
+                 "PREFETCH")
 # SPLIT's channels per item: at most this many (a BLOCK_C x BLOCK_DM in_proj tile twice, and out_proj's transpose)
 _SPLIT_MAX_C = 32
 # SPLIT's copies of each accumulator (item i adds into copy i % COPIES; readers add the copies): float atomics from
@@ -258,11 +273,24 @@ def _one_item(items: int, programs: int, width: int, block: int, max_rows: int) 
     return per, _pow2(per)
 
 
+def resolved_tune(tune: dict[str, int]) -> dict[str, int]:
+    """`tune` (decode.TUNE) over DEFAULT_TUNE, less the defaults that cannot combine with one of its settings, so that
+    e.g. {"BARRIER": 1} times the flag barrier without ARRIVE_FIRST and {"BATCH_TILE": 0} runs without EARLY_LOADS."""
+    merged = {**DEFAULT_TUNE, **tune}
+    for switch, setting, off_when in _DEFAULT_YIELDS:
+        if switch in tune or setting not in tune:
+            continue
+        if bool(tune[setting]) == (off_when == "truthy"):
+            merged.pop(switch, None)
+    return merged
+
+
 def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
                     tune: dict[str, int]) -> dict[str, int]:
     """The step kernel's tile sizes and variant switches for these model sizes, `programs` programs and batch
-    `batch`, with `tune`'s overrides (decode.TUNE) applied over DEFAULT_TUNE; num_warps is not among them."""
-    tune = {**DEFAULT_TUNE, **tune}
+    `batch`, with `tune`'s overrides (decode.TUNE) applied over DEFAULT_TUNE (resolved_tune); num_warps is not among
+    them."""
+    tune = resolved_tune(tune)
     X = R + 2 * N
     block_dm, block_di = _pow2(Dm), _pow2(Di)
     block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)
@@ -285,7 +313,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         MERGE_IN_CONV=merge,
         **{flag: 0 for flag in BREAKDOWN_FLAGS},
         BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1, LOCAL_P2=False, BLOCK_Q=1, TRACE=False,
-        ARRIVE_FIRST=False, EARLY_LOADS=False,
+        ARRIVE_FIRST=False, EARLY_LOADS=False, PREFETCH=0,
     )
     unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J", "SPLIT"})
     if unknown:  # a misspelt setting would time the default kernel under another name
@@ -325,13 +353,19 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     c["TRACE"] = bool(c["TRACE"])
     c["ARRIVE_FIRST"] = bool(c["ARRIVE_FIRST"])
     c["EARLY_LOADS"] = bool(c["EARLY_LOADS"])
+    if isinstance(c["PREFETCH"], bool) or not isinstance(c["PREFETCH"], int) or not 0 <= c["PREFETCH"] <= 4:
+        raise ValueError(f"TUNE: PREFETCH is how many layers ahead to ask L2 for weights, 0..4, got {c['PREFETCH']!r}")
+    if c["PREFETCH"] and c["MERGE_IN_CONV"]:
+        raise ValueError("TUNE: PREFETCH asks for the next layer's weights in the in_proj phase: it needs "
+                         "MERGE_IN_CONV=0")
     if c["EARLY_LOADS"] and not c["BATCH_TILE"]:
         raise ValueError("TUNE: EARLY_LOADS loads the batch rows' states as one tile: it needs BATCH_TILE=1")
-    if c["ARRIVE_FIRST"] and (c["BARRIER"] or c["MERGE_IN_CONV"] or c["LOCAL_P2"] or c["TRACE"]):
+    if c["ARRIVE_FIRST"] and (c["BARRIER"] or c["MERGE_IN_CONV"] or c["LOCAL_P2"]):
         raise ValueError("TUNE: ARRIVE_FIRST splits the counter barrier of the four-phase layer; it does not combine "
-                         "with BARRIER=1, MERGE_IN_CONV, LOCAL_P2 or TRACE")
-    if c["TRACE"] and c["BARRIER"] != 0:
-        raise ValueError("TUNE: TRACE records the counter barrier's arrivals, got BARRIER=1")
+                         "with BARRIER=1, MERGE_IN_CONV or LOCAL_P2")
+    if c["TRACE"] and (c["BARRIER"] != 0 or c["NO_WAIT"]):
+        raise ValueError("TUNE: TRACE records the counter barrier's arrivals and departures, got "
+                         f"BARRIER={c['BARRIER']}, NO_WAIT={c['NO_WAIT']}")
     if c["MERGE_IN_CONV"] and c["SKIP_P1"]:
         raise ValueError("TUNE: SKIP_P1 needs in_proj as a phase of its own, got MERGE_IN_CONV=1 (use SKIP_P2)")
     return c
@@ -365,7 +399,7 @@ def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, progr
              tune: dict[str, int]) -> dict[str, int]:
     """The constexprs of whichever kernel `tune` (over DEFAULT_TUNE) selects: plan_split_constexprs under SPLIT=1,
     else plan_constexprs. Raises ValueError for a setting that does not apply."""
-    if {**DEFAULT_TUNE, **tune}.get("SPLIT"):
+    if resolved_tune(tune).get("SPLIT"):
         return plan_split_constexprs(Dm, Di, N, R, W, V, batch, programs, tune)
     return plan_constexprs(Dm, Di, N, R, W, V, batch, programs, tune)
 
@@ -453,7 +487,7 @@ class FusedDecodeStep:
         self.grid = _sm_count(self.device.index) if on_gpu else 1
         plan = programs if programs is not None else self.grid
         X = R + 2 * N
-        self.split = bool({**DEFAULT_TUNE, **TUNE}.get("SPLIT"))
+        self.split = bool(resolved_tune(TUNE).get("SPLIT"))
         f32 = dict(dtype=torch.float32, device=self.device)
         self.logits = torch.empty(batch, V, **f32)
         import triton.language as tl
@@ -502,6 +536,7 @@ class FusedDecodeStep:
             **dtypes,
             # the flags barrier's vector of every slot; PTX only where there is a GPU (the interpreter runs none)
             BLOCK_P=_pow2(self.grid), ASM=on_gpu,
+            LINE_ELEMS=128 // emb.element_size(),  # weight elements in a 128-byte line (PREFETCH)
             **tiles,
         )
         self._args = (*head_args, *self._tables, self._resid, self._xz, self._xc, self._part, self._y,

@@ -123,6 +123,60 @@ def _wait(bar_ptr, target, NO_WAIT: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_share(base, n_elems, pid, nprog, STRIDE: tl.constexpr, BLOCK_LINES: tl.constexpr, ASM: tl.constexpr):
+    """Asks L2 to fetch this program's share of the n_elems elements at `base` (decode.TUNE's PREFETCH): the
+    128-byte lines pid * per .. (pid + 1) * per - 1 of them, STRIDE elements a line, BLOCK_LINES at a time, with PTX
+    prefetch.global.L2 (nothing waits for it; nothing under the interpreter, which cannot run PTX)."""
+    if ASM:
+        lines = tl.cdiv(n_elems, STRIDE)
+        per = tl.cdiv(lines, nprog)
+        for start in range(pid * per, tl.minimum(pid * per + per, lines), BLOCK_LINES):
+            idx = start + tl.arange(0, BLOCK_LINES)
+            ok = (idx < tl.minimum(pid * per + per, lines)).to(tl.int32)
+            ptrs = base + idx.to(tl.int64) * STRIDE
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }", "=r,l,r",
+                [ptrs, ok], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_layer(layer, in_tab, xproj_tab, dtw_tab, out_tab, pid, nprog, Dm, Di, R, X, ADT: tl.constexpr,
+                    STRIDE: tl.constexpr, ASM: tl.constexpr):
+    """This program's share of layer `layer`'s in_proj, x_proj, dt_proj and out_proj weights (all but a few
+    hundred KB of the layer) into L2, so that the phases' weight loads of that layer hit L2."""
+    _prefetch_share(_layer_ptr(in_tab, layer, ADT), 2 * Di * Dm, pid, nprog, STRIDE, 256, ASM)
+    _prefetch_share(_layer_ptr(xproj_tab, layer, ADT), X * Di, pid, nprog, STRIDE, 256, ASM)
+    _prefetch_share(_layer_ptr(dtw_tab, layer, ADT), Di * R, pid, nprog, STRIDE, 256, ASM)
+    _prefetch_share(_layer_ptr(out_tab, layer, ADT), Dm * Di, pid, nprog, STRIDE, 256, ASM)
+
+
+@triton.jit
+def _traced_arrive(bar_ptr, target, nprog, NO_WAIT: tl.constexpr, pid, trace_ptr, base, n_slots,
+                   TRACE: tl.constexpr, ASM: tl.constexpr):
+    """_arrive; under TRACE it first records when this program arrived (the clock and the global time of the
+    barrier's row: slot 1 + its number in the launch, from `target`, the count of the barriers before it)."""
+    if TRACE:
+        tl.debug_barrier()
+        clk, ns = _timestamps(pid, ASM)
+        row = trace_ptr + (pid * n_slots + target // nprog - base + 1) * 4
+        tl.store(row, clk)
+        tl.store(row + 2, ns)
+    return _arrive(bar_ptr, target, nprog, NO_WAIT)
+
+
+@triton.jit
+def _traced_wait(bar_ptr, target, nprog, NO_WAIT: tl.constexpr, pid, trace_ptr, base, n_slots,
+                 TRACE: tl.constexpr, ASM: tl.constexpr):
+    """_wait; under TRACE it then records when this program left (the row's other two entries)."""
+    _wait(bar_ptr, target, NO_WAIT)
+    if TRACE:
+        clk, ns = _timestamps(pid, ASM)
+        row = trace_ptr + (pid * n_slots + target // nprog - base) * 4
+        tl.store(row + 1, clk)
+        tl.store(row + 3, ns)
+
+
+@triton.jit
 def _barriers_done(bar_ptr, nprog):
     """How many grid barriers the counter has completed (int64), read at a launch's start: exact then, since no
     barrier can complete before this program has arrived at it."""
@@ -290,7 +344,8 @@ def _decode_step_kernel(
     PER_OUT: tl.constexpr = 1, PER_HEAD: tl.constexpr = 1,
     BATCH_TILE: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
     LOCAL_P2: tl.constexpr = False, BLOCK_Q: tl.constexpr = 1, TRACE: tl.constexpr = False,
-    ARRIVE_FIRST: tl.constexpr = False, EARLY_LOADS: tl.constexpr = False,
+    ARRIVE_FIRST: tl.constexpr = False, EARLY_LOADS: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
+    LINE_ELEMS: tl.constexpr = 64,
 ):
     # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
     # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
@@ -340,12 +395,19 @@ def _decode_step_kernel(
     ticket = nprog.to(tl.int64) * 0
     if ARRIVE_FIRST:
         ticket = _barriers_done(bar_ptr, nprog) * nprog
+    # PREFETCH = k: the weights of layers 0 .. k - 1 now; each layer then asks for those of the layer k ahead while
+    # its own phases run
+    for ahead in tl.static_range(PREFETCH):
+        if ahead < n_layer:
+            _prefetch_layer(ahead, in_tab, xproj_tab, dtw_tab, out_tab, pid, nprog, Dm, Di, R, X, ADT, LINE_ELEMS,
+                            ASM)
     for layer in range(n_layer):
         # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
         if not MERGE_IN_CONV:
             if ARRIVE_FIRST:
                 if layer > 0:
-                    ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)
+                    ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT,
+                                            pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
             if not SKIP_P1:
                 w_in = _layer_ptr(in_tab, layer, ADT)
                 norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
@@ -353,10 +415,15 @@ def _decode_step_kernel(
                 rows = _item_rows(item, ROWS_IN, PER_IN, 2 * Di, ONE_ITEM)
                 tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                                mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
+            if PREFETCH > 0:
+                if layer + PREFETCH < n_layer:
+                    _prefetch_layer(layer + PREFETCH, in_tab, xproj_tab, dtw_tab, out_tab, pid, nprog, Dm, Di, R, X,
+                                    ADT, LINE_ELEMS, ASM)
             if layer > 0:
                 # the previous layer's P4 wrote the residual
                 if ARRIVE_FIRST:
-                    _wait(bar_ptr, ticket, NO_WAIT)
+                    _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
+                                 pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
                 else:
                     epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                                      trace_ptr, trace_base, n_slots, TRACE)
@@ -386,7 +453,8 @@ def _decode_step_kernel(
 
         # ---- P2: conv window step and partial x_proj sums ------------------------------------------------------
         if ARRIVE_FIRST:
-            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # P1 wrote xz
+            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT,
+                                    pid, trace_ptr, trace_base, n_slots, TRACE, ASM)  # P1 wrote xz
         if not SKIP_P2:
             conv_w = _layer_ptr(convw_tab, layer, ADT)
             conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
@@ -415,7 +483,8 @@ def _decode_step_kernel(
                                  trace_ptr, trace_base, n_slots, TRACE)
         else:
             if ARRIVE_FIRST:
-                _wait(bar_ptr, ticket, NO_WAIT)
+                _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
+                             pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
             elif not LOCAL_P2:
                 epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                                  trace_ptr, trace_base, n_slots, TRACE)  # P1 wrote xz
@@ -500,7 +569,8 @@ def _decode_step_kernel(
 
         # ---- P3: SSM state update ------------------------------------------------------------------------------
         if ARRIVE_FIRST:
-            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # P2 wrote xc and the partial sums
+            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT,
+                                    pid, trace_ptr, trace_base, n_slots, TRACE, ASM)  # P2 wrote xc and the partial sums
         if not SKIP_P3:
             dt_w = _layer_ptr(dtw_tab, layer, ADT)
             a_log = _layer_ptr(alog_tab, layer, ALOG_DT)
@@ -516,7 +586,8 @@ def _decode_step_kernel(
                 h_ptrs, h_ok = _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
                 h = tl.load(h_ptrs, mask=h_ok, other=0.0)
         if ARRIVE_FIRST:
-            _wait(bar_ptr, ticket, NO_WAIT)
+            _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
+                         pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         else:
             epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                              trace_ptr, trace_base, n_slots, TRACE)  # P2 wrote xc and the partial sums
@@ -607,7 +678,8 @@ def _decode_step_kernel(
 
         # ---- P4: residual += y @ W_out^T ---------------------------------------------------------------------
         if ARRIVE_FIRST:
-            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # P3 wrote y
+            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT,
+                                    pid, trace_ptr, trace_base, n_slots, TRACE, ASM)  # P3 wrote y
         if not SKIP_P4:
             w_out = _layer_ptr(out_tab, layer, ADT)
             item = pid
@@ -615,7 +687,8 @@ def _decode_step_kernel(
             tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
                            mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
         if ARRIVE_FIRST:
-            _wait(bar_ptr, ticket, NO_WAIT)
+            _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
+                         pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         else:
             epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                              trace_ptr, trace_base, n_slots, TRACE)  # P3 wrote y
@@ -644,7 +717,8 @@ def _decode_step_kernel(
 
     # ---- final norm and head ---------------------------------------------------------------------------------
     if ARRIVE_FIRST:
-        ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # the last P4 wrote the residual
+        ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT,
+                                pid, trace_ptr, trace_base, n_slots, TRACE, ASM)  # the last P4 wrote the residual
     if not SKIP_HEAD:
         norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
         item = pid
@@ -652,7 +726,8 @@ def _decode_step_kernel(
         tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                        mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
     if ARRIVE_FIRST:
-        _wait(bar_ptr, ticket, NO_WAIT)
+        _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
+                     pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
     else:
         epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                          trace_ptr, trace_base, n_slots, TRACE)  # the last P4 wrote the residual

@@ -167,7 +167,7 @@ def breakdown(model: torch.nn.Module, batch_sizes: list[int], replays: int) -> N
     n_layer = len(model.backbone.layers)
     times: dict[tuple[str, int], float] = {}
     # the split kernel (SPLIT=1) has no phase switches, only NO_WAIT
-    steps = BREAKDOWN[:2] if {**decode.DEFAULT_TUNE, **base}.get("SPLIT") else BREAKDOWN
+    steps = BREAKDOWN[:2] if decode.resolved_tune(base).get("SPLIT") else BREAKDOWN
     rows = [*steps, ("layer by layer (not fused)", None)]
     for label, flags in rows:
         decode.TUNE.clear()
@@ -303,7 +303,7 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                           DTB_DT=tl.bfloat16, CB_DT=tl.bfloat16, HAS_CONV_BIAS=mixer.conv1d.bias is not None,
                           HAS_HEAD_BIAS=getattr(model.head, "bias", None) is not None,
                           **decode.plan_any(*sizes, batch, programs, tune))
-            if {**decode.DEFAULT_TUNE, **tune}.get("SPLIT"):
+            if decode.resolved_tune(tune).get("SPLIT"):
                 fn = decode_split_triton._decode_split_kernel
                 consts["Dm"] = sizes[0]  # a constexpr there
             else:

@@ -159,11 +159,13 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
         run(MERGE_IN_CONV=1, SKIP_P1=1)
 
 
-VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 1}, {"BATCH_TILE": 0}, {"BARRIER": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
-            {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, {"BARRIER": 1, "LOCAL_P2": 1},
-            {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, {"ARRIVE_FIRST": 1},
-            {"ARRIVE_FIRST": 1, "BATCH_TILE": 0}, {"EARLY_LOADS": 1}, {"EARLY_LOADS": 1, "ARRIVE_FIRST": 1},
-            {"EARLY_LOADS": 1, "MERGE_IN_CONV": 1}]
+# relative to DEFAULT_TUNE (BATCH_TILE, ONE_ITEM, ARRIVE_FIRST, EARLY_LOADS), whose switches give way to a setting
+# they cannot join (decode.resolved_tune); the last one is the default before ARRIVE_FIRST, EARLY_LOADS and ONE_ITEM
+VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 0}, {"BATCH_TILE": 0, "ARRIVE_FIRST": 0, "ONE_ITEM": 0},
+            {"BARRIER": 1, "ONE_ITEM": 0, "EARLY_LOADS": 0}, {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
+            {"BARRIER": 1, "LOCAL_P2": 1}, {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 0, "BATCH_TILE": 0},
+            {"ARRIVE_FIRST": 0}, {"BATCH_TILE": 0}, {"EARLY_LOADS": 0}, {"EARLY_LOADS": 1, "MERGE_IN_CONV": 1},
+            {"ONE_ITEM": 0, "ARRIVE_FIRST": 0, "EARLY_LOADS": 0}, {"PREFETCH": 2}]
 
 
 @pytest.mark.parametrize(
@@ -194,10 +196,10 @@ def test_variants_match_reference_and_default(forced, monkeypatch, variant, batc
 
     step, got, cache, ref_cache = run(variant)
     c = step._constexprs
-    if variant.get("ONE_ITEM") and programs > 1:
+    if c["ONE_ITEM"] and programs > 1:
         assert (c["PER_IN"], c["ROWS_IN"]) == (20, 32) and (c["PER_SSM"], c["CH_SSM"]) == (10, 16)
         assert -(-2 * 48 // c["PER_IN"]) <= programs and -(-48 // c["PER_SSM"]) <= programs
-    if variant.get("BATCH_TILE"):
+    if c["BATCH_TILE"]:
         assert c["BLOCK_B"] == {1: 1, 2: 2, 3: 4}[batch]
     _, base, base_cache, _ = run({k: v for k, v in variant.items() if k == "MERGE_IN_CONV"})
     monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
@@ -224,14 +226,23 @@ def test_variants_match_reference_and_default(forced, monkeypatch, variant, batc
 def test_variant_plans_at_the_benchmark_size():
     """The plans of the variants for the 90M LM (d_model 768: Di 1536, N 16, R 48, V 256) on 132 SMs."""
     args = (768, 1536, 16, 48, 4, 256)
-    rows = decode.plan_constexprs(*args, 8, 132, {"BATCH_TILE": 0})  # a loop over the batch rows
+    several = {"ONE_ITEM": 0, "ARRIVE_FIRST": 0, "EARLY_LOADS": 0}  # several items a program
+    rows = decode.plan_constexprs(*args, 8, 132, {**several, "BATCH_TILE": 0})  # a loop over the batch rows
     assert (rows["ROWS_IN"], rows["CH_CONV"], rows["CH_SSM"], rows["ROWS_OUT"], rows["ROWS_HEAD"]) == (8, 64, 16, 4, 2)
     assert not rows["ONE_ITEM"] and not rows["BATCH_TILE"] and rows["BARRIER"] == 0 and rows["BLOCK_B"] == 1
-    # the default: the batch rows as one tile, so the conv phase's items shrink to keep x_proj's product in a tile
-    base = decode.plan_constexprs(*args, 8, 132, {})
-    assert (base["ROWS_IN"], base["CH_CONV"], base["CH_SSM"], base["ROWS_OUT"], base["ROWS_HEAD"]) == (8, 16, 16, 4, 2)
-    assert base["BATCH_TILE"] and base["BLOCK_B"] == 8 and base["BARRIER"] == 0
-    assert decode.plan_constexprs(*args, 1, 132, {})["BLOCK_B"] == 1
+    # the batch rows as one tile, so the conv phase's items shrink to keep x_proj's product in a tile
+    tile = decode.plan_constexprs(*args, 8, 132, several)
+    assert (tile["ROWS_IN"], tile["CH_CONV"], tile["CH_SSM"], tile["ROWS_OUT"], tile["ROWS_HEAD"]) == (8, 16, 16, 4, 2)
+    assert tile["BATCH_TILE"] and tile["BLOCK_B"] == 8 and tile["BARRIER"] == 0
+    # the default: one item a program, the arrival before the weight loads, the states loaded with the weights
+    base = decode.plan_constexprs(*args, 1, 132, {})
+    assert base["ONE_ITEM"] and base["ARRIVE_FIRST"] and base["EARLY_LOADS"] and base["BATCH_TILE"]
+    assert base["BLOCK_B"] == 1 and base["BARRIER"] == 0
+    # an explicit setting that a default switch cannot join turns that switch off instead of failing
+    assert not decode.plan_constexprs(*args, 1, 132, {"BARRIER": 1})["ARRIVE_FIRST"]
+    assert decode.plan_constexprs(*args, 1, 132, {"TRACE": 1})["ARRIVE_FIRST"]  # the trace times either barrier
+    assert not decode.plan_constexprs(*args, 1, 132, {"BATCH_TILE": 0})["EARLY_LOADS"]
+    assert decode.plan_constexprs(*args, 1, 132, {"BATCH_TILE": 0})["ARRIVE_FIRST"]
     one = decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 1})
     # one item a program: in_proj 24 rows (tile 32), SSM 12 channels (16), out_proj 6 rows (8), head 2 rows
     assert [(one[f"PER_{k}"], one[b]) for k, b in (("IN", "ROWS_IN"), ("SSM", "CH_SSM"), ("OUT", "ROWS_OUT"),
@@ -251,11 +262,15 @@ def test_variant_plans_at_the_benchmark_size():
         decode.plan_constexprs(*args, 1, 132, {"LOCAL_P2": 1})
     with pytest.raises(ValueError, match="BARIER"):
         decode.plan_constexprs(*args, 1, 132, {"BARIER": 1})
-    for other in ({"BARRIER": 1}, {"MERGE_IN_CONV": 1}, {"TRACE": 1}):
+    for other in ({"BARRIER": 1}, {"MERGE_IN_CONV": 1}, {"LOCAL_P2": 1, "BARRIER": 1}):
         with pytest.raises(ValueError, match="ARRIVE_FIRST"):
             decode.plan_constexprs(*args, 1, 132, {"ARRIVE_FIRST": 1, **other})
     with pytest.raises(ValueError, match="EARLY_LOADS"):
         decode.plan_constexprs(*args, 1, 132, {"EARLY_LOADS": 1, "BATCH_TILE": 0})
+    assert decode.plan_constexprs(*args, 1, 132, {"PREFETCH": 2})["PREFETCH"] == 2
+    for bad in ({"PREFETCH": 5}, {"PREFETCH": True}, {"PREFETCH": 1, "MERGE_IN_CONV": 1}):
+        with pytest.raises(ValueError, match="PREFETCH"):
+            decode.plan_constexprs(*args, 1, 132, bad)
 
 
 @pytest.mark.parametrize(("batch", "programs", "copies", "arrive_first"),
@@ -283,14 +298,15 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
 
 
-def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch):
-    """TRACE=1 (timing from inside the kernel) gives the same logits and states as without it and writes every row of
-    its trace: the start, each of the 4 * layers barriers and the end (the interpreter's clocks read 0, so a trace
-    poisoned with -1 shows every row written)."""
+@pytest.mark.parametrize("arrive_first", [0, 1])
+def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch, arrive_first):
+    """TRACE=1 (timing from inside the kernel) gives the same logits and states as without it and writes every entry
+    of its trace: the start, each of the 4 * layers barriers (whole, or split in two by ARRIVE_FIRST) and the end (the
+    interpreter's clocks read 0, so a trace poisoned with -1 shows every entry written)."""
     model = _lm("mamba_dna_lm_tiny", seed=60, d_model=24, n_layer=2, d_state=6)
     runs = []
     for trace in (0, 1):
-        monkeypatch.setattr(decode, "TUNE", {"TRACE": trace})
+        monkeypatch.setattr(decode, "TUNE", {"TRACE": trace, "ARRIVE_FIRST": arrive_first})
         cache, _ = _random_caches(model, 2, seed=61)
         token = torch.tensor([3, 1], device=DEV)
         step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers],
@@ -306,6 +322,8 @@ def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch):
     assert (runs[1][2].trace == 0).all()
     with pytest.raises(ValueError, match="TRACE"):
         decode.plan_constexprs(768, 1536, 16, 48, 4, 256, 1, 132, {"TRACE": 1, "BARRIER": 1})
+    with pytest.raises(ValueError, match="NO_WAIT"):
+        decode.plan_constexprs(768, 1536, 16, 48, 4, 256, 1, 132, {"TRACE": 1, "NO_WAIT": 1})
 
 
 def test_split_plan_and_its_errors():
@@ -426,12 +444,14 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, 8),
     ({"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, 1),
     ({"BARRIER": 1}, 3),
-    ({"ONE_ITEM": 1, "BATCH_TILE": 1}, 5),
+    ({"ONE_ITEM": 0}, 5),
     ({"SPLIT": 1}, 1),
-    ({"ARRIVE_FIRST": 1}, 1),
-    ({"ARRIVE_FIRST": 1}, 8),
-    ({"ARRIVE_FIRST": 1, "EARLY_LOADS": 1}, 1),
-    ({"ARRIVE_FIRST": 1, "EARLY_LOADS": 1}, 8),
+    ({"ONE_ITEM": 0, "ARRIVE_FIRST": 0, "EARLY_LOADS": 0}, 1),
+    ({"ONE_ITEM": 0, "ARRIVE_FIRST": 0, "EARLY_LOADS": 0}, 8),
+    ({"EARLY_LOADS": 0}, 1),
+    ({"ARRIVE_FIRST": 0}, 8),
+    ({"PREFETCH": 1}, 1),
+    ({"PREFETCH": 2}, 8),
     ({"SPLIT": 1, "COPIES": 1}, 2),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1}, 1),
 ])
