@@ -134,6 +134,18 @@ class ClassifyTask(Task):
         return F.cross_entropy(self.forward(model, batch).float(), batch["y"], label_smoothing=smoothing)
 
     @torch.no_grad()
+    def class_probs(self, model: nn.Module, dataset: Dataset, ctx: EvalContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities (n, num_classes) fp32 and labels (n,) long of every item, on the CPU, in the order of
+        ctx.batches (fixed by the items' lengths, so the same for every model evaluated on the same data)."""
+        probs, labels = [], []
+        for batch in ctx.batches(dataset):
+            with ctx.autocast():
+                logits = self.predict(model, batch)
+            probs.append(logits.float().softmax(-1).cpu())
+            labels.append(batch["y"].cpu())
+        return torch.cat(probs), torch.cat(labels)
+
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Dataset, ctx: EvalContext) -> dict[str, float]:
         loss_sum, correct, count = 0.0, 0, 0
         for batch in ctx.batches(dataset):

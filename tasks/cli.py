@@ -1,7 +1,7 @@
 """The `seqbackbone` command (also `python -m seqbackbone`).
 
     seqbackbone train TASK [--data PATH] [--model NAME] [--out RUN_DIR] [--epochs N] [--max-steps N] ...
-    seqbackbone eval RUN_DIR [--data PATH]
+    seqbackbone eval RUN_DIR [RUN_DIR ...] [--data PATH]
     seqbackbone generate RUN_DIR --length L [--num N] [--prompt ...] --out PATH   (language models)
     seqbackbone list-tasks
     seqbackbone list-models [PATTERN]
@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other setting, VALUE read as JSON when it parses (e.g. --set seq_len=2048)")
     t.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
 
-    e = sub.add_parser("eval", help="test a finished run's best model", description="Evaluate RUN_DIR/model.")
-    e.add_argument("run_dir")
+    e = sub.add_parser("eval", help="test a finished run's best model, or an ensemble of runs",
+                       description="Evaluate RUN_DIR/model; with several run directories (one classification task, "
+                                   "e.g. several seeds), also the mean of their class probabilities.")
+    e.add_argument("run_dir", nargs="+")
     e.add_argument("--data", help="other data to test on (same format as the run's)")
     e.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
 
@@ -157,7 +159,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.data is not None and not Path(args.data).exists():
         raise TaskInputError(f"data path {args.data} does not exist")
-    print(json.dumps(evaluate_run(args.run_dir, args.data, args.device), indent=2, sort_keys=True))
+    if len(args.run_dir) > 1:
+        from .ensemble import evaluate_ensemble
+
+        print(json.dumps(evaluate_ensemble(args.run_dir, args.data, args.device), indent=2, sort_keys=True))
+        return 0
+    print(json.dumps(evaluate_run(args.run_dir[0], args.data, args.device), indent=2, sort_keys=True))
     return 0
 
 

@@ -464,8 +464,10 @@ def finish_run(task: Task, cfg: dict[str, Any], data: TaskData, ctx: EvalContext
     return results
 
 
-def evaluate_run(run_dir: str | Path, data_path: str | None = None, device: str = "auto") -> dict[str, float]:
-    """Test metrics of a finished run's best model (model/), on its own test data or on `data_path`'s."""
+def load_for_eval(run_dir: str | Path, data_path: str | None = None,
+                  device: str = "auto") -> tuple[Task, TaskData, nn.Module, EvalContext]:
+    """A finished run's task (with the run's settings), data (its own, or `data_path`'s), best model (model/, in eval
+    mode on the device) and evaluation context."""
     cfg = load_run_config(run_dir)
     if data_path is not None:
         cfg["data"] = data_path
@@ -482,7 +484,12 @@ def evaluate_run(run_dir: str | Path, data_path: str | None = None, device: str 
     use_amp = dev.type == "cuda" and bool(cfg.get("amp", True))
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
     bs = int(cfg.get("eval_batch_size") or 2 * int(cfg["batch_size"]))
-    ctx = EvalContext(dev, bs, data.collate, 0, autocast, data.eval_lengths)
+    return task, data, model, EvalContext(dev, bs, data.collate, 0, autocast, data.eval_lengths)
+
+
+def evaluate_run(run_dir: str | Path, data_path: str | None = None, device: str = "auto") -> dict[str, float]:
+    """Test metrics of a finished run's best model (model/), on its own test data or on `data_path`'s."""
+    task, data, model, ctx = load_for_eval(run_dir, data_path, device)
     return {f"test_{k}": v for k, v in task.evaluate(model, data.test, ctx).items()}
 
 
