@@ -70,7 +70,8 @@ _NUM_WARPS = 8
 #   phase). On by default (alone 436 us against 442 at batch 1; see ARRIVE_FIRST).
 # - PREFETCH=k (1..4, not with MERGE_IN_CONV): each program asks L2 (PTX prefetch.global.L2) for its share of the
 #   in_proj, x_proj, dt_proj and out_proj weights of the layer k ahead while this layer's in_proj phase waits at its
-#   barrier, so that every phase's weight loads hit L2 instead of memory. Not yet timed.
+#   barrier, so that every phase's weight loads hit L2 instead of memory. Slower (H200, batch 1: 376-413 us against
+#   365 us), and the phases' traced work did not change: they do not wait for their weights (BENCHMARKS.md).
 # - SPLIT=1: the other kernel, kernels/decode_split_triton.py: every phase on channel blocks, x_proj's and out_proj's
 #   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the

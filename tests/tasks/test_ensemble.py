@@ -5,9 +5,10 @@ import json
 
 import numpy as np
 import pytest
-import seqbackbone
 import torch
 from seqbackbone.tasks.cli import main
+
+import seqbackbone
 from seqbackbone.tokenizer import DnaTokenizer
 
 FAST = ["--max-steps", "3", "--eval-every", "3", "--batch-size", "4", "--device", "cpu", "--no-progress"]
