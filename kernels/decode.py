@@ -72,6 +72,12 @@ _NUM_WARPS = 8
 #   in_proj, x_proj, dt_proj and out_proj weights of the layer k ahead while this layer's in_proj phase waits at its
 #   barrier, so that every phase's weight loads hit L2 instead of memory. Slower (H200, batch 1: 376-413 us against
 #   365 us), and the phases' traced work did not change: they do not wait for their weights (BENCHMARKS.md).
+# - FLAGGED=1 (with BATCH_TILE; ARRIVE_FIRST gives way): no grid barrier at all. Every value a program writes for
+#   others (xz, the conv output, x_proj's partial sums, y, the residual) is a 64-bit word holding the fp32 value and
+#   the writing layer's tag, and a reader reads again until all the words it needs carry the tag it expects: a
+#   phase waits for exactly its inputs, without the release fence, the counter's round trips and the wait for the
+#   slowest program of the grid (the scratch buffers double in size). Tested under the interpreter; not yet run on
+#   a GPU.
 # - SPLIT=1: the other kernel, kernels/decode_split_triton.py: every phase on channel blocks, x_proj's and out_proj's
 #   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
@@ -92,11 +98,11 @@ DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS
 # DEFAULT_TUNE's switches that give way to an explicit TUNE setting they do not combine with: (switch, setting,
 # the setting's values that turn the switch off); set explicitly, the pair is refused by plan_constexprs
 _DEFAULT_YIELDS = (("ARRIVE_FIRST", "BARRIER", "truthy"), ("ARRIVE_FIRST", "MERGE_IN_CONV", "truthy"),
-                   ("ARRIVE_FIRST", "LOCAL_P2", "truthy"),
+                   ("ARRIVE_FIRST", "LOCAL_P2", "truthy"), ("ARRIVE_FIRST", "FLAGGED", "truthy"),
                    ("EARLY_LOADS", "BATCH_TILE", "falsy"))
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
 VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST", "EARLY_LOADS",
-                 "PREFETCH")
+                 "PREFETCH", "FLAGGED")
 # SPLIT's channels per item: at most this many (a BLOCK_C x BLOCK_DM in_proj tile twice, and out_proj's transpose)
 _SPLIT_MAX_C = 32
 # SPLIT's copies of each accumulator (item i adds into copy i % COPIES; readers add the copies): float atomics from
@@ -314,7 +320,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         MERGE_IN_CONV=merge,
         **{flag: 0 for flag in BREAKDOWN_FLAGS},
         BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1, LOCAL_P2=False, BLOCK_Q=1, TRACE=False,
-        ARRIVE_FIRST=False, EARLY_LOADS=False, PREFETCH=0,
+        ARRIVE_FIRST=False, EARLY_LOADS=False, PREFETCH=0, FLAGGED=False,
     )
     unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J", "SPLIT"})
     if unknown:  # a misspelt setting would time the default kernel under another name
@@ -364,6 +370,14 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     if c["ARRIVE_FIRST"] and (c["BARRIER"] or c["MERGE_IN_CONV"] or c["LOCAL_P2"]):
         raise ValueError("TUNE: ARRIVE_FIRST splits the counter barrier of the four-phase layer; it does not combine "
                          "with BARRIER=1, MERGE_IN_CONV or LOCAL_P2")
+    c["FLAGGED"] = bool(c["FLAGGED"])
+    if c["FLAGGED"]:
+        skips = [flag for flag in BREAKDOWN_FLAGS if c[flag]]
+        if (not c["BATCH_TILE"] or c["MERGE_IN_CONV"] or c["LOCAL_P2"] or c["BARRIER"] or c["ARRIVE_FIRST"]
+                or c["TRACE"] or skips):
+            raise ValueError("TUNE: FLAGGED (no barriers: tagged values) needs BATCH_TILE=1 and none of MERGE_IN_CONV, "
+                             f"LOCAL_P2, BARRIER=1, ARRIVE_FIRST, TRACE or the breakdown flags, got {dict(tune)}")
+        c["NO_WAIT"] = 1  # the kernel's path without grid barriers
     if c["TRACE"] and (c["BARRIER"] != 0 or c["NO_WAIT"]):
         raise ValueError("TUNE: TRACE records the counter barrier's arrivals and departures, got "
                          f"BARRIER={c['BARRIER']}, NO_WAIT={c['NO_WAIT']}")
@@ -518,12 +532,19 @@ class FusedDecodeStep:
             return
         tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)
         n_conv = -(-Di // tiles["PER_CONV"])
-        self._resid = torch.empty(batch, Dm, **f32)
-        self._xz = torch.empty(batch, 2 * Di, **f32)
-        self._xc = torch.empty(batch, Di, **f32)
-        self._part = torch.empty(n_conv, batch, X, **f32)
-        self._y = torch.empty(batch, Di, **f32)
-        # arrivals at grid barriers, ever growing (2^63 of them): stays a multiple of the grid between launches;
+        def scratch(*shape: int) -> torch.Tensor:
+            # FLAGGED: 64-bit tagged words, filled with a tag no layer writes (-1)
+            if tiles["FLAGGED"]:
+                return torch.full(shape, -1, dtype=torch.int64, device=self.device)
+            return torch.empty(shape, **f32)
+
+        self._resid = scratch(batch, Dm)
+        self._xz = scratch(batch, 2 * Di)
+        self._xc = scratch(batch, Di)
+        self._part = scratch(n_conv, batch, X)
+        self._y = scratch(batch, Di)
+        # arrivals at grid barriers, ever growing (2^63 of them): stays a multiple of the grid between launches
+        # (FLAGGED: programs that ended a launch);
         # BARRIER=1: one slot per program, each its program's count of barriers met (all equal between launches);
         # LOCAL_P2: then one ready flag per in_proj item
         n_slots = self.grid if tiles["BARRIER"] == 1 else 1

@@ -31,7 +31,13 @@ BATCH_TILE=1 the batch rows as a (BLOCK_B, ...) tile dimension in every phase; L
 phase waits on ready flags of the in_proj items it reads instead of a grid barrier; ARRIVE_FIRST=1 each counter
 barrier split in two (_arrive, _wait) around the next phase's weight loads; EARLY_LOADS=1 (with BATCH_TILE) the conv
 window, conv bias, SSM state, D and dt bias of a conv or SSM item loaded with its weights, before the barrier;
-TRACE=1 timestamps at every barrier.
+TRACE=1 timestamps at every barrier; PREFETCH=k the weights of the layer k ahead asked into L2; FLAGGED=1 (with
+BATCH_TILE, not with MERGE_IN_CONV, LOCAL_P2, BARRIER=1 or the SKIP flags) no grid barrier at all: every value one
+program writes for others goes out as a 64-bit word with the writing layer's tag beside it (_put), and a reader
+reads again until every word it needs carries the tag it expects (_get), so a phase waits for exactly the data it
+reads, with no release fence and no counter. Buffers are reused a layer later only after every reader of the
+previous layer is done, which the dependencies guarantee: a layer's in_proj needs all of the residual, hence every
+out_proj item of the layer before, hence all of its y, partial sums and xz.
 """
 
 from __future__ import annotations
@@ -264,6 +270,34 @@ def _round(x, ADT: tl.constexpr):
 
 
 @triton.jit
+def _put(ptrs, value, mask, tag, FLAGGED: tl.constexpr):
+    """Stores the fp32 `value` for other programs to read with _get. Under FLAGGED (decode.TUNE) as 64-bit words, the
+    value's bits below `tag` (the writing layer's tag, < 2^31), so that a reader takes a word as written once it
+    carries the tag: no fence and no barrier between writer and reader (an aligned 8-byte store is seen whole)."""
+    if FLAGGED:
+        bits = value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+        tl.store(ptrs, bits | (tag << 32), mask=mask)
+    else:
+        tl.store(ptrs, value, mask=mask)
+
+
+@triton.jit
+def _get(ptrs, mask, tag, FLAGGED: tl.constexpr):
+    """fp32 values written by _put (0 where masked); under FLAGGED it reads again until every masked word carries
+    `tag`. Without FLAGGED the grid barrier before the phase has made them visible; read from L2 (.cg)."""
+    if FLAGGED:
+        words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+        stale = tl.sum((mask & ((words >> 32) != tag)).to(tl.int32))
+        while stale > 0:
+            words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+            stale = tl.sum((mask & ((words >> 32) != tag)).to(tl.int32))
+        values = tl.where(mask, (words & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True), 0.0)
+    else:
+        values = tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+    return values
+
+
+@triton.jit
 def _residual_row(layer, b, tok_ptr, emb_ptr, resid_ptr, offs, ok, Dm, ADT: tl.constexpr):
     """Row b of the fp32 residual stream entering `layer` (the embedding for layer 0)."""
     if layer == 0:
@@ -283,21 +317,23 @@ def _normed_row(layer, b, tok_ptr, emb_ptr, resid_ptr, norm_w, offs, ok, Dm, eps
 
 
 @triton.jit
-def _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, offs, ok, Dm):
-    """The fp32 residual stream entering `layer` (the embedding for layer 0), every batch row: (BLOCK_B, len(offs))."""
+def _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, offs, ok, Dm, tag, FLAGGED: tl.constexpr):
+    """The fp32 residual stream entering `layer` (the embedding for layer 0), every batch row: (BLOCK_B, len(offs));
+    `tag`: the tag of the layer that wrote it (FLAGGED)."""
     mask = b_ok[:, None] & ok[None, :]
     if layer == 0:
         tok = tl.load(tok_ptr + offs_b, mask=b_ok, other=0).to(tl.int64)
         s = tl.load(emb_ptr + tok[:, None] * Dm + offs[None, :], mask=mask, other=0.0).to(tl.float32)
     else:
-        s = tl.load(resid_ptr + offs_b[:, None] * Dm + offs[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+        s = _get(resid_ptr + offs_b[:, None] * Dm + offs[None, :], mask, tag, FLAGGED)
     return s
 
 
 @triton.jit
-def _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs, ok, Dm, eps, ADT: tl.constexpr):
+def _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs, ok, Dm, eps, ADT: tl.constexpr,
+                 tag, FLAGGED: tl.constexpr):
     """rmsnorm of every batch row of the residual, rounded to the activation dtype: (BLOCK_B, BLOCK_DM)."""
-    s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, offs, ok, Dm)
+    s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, offs, ok, Dm, tag, FLAGGED)
     rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=1) / Dm + eps)
     return _round(s * rstd[:, None] * norm_w[None, :], ADT)
 
@@ -345,7 +381,7 @@ def _decode_step_kernel(
     BATCH_TILE: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
     LOCAL_P2: tl.constexpr = False, BLOCK_Q: tl.constexpr = 1, TRACE: tl.constexpr = False,
     ARRIVE_FIRST: tl.constexpr = False, EARLY_LOADS: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-    LINE_ELEMS: tl.constexpr = 64,
+    LINE_ELEMS: tl.constexpr = 64, FLAGGED: tl.constexpr = False,
 ):
     # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
     # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
@@ -378,6 +414,13 @@ def _decode_step_kernel(
     if BATCH_TILE:  # the batch rows as one tile dimension
         offs_b = tl.arange(0, BLOCK_B)
         b_ok = offs_b < batch
+    # FLAGGED: what layer l writes for other programs carries the tag tag0 + l + 1 (mod 2^31), tag0 from the count
+    # of launches so far (every program adds one to slot 0 of bar_ptr as it ends, so that count // nprog is exact
+    # at a program's start whatever the others have done): a word left from an earlier layer or launch never carries
+    # the tag a reader waits for
+    tag0 = pid.to(tl.int64) * 0
+    if FLAGGED:
+        tag0 = _barriers_done(bar_ptr, nprog) * (n_layer + 1)
     if BARRIER == 1:
         epoch = tl.load(bar_ptr + pid, cache_modifier=".cg")  # this program's flag: the barriers met so far
     else:
@@ -430,13 +473,13 @@ def _decode_step_kernel(
             if not SKIP_P1:
                 if BATCH_TILE:
                     xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm,
-                                        eps, ADT)
+                                        eps, ADT, (tag0 + layer) & 0x7FFFFFFF, FLAGGED)
                 while item < n_in:
                     rows_ok = rows < 2 * Di
                     if BATCH_TILE:
                         acc = _rows_dot(tile, xn_t)
-                        tl.store(xz_ptr + offs_b[:, None] * 2 * Di + rows[None, :], _round(acc, ADT),
-                                 mask=b_ok[:, None] & rows_ok[None, :])
+                        _put(xz_ptr + offs_b[:, None] * 2 * Di + rows[None, :], _round(acc, ADT),
+                             b_ok[:, None] & rows_ok[None, :], (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
                     else:
                         wt = tile.to(tl.float32)
                         for b in range(batch):
@@ -491,7 +534,7 @@ def _decode_step_kernel(
         if not SKIP_P2:
             if BATCH_TILE and MERGE_IN_CONV:
                 xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm, eps,
-                                    ADT)
+                                    ADT, (tag0 + layer) & 0x7FFFFFFF, FLAGGED)
             while item < n_conv:
                 c_ok = ch < Di
                 if LOCAL_P2 and not MERGE_IN_CONV and not NO_WAIT and not SKIP_P1:
@@ -515,8 +558,8 @@ def _decode_step_kernel(
                         tl.store(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], zv, mask=bc_ok)
                         u = _round(_rows_dot(wu, xn_t), ADT).to(CONV_DT)
                     else:
-                        u = tl.load(xz_ptr + offs_b[:, None] * 2 * Di + ch[None, :], mask=bc_ok, other=0.0,
-                                    cache_modifier=".cg").to(CONV_DT)
+                        u = _get(xz_ptr + offs_b[:, None] * 2 * Di + ch[None, :], bc_ok,
+                                 (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED).to(CONV_DT)
                     window = tl.where(w3 == W - 1, u[:, :, None], older)
                     tl.store(row3 + w3, window, mask=bc_ok[:, :, None] & (w3 < W))
                     out = tl.sum(window.to(tl.float32) * taps32[None, :, :], axis=2)  # (B, CH)
@@ -524,10 +567,11 @@ def _decode_step_kernel(
                         out += cbias[None, :]
                     out = _round(out / (1.0 + tl.exp(-out)), ADT)
                     out = tl.where(bc_ok, out, 0.0)
-                    tl.store(xc_ptr + offs_b[:, None] * Di + ch[None, :], out, mask=bc_ok)
+                    _put(xc_ptr + offs_b[:, None] * Di + ch[None, :], out, bc_ok, (tag0 + layer + 1) & 0x7FFFFFFF,
+                         FLAGGED)
                     part = tl.sum(wx32[None, :, :] * out[:, :, None], axis=1)  # (B, BLOCK_X)
-                    tl.store(part_ptr + (item * batch + offs_b[:, None]) * X + offs_x[None, :], part,
-                             mask=b_ok[:, None] & x_ok[None, :])
+                    _put(part_ptr + (item * batch + offs_b[:, None]) * X + offs_x[None, :], part,
+                         b_ok[:, None] & x_ok[None, :], (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
                 if not BATCH_TILE:
                     for b in range(batch):
                         row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
@@ -610,21 +654,22 @@ def _decode_step_kernel(
                         js = j0 + offs_j
                         jb_ok = (js < n_conv)[:, None, None] & b_ok[None, :, None]
                         base = part_ptr + (js[:, None, None] * batch + offs_b[None, :, None]) * X
-                        dt_low += tl.sum(tl.load(base + offs_r[None, None, :], mask=jb_ok & r_ok[None, None, :],
-                                                 other=0.0, cache_modifier=".cg"), axis=0)
-                        Bv += tl.sum(tl.load(base + R + offs_n[None, None, :], mask=jb_ok & n_ok[None, None, :],
-                                             other=0.0, cache_modifier=".cg"), axis=0)
-                        Cv += tl.sum(tl.load(base + R + N + offs_n[None, None, :], mask=jb_ok & n_ok[None, None, :],
-                                             other=0.0, cache_modifier=".cg"), axis=0)
+                        tag = (tag0 + layer + 1) & 0x7FFFFFFF
+                        dt_low += tl.sum(_get(base + offs_r[None, None, :], jb_ok & r_ok[None, None, :], tag,
+                                              FLAGGED), axis=0)
+                        Bv += tl.sum(_get(base + R + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag,
+                                          FLAGGED), axis=0)
+                        Cv += tl.sum(_get(base + R + N + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag,
+                                          FLAGGED), axis=0)
                     dt_low = _round(dt_low, ADT)
                     Bv = _round(Bv, ADT)
                     Cv = _round(Cv, ADT)
                     dt = _round(_rows_dot(wdt32, dt_low), ADT) + dtb[None, :]  # (B, CH)
                     dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-                    x = tl.load(xc_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0,
-                                cache_modifier=".cg")
-                    z = tl.load(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], mask=bc_ok, other=0.0,
-                                cache_modifier=".cg")
+                    x = _get(xc_ptr + offs_b[:, None] * Di + ch[None, :], bc_ok, (tag0 + layer + 1) & 0x7FFFFFFF,
+                             FLAGGED)
+                    z = _get(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], bc_ok,
+                             (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
                     if not EARLY_LOADS:
                         h_ptrs = ssm + offs_b[:, None, None] * Di * N + ch[None, :, None] * N + offs_n[None, None, :]
                         h_ok = bc_ok[:, :, None] & n_ok[None, None, :]
@@ -633,7 +678,8 @@ def _decode_step_kernel(
                     tl.store(h_ptrs, h, mask=h_ok)
                     y = tl.sum(h * Cv[:, None, :], axis=2) + Dv[None, :] * x
                     y = _round(y * (z / (1.0 + tl.exp(-z))), ADT)
-                    tl.store(y_ptr + offs_b[:, None] * Di + ch[None, :], y, mask=bc_ok)
+                    _put(y_ptr + offs_b[:, None] * Di + ch[None, :], y, bc_ok, (tag0 + layer + 1) & 0x7FFFFFFF,
+                         FLAGGED)
                 if not BATCH_TILE:
                     for b in range(batch):
                         # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
@@ -694,15 +740,16 @@ def _decode_step_kernel(
                              trace_ptr, trace_base, n_slots, TRACE)  # P3 wrote y
         if not SKIP_P4:
             if BATCH_TILE:
-                y_t = tl.load(y_ptr + offs_b[:, None] * Di + offs_i[None, :], mask=b_ok[:, None] & i_ok[None, :],
-                              other=0.0, cache_modifier=".cg")
+                y_t = _get(y_ptr + offs_b[:, None] * Di + offs_i[None, :], b_ok[:, None] & i_ok[None, :],
+                           (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
             while item < n_out:
                 rows_ok = rows < Dm
                 if BATCH_TILE:
                     o = _round(_rows_dot(tile, y_t), ADT)  # (B, ROWS_OUT)
-                    s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows_ok, Dm)
-                    tl.store(resid_ptr + offs_b[:, None] * Dm + rows[None, :], s + o,
-                             mask=b_ok[:, None] & rows_ok[None, :])
+                    s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows_ok, Dm,
+                                       (tag0 + layer) & 0x7FFFFFFF, FLAGGED)
+                    _put(resid_ptr + offs_b[:, None] * Dm + rows[None, :], s + o, b_ok[:, None] & rows_ok[None, :],
+                         (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
                 else:
                     wt = tile.to(tl.float32)
                     for b in range(batch):
@@ -735,7 +782,7 @@ def _decode_step_kernel(
         n_head = tl.cdiv(V, PER_HEAD)
         if BATCH_TILE:
             hidden_t = _normed_tile(n_layer, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_b, b_ok, offs_m, m_ok, Dm,
-                                    eps, ADT)
+                                    eps, ADT, (tag0 + n_layer) & 0x7FFFFFFF, FLAGGED)
         while item < n_head:
             rows_ok = rows < V
             if BATCH_TILE:
@@ -763,6 +810,8 @@ def _decode_step_kernel(
         tl.debug_barrier()
         clk, ns = _timestamps(pid, ASM)
         _stamp(trace_ptr, pid, n_slots - 1, n_slots, clk, clk, ns, ns)
+    if FLAGGED:  # this program is done with this launch's tags
+        tl.atomic_add(bar_ptr, 1, sem="relaxed", scope="gpu")
 
 
 def launch(grid: int, args: tuple, constexprs: dict, num_warps: int) -> None:

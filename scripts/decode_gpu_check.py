@@ -317,6 +317,8 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                     sig[name] = "*i64"
                 elif name.endswith("_ptr"):
                     sig[name] = pointers.get(name, "*bf16")
+                    if consts.get("FLAGGED") and name in ("resid_ptr", "xz_ptr", "xc_ptr", "part_ptr", "y_ptr"):
+                        sig[name] = "*i64"  # tagged words
                 else:
                     sig[name] = "fp32" if name == "eps" else "i32"
             # what the launcher specialises: pointers and integers divisible by 16 are marked so

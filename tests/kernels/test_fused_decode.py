@@ -55,9 +55,10 @@ def _reference_step(model: torch.nn.Module, token: torch.Tensor, cache) -> torch
 
 
 def _poison(step: FusedDecodeStep) -> None:
-    """NaN in the logits and every scratch buffer, so that whatever the kernel does not write shows."""
+    """NaN in the logits and every scratch buffer, so that whatever the kernel does not write shows (FLAGGED's
+    tagged words: -1, a tag no layer writes, so that reading one that was not written never ends)."""
     for buf in step.scratch():
-        buf.fill_(float("nan"))
+        buf.fill_(float("nan") if buf.is_floating_point() else -1)
 
 
 def _random_caches(model: torch.nn.Module, batch: int, seed: int):
@@ -165,9 +166,12 @@ VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 0}, {"BATCH_TILE": 0, "ARRIVE_FIRST": 0
             {"BARRIER": 1, "ONE_ITEM": 0, "EARLY_LOADS": 0}, {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
             {"BARRIER": 1, "LOCAL_P2": 1}, {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 0, "BATCH_TILE": 0},
             {"ARRIVE_FIRST": 0}, {"BATCH_TILE": 0}, {"EARLY_LOADS": 0}, {"EARLY_LOADS": 1, "MERGE_IN_CONV": 1},
-            {"ONE_ITEM": 0, "ARRIVE_FIRST": 0, "EARLY_LOADS": 0}, {"PREFETCH": 2}]
+            {"ONE_ITEM": 0, "ARRIVE_FIRST": 0, "EARLY_LOADS": 0}, {"PREFETCH": 2}, {"FLAGGED": 1},
+            {"FLAGGED": 1, "ONE_ITEM": 0, "EARLY_LOADS": 0}]
 
 
+# a FLAGGED reader waiting for a tag nobody writes spins for ever: fail instead of hanging the suite
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     ("variant", "batch", "programs"),
     [(VARIANTS[0], 2, 1), *((v, 3, 5) for v in VARIANTS[1:]), (VARIANTS[3], 1, 1)],
@@ -219,6 +223,10 @@ def test_variants_match_reference_and_default(forced, monkeypatch, variant, batc
         # then, under LOCAL_P2, each in_proj item's ready flag: the last layer's epoch + 1
         n_ready = -(-2 * 48 // c["PER_IN"]) if variant.get("LOCAL_P2") else 0
         assert flags[step.grid:] == [2 * per_step - 2] * n_ready
+    elif c["FLAGGED"]:  # no barrier: the count of programs that ended a launch, two launches
+        assert step._barrier.item() == 2 * step.grid
+        words = torch.cat([buf.flatten() for buf in step.scratch()[1:]])
+        assert (words >> 32).max() <= 2 * (n_layer + 1)  # the last launch's tags, no higher
     else:
         assert step._barrier.item() == 2 * per_step * step.grid
 
@@ -268,6 +276,12 @@ def test_variant_plans_at_the_benchmark_size():
     with pytest.raises(ValueError, match="EARLY_LOADS"):
         decode.plan_constexprs(*args, 1, 132, {"EARLY_LOADS": 1, "BATCH_TILE": 0})
     assert decode.plan_constexprs(*args, 1, 132, {"PREFETCH": 2})["PREFETCH"] == 2
+    flagged = decode.plan_constexprs(*args, 1, 132, {"FLAGGED": 1})  # ARRIVE_FIRST gives way; no barrier
+    assert flagged["FLAGGED"] and not flagged["ARRIVE_FIRST"] and flagged["NO_WAIT"]
+    for bad in ({"BATCH_TILE": 0}, {"MERGE_IN_CONV": 1}, {"ARRIVE_FIRST": 1}, {"TRACE": 1}, {"SKIP_P3": 1},
+                {"BARRIER": 1}):
+        with pytest.raises(ValueError, match="FLAGGED"):
+            decode.plan_constexprs(*args, 1, 132, {"FLAGGED": 1, **bad})
     for bad in ({"PREFETCH": 5}, {"PREFETCH": True}, {"PREFETCH": 1, "MERGE_IN_CONV": 1}):
         with pytest.raises(ValueError, match="PREFETCH"):
             decode.plan_constexprs(*args, 1, 132, bad)
@@ -440,6 +454,7 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
 
 
 @pytest.mark.gpu
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(("variant", "batch"), [
     ({"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, 8),
     ({"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1, "BATCH_TILE": 1}, 1),
@@ -452,6 +467,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"ARRIVE_FIRST": 0}, 8),
     ({"PREFETCH": 1}, 1),
     ({"PREFETCH": 2}, 8),
+    ({"FLAGGED": 1}, 1),
+    ({"FLAGGED": 1}, 8),
     ({"SPLIT": 1, "COPIES": 1}, 2),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1}, 1),
 ])
