@@ -472,8 +472,16 @@ def _decode_step_kernel(
                                      trace_ptr, trace_base, n_slots, TRACE)
             if not SKIP_P1:
                 if BATCH_TILE:
-                    xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm,
-                                        eps, ADT, (tag0 + layer) & 0x7FFFFFFF, FLAGGED)
+                    if FLAGGED:
+                        # only a program with an item may wait for the residual: nothing waits for one without, so
+                        # the next layer could overwrite the residual before it had read it
+                        xn_t = tl.zeros([BLOCK_B, BLOCK_DM], dtype=tl.float32)
+                        if item < n_in:
+                            xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m,
+                                                m_ok, Dm, eps, ADT, (tag0 + layer) & 0x7FFFFFFF, FLAGGED)
+                    else:
+                        xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok,
+                                            Dm, eps, ADT, tag0, FLAGGED)
                 while item < n_in:
                     rows_ok = rows < 2 * Di
                     if BATCH_TILE:
@@ -740,8 +748,14 @@ def _decode_step_kernel(
                              trace_ptr, trace_base, n_slots, TRACE)  # P3 wrote y
         if not SKIP_P4:
             if BATCH_TILE:
-                y_t = _get(y_ptr + offs_b[:, None] * Di + offs_i[None, :], b_ok[:, None] & i_ok[None, :],
-                           (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
+                y_mask = b_ok[:, None] & i_ok[None, :]
+                if FLAGGED:  # as in P1: only a program with an item may wait for y
+                    y_t = tl.zeros([BLOCK_B, BLOCK_DI], dtype=tl.float32)
+                    if item < n_out:
+                        y_t = _get(y_ptr + offs_b[:, None] * Di + offs_i[None, :], y_mask,
+                                   (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
+                else:
+                    y_t = _get(y_ptr + offs_b[:, None] * Di + offs_i[None, :], y_mask, tag0, FLAGGED)
             while item < n_out:
                 rows_ok = rows < Dm
                 if BATCH_TILE:
