@@ -12,16 +12,20 @@ from typing import Any
 
 import torch
 
-from .base import ClassifyTask, TaskInputError
+from .base import ClassifyTask, TaskInputError, get_task
 from .train import load_for_eval, load_run_config
 
 
 def check_members(run_dirs: list[str], data_path: str | None) -> None:
-    """Refuses runs that cannot be averaged: other tasks, other labels, or (without `data_path`) other data."""
+    """Refuses, before loading any model, runs that cannot be averaged: other tasks or a task that is not
+    classification, other labels, or (without `data_path`) other data."""
     configs = [load_run_config(d) for d in run_dirs]
     tasks = {c["task"] for c in configs}
     if len(tasks) > 1:
         raise TaskInputError(f"an ensemble needs runs of one task, got {sorted(tasks)}")
+    task = get_task(tasks.pop())
+    if not isinstance(task, ClassifyTask):
+        raise TaskInputError(f"an ensemble averages class probabilities: {task.name} is not a classification task")
     labels = {tuple((c.get("task_info") or {}).get("labels") or ()) for c in configs}
     if len(labels) > 1:
         raise TaskInputError(f"an ensemble needs runs with the same labels, got {sorted(labels)}")
@@ -40,8 +44,6 @@ def evaluate_ensemble(run_dirs: list[str], data_path: str | None = None, device:
     total, labels, runs = None, None, {}
     for run_dir in run_dirs:
         task, data, model, ctx = load_for_eval(run_dir, data_path, device)
-        if not isinstance(task, ClassifyTask):
-            raise TaskInputError(f"an ensemble averages class probabilities: {task.name} is not a classification task")
         probs, y = task.class_probs(model, data.test, ctx)
         if labels is not None and not torch.equal(y, labels):
             raise TaskInputError(f"{run_dir} sees other test items than {run_dirs[0]}")
