@@ -270,13 +270,19 @@ def _round(x, ADT: tl.constexpr):
 
 
 @triton.jit
-def _put(ptrs, value, mask, tag, FLAGGED: tl.constexpr):
+def _put(ptrs, value, mask, tag, FLAGGED: tl.constexpr, ASM: tl.constexpr):
     """Stores the fp32 `value` for other programs to read with _get. Under FLAGGED (decode.TUNE) as 64-bit words, the
     value's bits below `tag` (the writing layer's tag, < 2^31), so that a reader takes a word as written once it
-    carries the tag: no fence and no barrier between writer and reader (an aligned 8-byte store is seen whole)."""
+    carries the tag: no fence and no barrier between writer and reader (an aligned 8-byte access is seen whole). On
+    the GPU each word goes out as a relaxed store at GPU scope, so that the reader's polling is not a data race."""
     if FLAGGED:
-        bits = value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
-        tl.store(ptrs, bits | (tag << 32), mask=mask)
+        word = (value.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF) | (tag << 32)
+        if ASM:
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.relaxed.gpu.global.b64 [$1], $2; mov.u32 $0, 0; }",
+                "=r,l,l,r", [ptrs, word, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.store(ptrs, word, mask=mask)
     else:
         tl.store(ptrs, value, mask=mask)
 
@@ -487,7 +493,7 @@ def _decode_step_kernel(
                     if BATCH_TILE:
                         acc = _rows_dot(tile, xn_t)
                         _put(xz_ptr + offs_b[:, None] * 2 * Di + rows[None, :], _round(acc, ADT),
-                             b_ok[:, None] & rows_ok[None, :], (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
+                             b_ok[:, None] & rows_ok[None, :], (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED, ASM)
                     else:
                         wt = tile.to(tl.float32)
                         for b in range(batch):
@@ -576,10 +582,10 @@ def _decode_step_kernel(
                     out = _round(out / (1.0 + tl.exp(-out)), ADT)
                     out = tl.where(bc_ok, out, 0.0)
                     _put(xc_ptr + offs_b[:, None] * Di + ch[None, :], out, bc_ok, (tag0 + layer + 1) & 0x7FFFFFFF,
-                         FLAGGED)
+                         FLAGGED, ASM)
                     part = tl.sum(wx32[None, :, :] * out[:, :, None], axis=1)  # (B, BLOCK_X)
                     _put(part_ptr + (item * batch + offs_b[:, None]) * X + offs_x[None, :], part,
-                         b_ok[:, None] & x_ok[None, :], (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
+                         b_ok[:, None] & x_ok[None, :], (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED, ASM)
                 if not BATCH_TILE:
                     for b in range(batch):
                         row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
@@ -687,7 +693,7 @@ def _decode_step_kernel(
                     y = tl.sum(h * Cv[:, None, :], axis=2) + Dv[None, :] * x
                     y = _round(y * (z / (1.0 + tl.exp(-z))), ADT)
                     _put(y_ptr + offs_b[:, None] * Di + ch[None, :], y, bc_ok, (tag0 + layer + 1) & 0x7FFFFFFF,
-                         FLAGGED)
+                         FLAGGED, ASM)
                 if not BATCH_TILE:
                     for b in range(batch):
                         # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
@@ -763,7 +769,7 @@ def _decode_step_kernel(
                     s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows_ok, Dm,
                                        (tag0 + layer) & 0x7FFFFFFF, FLAGGED)
                     _put(resid_ptr + offs_b[:, None] * Dm + rows[None, :], s + o, b_ok[:, None] & rows_ok[None, :],
-                         (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
+                         (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED, ASM)
                 else:
                     wt = tile.to(tl.float32)
                     for b in range(batch):
