@@ -471,7 +471,7 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"FLAGGED": 1}, 8),
     ({"SPLIT": 1, "COPIES": 1}, 2),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1}, 1),
-])
+], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     """decode.TUNE's variants on the real grid (one program per SM: flags and ready flags raced for real) at the 90M
     LM's layer size in bf16, two layers, against the reference; every program's flag ends at the same epoch."""
