@@ -451,6 +451,8 @@ def _decode_step_kernel(
             _prefetch_layer(ahead, in_tab, xproj_tab, dtw_tab, out_tab, pid, nprog, Dm, Di, R, X, ADT, LINE_ELEMS,
                             ASM)
     for layer in range(n_layer):
+        tag_in = (tag0 + layer) & 0x7FFFFFFF  # FLAGGED: the residual entering this layer carries it
+        tag_out = (tag0 + layer + 1) & 0x7FFFFFFF  # and all this layer writes for other programs
         # ---- P1: xz = rmsnorm(residual) @ W_in^T, rounded -------------------------------------------------------
         if not MERGE_IN_CONV:
             if ARRIVE_FIRST:
@@ -484,7 +486,7 @@ def _decode_step_kernel(
                         xn_t = tl.zeros([BLOCK_B, BLOCK_DM], dtype=tl.float32)
                         if item < n_in:
                             xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m,
-                                                m_ok, Dm, eps, ADT, (tag0 + layer) & 0x7FFFFFFF, FLAGGED)
+                                                m_ok, Dm, eps, ADT, tag_in, FLAGGED)
                     else:
                         xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok,
                                             Dm, eps, ADT, tag0, FLAGGED)
@@ -493,7 +495,7 @@ def _decode_step_kernel(
                     if BATCH_TILE:
                         acc = _rows_dot(tile, xn_t)
                         _put(xz_ptr + offs_b[:, None] * 2 * Di + rows[None, :], _round(acc, ADT),
-                             b_ok[:, None] & rows_ok[None, :], (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED, ASM)
+                             b_ok[:, None] & rows_ok[None, :], tag_out, FLAGGED, ASM)
                     else:
                         wt = tile.to(tl.float32)
                         for b in range(batch):
@@ -548,7 +550,7 @@ def _decode_step_kernel(
         if not SKIP_P2:
             if BATCH_TILE and MERGE_IN_CONV:
                 xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm, eps,
-                                    ADT, (tag0 + layer) & 0x7FFFFFFF, FLAGGED)
+                                    ADT, tag_in, FLAGGED)
             while item < n_conv:
                 c_ok = ch < Di
                 if LOCAL_P2 and not MERGE_IN_CONV and not NO_WAIT and not SKIP_P1:
@@ -572,8 +574,7 @@ def _decode_step_kernel(
                         tl.store(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], zv, mask=bc_ok)
                         u = _round(_rows_dot(wu, xn_t), ADT).to(CONV_DT)
                     else:
-                        u = _get(xz_ptr + offs_b[:, None] * 2 * Di + ch[None, :], bc_ok,
-                                 (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED).to(CONV_DT)
+                        u = _get(xz_ptr + offs_b[:, None] * 2 * Di + ch[None, :], bc_ok, tag_out, FLAGGED).to(CONV_DT)
                     window = tl.where(w3 == W - 1, u[:, :, None], older)
                     tl.store(row3 + w3, window, mask=bc_ok[:, :, None] & (w3 < W))
                     out = tl.sum(window.to(tl.float32) * taps32[None, :, :], axis=2)  # (B, CH)
@@ -581,11 +582,10 @@ def _decode_step_kernel(
                         out += cbias[None, :]
                     out = _round(out / (1.0 + tl.exp(-out)), ADT)
                     out = tl.where(bc_ok, out, 0.0)
-                    _put(xc_ptr + offs_b[:, None] * Di + ch[None, :], out, bc_ok, (tag0 + layer + 1) & 0x7FFFFFFF,
-                         FLAGGED, ASM)
+                    _put(xc_ptr + offs_b[:, None] * Di + ch[None, :], out, bc_ok, tag_out, FLAGGED, ASM)
                     part = tl.sum(wx32[None, :, :] * out[:, :, None], axis=1)  # (B, BLOCK_X)
                     _put(part_ptr + (item * batch + offs_b[:, None]) * X + offs_x[None, :], part,
-                         b_ok[:, None] & x_ok[None, :], (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED, ASM)
+                         b_ok[:, None] & x_ok[None, :], tag_out, FLAGGED, ASM)
                 if not BATCH_TILE:
                     for b in range(batch):
                         row = conv_st + b * Di * W + ch[:, None] * W  # (CH, 1) window starts, oldest first
@@ -668,22 +668,19 @@ def _decode_step_kernel(
                         js = j0 + offs_j
                         jb_ok = (js < n_conv)[:, None, None] & b_ok[None, :, None]
                         base = part_ptr + (js[:, None, None] * batch + offs_b[None, :, None]) * X
-                        tag = (tag0 + layer + 1) & 0x7FFFFFFF
-                        dt_low += tl.sum(_get(base + offs_r[None, None, :], jb_ok & r_ok[None, None, :], tag,
+                        dt_low += tl.sum(_get(base + offs_r[None, None, :], jb_ok & r_ok[None, None, :], tag_out,
                                               FLAGGED), axis=0)
-                        Bv += tl.sum(_get(base + R + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag,
+                        Bv += tl.sum(_get(base + R + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag_out,
                                           FLAGGED), axis=0)
-                        Cv += tl.sum(_get(base + R + N + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag,
+                        Cv += tl.sum(_get(base + R + N + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag_out,
                                           FLAGGED), axis=0)
                     dt_low = _round(dt_low, ADT)
                     Bv = _round(Bv, ADT)
                     Cv = _round(Cv, ADT)
                     dt = _round(_rows_dot(wdt32, dt_low), ADT) + dtb[None, :]  # (B, CH)
                     dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-                    x = _get(xc_ptr + offs_b[:, None] * Di + ch[None, :], bc_ok, (tag0 + layer + 1) & 0x7FFFFFFF,
-                             FLAGGED)
-                    z = _get(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], bc_ok,
-                             (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
+                    x = _get(xc_ptr + offs_b[:, None] * Di + ch[None, :], bc_ok, tag_out, FLAGGED)
+                    z = _get(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], bc_ok, tag_out, FLAGGED)
                     if not EARLY_LOADS:
                         h_ptrs = ssm + offs_b[:, None, None] * Di * N + ch[None, :, None] * N + offs_n[None, None, :]
                         h_ok = bc_ok[:, :, None] & n_ok[None, None, :]
@@ -692,8 +689,7 @@ def _decode_step_kernel(
                     tl.store(h_ptrs, h, mask=h_ok)
                     y = tl.sum(h * Cv[:, None, :], axis=2) + Dv[None, :] * x
                     y = _round(y * (z / (1.0 + tl.exp(-z))), ADT)
-                    _put(y_ptr + offs_b[:, None] * Di + ch[None, :], y, bc_ok, (tag0 + layer + 1) & 0x7FFFFFFF,
-                         FLAGGED, ASM)
+                    _put(y_ptr + offs_b[:, None] * Di + ch[None, :], y, bc_ok, tag_out, FLAGGED, ASM)
                 if not BATCH_TILE:
                     for b in range(batch):
                         # x_dbl row b = sum over P2's items of their partial sums (a fixed order: deterministic)
@@ -758,8 +754,7 @@ def _decode_step_kernel(
                 if FLAGGED:  # as in P1: only a program with an item may wait for y
                     y_t = tl.zeros([BLOCK_B, BLOCK_DI], dtype=tl.float32)
                     if item < n_out:
-                        y_t = _get(y_ptr + offs_b[:, None] * Di + offs_i[None, :], y_mask,
-                                   (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED)
+                        y_t = _get(y_ptr + offs_b[:, None] * Di + offs_i[None, :], y_mask, tag_out, FLAGGED)
                 else:
                     y_t = _get(y_ptr + offs_b[:, None] * Di + offs_i[None, :], y_mask, tag0, FLAGGED)
             while item < n_out:
@@ -767,9 +762,9 @@ def _decode_step_kernel(
                 if BATCH_TILE:
                     o = _round(_rows_dot(tile, y_t), ADT)  # (B, ROWS_OUT)
                     s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows_ok, Dm,
-                                       (tag0 + layer) & 0x7FFFFFFF, FLAGGED)
+                                       tag_in, FLAGGED)
                     _put(resid_ptr + offs_b[:, None] * Dm + rows[None, :], s + o, b_ok[:, None] & rows_ok[None, :],
-                         (tag0 + layer + 1) & 0x7FFFFFFF, FLAGGED, ASM)
+                         tag_out, FLAGGED, ASM)
                 else:
                     wt = tile.to(tl.float32)
                     for b in range(batch):
