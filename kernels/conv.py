@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .cast import cast
 from .dispatch import backend
 from .validate import FLOAT_DTYPES, check_mask, check_optional, check_tensor
 
@@ -143,12 +144,12 @@ def _causal_conv1d_update_torch(
     cdt = torch.float64 if torch.float64 in (x.dtype, weight.dtype, conv_state.dtype) else torch.float32
     conv_state.copy_(torch.roll(conv_state, shifts=-1, dims=-1))
     conv_state[:, :, -1] = x
-    out = (conv_state.to(cdt) * weight.to(cdt)).sum(-1)  # (b, d)
+    out = (cast(conv_state, cdt) * cast(weight, cdt)).sum(-1)  # (b, d)
     if bias is not None:
-        out = out + bias.to(cdt)
+        out = out + cast(bias, cdt)
     if activation == "silu":
         out = F.silu(out)
-    return out.to(x.dtype)
+    return cast(out, x.dtype)
 
 
 def causal_conv1d_update_ref(

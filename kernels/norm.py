@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .cast import cast
 from .dispatch import backend
 from .validate import check_optional, check_tensor
 
@@ -33,15 +34,15 @@ def _rms_norm_torch(
     residual_in_fp32: bool,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     cdt = torch.float64 if torch.float64 in (x.dtype, weight.dtype) else torch.float32
-    s = x.to(cdt)
+    s = cast(x, cdt)
     if residual is not None:
-        s = s + residual.to(cdt)
-    out = s * torch.rsqrt(s.square().mean(-1, keepdim=True) + eps) * weight.to(cdt)
-    out = out.to(x.dtype)
+        s = s + cast(residual, cdt)
+    out = s * torch.rsqrt(s.square().mean(-1, keepdim=True) + eps) * cast(weight, cdt)
+    out = cast(out, x.dtype)
     if not prenorm:
         return out
     res_dtype = torch.promote_types(torch.float32, x.dtype) if residual_in_fp32 else x.dtype
-    return out, s.to(res_dtype)
+    return out, cast(s, res_dtype)
 
 
 def rms_norm_ref(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .cast import cast
 from .dispatch import backend
 from .validate import check_optional, check_tensor, grouped
 
@@ -59,22 +60,25 @@ def _state_update_torch(
     cdt = torch.promote_types(state.dtype, torch.float32)
     batch, dim, n_state = state.shape
     groups = B.shape[1]
-    dt = dt.to(cdt)
+    dt = cast(dt, cdt)
     if dt_bias is not None:
-        dt = dt + dt_bias.to(cdt)
+        dt = dt + cast(dt_bias, cdt)
     if dt_softplus:
         dt = F.softplus(dt)
-    xs = x.to(cdt)
-    Bd = B.to(cdt).repeat_interleave(dim // groups, dim=1)  # (b, d, n)
-    Cd = C.to(cdt).repeat_interleave(dim // groups, dim=1)  # (b, d, n)
-    new_state = torch.exp(dt[..., None] * A.to(cdt)) * state.to(cdt) + (dt * xs)[..., None] * Bd
+    xs = cast(x, cdt)
+    Bd, Cd = cast(B, cdt), cast(C, cdt)  # (b, g, n)
+    if groups > 1:
+        Bd = Bd.repeat_interleave(dim // groups, dim=1)  # (b, d, n)
+        Cd = Cd.repeat_interleave(dim // groups, dim=1)  # (b, d, n)
+    # one group broadcasts over the channels, with no per-step copies
+    new_state = torch.exp(dt[..., None] * cast(A, cdt)) * cast(state, cdt) + (dt * xs)[..., None] * Bd
     state.copy_(new_state)
     out = (new_state * Cd).sum(-1)  # (b, d)
     if D is not None:
-        out = out + D.to(cdt) * xs
+        out = out + cast(D, cdt) * xs
     if z is not None:
-        out = out * F.silu(z.to(cdt))
-    return out.to(x.dtype)
+        out = out * F.silu(cast(z, cdt))
+    return cast(out, x.dtype)
 
 
 def selective_state_update_ref(
@@ -151,8 +155,8 @@ def _fused_torch(
     dt_bias: torch.Tensor | None,
     dt_softplus: bool,
 ) -> torch.Tensor:
-    dt = F.linear(dt_low, dt_weight.to(dt_low.dtype))  # (b, d) in the inputs' dtype, as the parallel forward has it
-    A = -torch.exp(A_log.to(torch.promote_types(torch.promote_types(state.dtype, A_log.dtype), torch.float32)))
+    dt = F.linear(dt_low, cast(dt_weight, dt_low.dtype))  # (b, d) in the inputs' dtype, as the parallel forward has it
+    A = -torch.exp(cast(A_log, torch.promote_types(torch.promote_types(state.dtype, A_log.dtype), torch.float32)))
     return _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
