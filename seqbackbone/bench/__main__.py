@@ -1,9 +1,11 @@
-"""`python -m seqbackbone.bench kernels|cpu-scan|models [args]`: runs the benchmark module of that name."""
+"""`python -m seqbackbone.bench kernels|cpu-scan|cpu-decode|models|decode [args]`: runs that benchmark module."""
 
 import importlib
 import sys
 
-MODULES = {"kernels": "kernels", "cpu-scan": "cpu_scan", "models": "models", "decode": "decode"}
+MODULES = {
+    "kernels": "kernels", "cpu-scan": "cpu_scan", "cpu-decode": "cpu_decode", "models": "models", "decode": "decode"
+}
 
 
 def main(argv: list[str]) -> int:
