@@ -84,10 +84,12 @@ _NUM_WARPS = 8
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), and
 #   ARRIVE_FIRST (as below; 583 us there at batch 1), no other.
 #   Slower so far (H200, batch 1: 684 us against 449 us; BENCHMARKS.md).
-# - TRACE=1 (the four-barrier kernel with the counter barrier, whole or split by ARRIVE_FIRST): each program records
-#   its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving each barrier
-#   (under ARRIVE_FIRST the next phase's weight loads are issued in between), and at its end, into
-#   FusedDecodeStep.trace (programs, 4 * layers + 2, 4) int64 (scripts/decode_gpu_check.py --trace); same results.
+# - TRACE=1 (the four-barrier kernel with the counter barrier, whole or split by ARRIVE_FIRST, or FLAGGED): each
+#   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
+#   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
+#   after each wait for other programs' values, in the slot of the barrier it replaces, the two equal where the
+#   program has no item to wait for), and at its end, into FusedDecodeStep.trace (programs, 4 * layers + 2, 4) int64
+#   (scripts/decode_gpu_check.py --trace); same results.
 TUNE: dict[str, int] = {}
 # settings under TUNE's (H200, 90M LM, CUDA-graph step medians, 2026-11-29): the batch rows as one tile (467 us
 # against 540 at batch 1, 1,353 against 2,069 at batch 8); then the barrier's arrival before the next phase's weight
@@ -374,11 +376,11 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     if c["FLAGGED"]:
         skips = [flag for flag in BREAKDOWN_FLAGS if c[flag]]
         if (not c["BATCH_TILE"] or c["MERGE_IN_CONV"] or c["LOCAL_P2"] or c["BARRIER"] or c["ARRIVE_FIRST"]
-                or c["TRACE"] or skips):
+                or skips):
             raise ValueError("TUNE: FLAGGED (no barriers: tagged values) needs BATCH_TILE=1 and none of MERGE_IN_CONV, "
-                             f"LOCAL_P2, BARRIER=1, ARRIVE_FIRST, TRACE or the breakdown flags, got {dict(tune)}")
+                             f"LOCAL_P2, BARRIER=1, ARRIVE_FIRST or the breakdown flags, got {dict(tune)}")
         c["NO_WAIT"] = 1  # the kernel's path without grid barriers
-    if c["TRACE"] and (c["BARRIER"] != 0 or c["NO_WAIT"]):
+    elif c["TRACE"] and (c["BARRIER"] != 0 or c["NO_WAIT"]):
         raise ValueError("TUNE: TRACE records the counter barrier's arrivals and departures, got "
                          f"BARRIER={c['BARRIER']}, NO_WAIT={c['NO_WAIT']}")
     if c["MERGE_IN_CONV"] and c["SKIP_P1"]:

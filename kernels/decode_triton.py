@@ -214,6 +214,26 @@ def _stamp(trace_ptr, pid, slot, n_slots, clk0, clk1, ns0, ns1):
 
 
 @triton.jit
+def _trace_now(pid, TRACE: tl.constexpr, ASM: tl.constexpr):
+    """(clock, global time) once every thread of the program has got here (TRACE under FLAGGED: before and after
+    each wait for other programs' values); (0, 0) without TRACE."""
+    clk = pid.to(tl.int64) * 0
+    ns = clk
+    if TRACE:
+        tl.debug_barrier()
+        clk, ns = _timestamps(pid, ASM)
+    return clk, ns
+
+
+@triton.jit
+def _trace_wait(trace_ptr, pid, slot, n_slots, clk0, ns0, TRACE: tl.constexpr, ASM: tl.constexpr):
+    """Records a wait under FLAGGED (TRACE): it began at (clk0, ns0) and ends now; slot as a barrier's would be."""
+    if TRACE:
+        clk1, ns1 = _trace_now(pid, TRACE, ASM)
+        _stamp(trace_ptr, pid, slot, n_slots, clk0, clk1, ns0, ns1)
+
+
+@triton.jit
 def _traced_grid_barrier(bar_ptr, nprog, pid, trace_ptr, base, n_slots, ASM: tl.constexpr):
     """_grid_barrier that also records when this program arrived and left (decode.TUNE's TRACE=1): in slot 1 + the
     barrier's number in this launch (its episode of the counter less `base`, the episode at launch)."""
@@ -235,7 +255,7 @@ def _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT: tl.constexpr, BARRIER: tl.cons
     (_flag_barrier). Returns the program's epoch (only the flags use it)."""
     if BARRIER == 1:
         epoch = _flag_barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BLOCK_P, ASM)
-    elif TRACE:
+    elif TRACE and not NO_WAIT:
         _traced_grid_barrier(bar_ptr, nprog, pid, trace_ptr, base, n_slots, ASM)
     else:
         _grid_barrier(bar_ptr, nprog, NO_WAIT)
@@ -484,9 +504,12 @@ def _decode_step_kernel(
                         # only a program with an item may wait for the residual: nothing waits for one without, so
                         # the next layer could overwrite the residual before it had read it
                         xn_t = tl.zeros([BLOCK_B, BLOCK_DM], dtype=tl.float32)
+                        clk0, ns0 = _trace_now(pid, TRACE, ASM)
                         if item < n_in:
                             xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m,
                                                 m_ok, Dm, eps, ADT, tag_in, FLAGGED)
+                        if layer > 0:  # (layer 0 reads the embedding)
+                            _trace_wait(trace_ptr, pid, 4 * layer, n_slots, clk0, ns0, TRACE, ASM)
                     else:
                         xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok,
                                             Dm, eps, ADT, tag0, FLAGGED)
@@ -551,6 +574,9 @@ def _decode_step_kernel(
             if BATCH_TILE and MERGE_IN_CONV:
                 xn_t = _normed_tile(layer, tok_ptr, emb_ptr, resid_ptr, norm_w, offs_b, b_ok, offs_m, m_ok, Dm, eps,
                                     ADT, tag_in, FLAGGED)
+            if TRACE and FLAGGED:  # a program without a conv item waits for nothing here
+                clk0, ns0 = _trace_now(pid, TRACE, ASM)
+                clk1, ns1 = clk0, ns0
             while item < n_conv:
                 c_ok = ch < Di
                 if LOCAL_P2 and not MERGE_IN_CONV and not NO_WAIT and not SKIP_P1:
@@ -574,7 +600,11 @@ def _decode_step_kernel(
                         tl.store(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], zv, mask=bc_ok)
                         u = _round(_rows_dot(wu, xn_t), ADT).to(CONV_DT)
                     else:
+                        if TRACE and FLAGGED:
+                            clk0, ns0 = _trace_now(pid, TRACE, ASM)
                         u = _get(xz_ptr + offs_b[:, None] * 2 * Di + ch[None, :], bc_ok, tag_out, FLAGGED).to(CONV_DT)
+                        if TRACE and FLAGGED:
+                            clk1, ns1 = _trace_now(pid, TRACE, ASM)
                     window = tl.where(w3 == W - 1, u[:, :, None], older)
                     tl.store(row3 + w3, window, mask=bc_ok[:, :, None] & (w3 < W))
                     out = tl.sum(window.to(tl.float32) * taps32[None, :, :], axis=2)  # (B, CH)
@@ -624,6 +654,8 @@ def _decode_step_kernel(
                                  mask=c_ok[:, None] & m_ok[None, :], other=0.0)
                     wz = tl.load(w_in + (Di + ch).to(tl.int64)[:, None] * Dm + offs_m[None, :],
                                  mask=c_ok[:, None] & m_ok[None, :], other=0.0)
+            if TRACE and FLAGGED:
+                _stamp(trace_ptr, pid, 4 * layer + 1, n_slots, clk0, clk1, ns0, ns1)
 
         # ---- P3: SSM state update ------------------------------------------------------------------------------
         if ARRIVE_FIRST:
@@ -650,6 +682,9 @@ def _decode_step_kernel(
             epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                              trace_ptr, trace_base, n_slots, TRACE)  # P2 wrote xc and the partial sums
         if not SKIP_P3:
+            if TRACE and FLAGGED:  # a program without an SSM item waits for nothing here
+                clk0, ns0 = _trace_now(pid, TRACE, ASM)
+                clk1, ns1 = clk0, ns0
             while item < n_ssm:
                 c_ok = ch < Di
                 cn_ok = c_ok[:, None] & n_ok[None, :]
@@ -661,6 +696,8 @@ def _decode_step_kernel(
                 if BATCH_TILE:
                     bc_ok = b_ok[:, None] & c_ok[None, :]
                     # x_dbl rows = sums over P2's items of their partial sums, the whole batch at once
+                    if TRACE and FLAGGED:
+                        clk0, ns0 = _trace_now(pid, TRACE, ASM)
                     dt_low = tl.zeros([BLOCK_B, BLOCK_R], dtype=tl.float32)
                     Bv = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
                     Cv = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
@@ -681,6 +718,8 @@ def _decode_step_kernel(
                     dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
                     x = _get(xc_ptr + offs_b[:, None] * Di + ch[None, :], bc_ok, tag_out, FLAGGED)
                     z = _get(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], bc_ok, tag_out, FLAGGED)
+                    if TRACE and FLAGGED:  # (the wait's end includes dt's small projection)
+                        clk1, ns1 = _trace_now(pid, TRACE, ASM)
                     if not EARLY_LOADS:
                         h_ptrs = ssm + offs_b[:, None, None] * Di * N + ch[None, :, None] * N + offs_n[None, None, :]
                         h_ok = bc_ok[:, :, None] & n_ok[None, None, :]
@@ -731,6 +770,8 @@ def _decode_step_kernel(
                     dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
                     h_ptrs, h_ok = _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
                     h = tl.load(h_ptrs, mask=h_ok, other=0.0)
+            if TRACE and FLAGGED:
+                _stamp(trace_ptr, pid, 4 * layer + 2, n_slots, clk0, clk1, ns0, ns1)
 
         # ---- P4: residual += y @ W_out^T ---------------------------------------------------------------------
         if ARRIVE_FIRST:
@@ -753,8 +794,10 @@ def _decode_step_kernel(
                 y_mask = b_ok[:, None] & i_ok[None, :]
                 if FLAGGED:  # as in P1: only a program with an item may wait for y
                     y_t = tl.zeros([BLOCK_B, BLOCK_DI], dtype=tl.float32)
+                    clk0, ns0 = _trace_now(pid, TRACE, ASM)
                     if item < n_out:
                         y_t = _get(y_ptr + offs_b[:, None] * Di + offs_i[None, :], y_mask, tag_out, FLAGGED)
+                    _trace_wait(trace_ptr, pid, 4 * layer + 3, n_slots, clk0, ns0, TRACE, ASM)
                 else:
                     y_t = _get(y_ptr + offs_b[:, None] * Di + offs_i[None, :], y_mask, tag0, FLAGGED)
             while item < n_out:
@@ -796,8 +839,10 @@ def _decode_step_kernel(
     if not SKIP_HEAD:
         n_head = tl.cdiv(V, PER_HEAD)
         if BATCH_TILE:
+            clk0, ns0 = _trace_now(pid, TRACE and FLAGGED, ASM)
             hidden_t = _normed_tile(n_layer, tok_ptr, emb_ptr, resid_ptr, norm_f, offs_b, b_ok, offs_m, m_ok, Dm,
                                     eps, ADT, (tag0 + n_layer) & 0x7FFFFFFF, FLAGGED)
+            _trace_wait(trace_ptr, pid, 4 * n_layer, n_slots, clk0, ns0, TRACE and FLAGGED, ASM)
         while item < n_head:
             rows_ok = rows < V
             if BATCH_TILE:

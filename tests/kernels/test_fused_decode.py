@@ -278,8 +278,8 @@ def test_variant_plans_at_the_benchmark_size():
     assert decode.plan_constexprs(*args, 1, 132, {"PREFETCH": 2})["PREFETCH"] == 2
     flagged = decode.plan_constexprs(*args, 1, 132, {"FLAGGED": 1})  # ARRIVE_FIRST gives way; no barrier
     assert flagged["FLAGGED"] and not flagged["ARRIVE_FIRST"] and flagged["NO_WAIT"]
-    for bad in ({"BATCH_TILE": 0}, {"MERGE_IN_CONV": 1}, {"ARRIVE_FIRST": 1}, {"TRACE": 1}, {"SKIP_P3": 1},
-                {"BARRIER": 1}):
+    assert decode.plan_constexprs(*args, 1, 132, {"FLAGGED": 1, "TRACE": 1})["TRACE"]  # its waits, timed
+    for bad in ({"BATCH_TILE": 0}, {"MERGE_IN_CONV": 1}, {"ARRIVE_FIRST": 1}, {"SKIP_P3": 1}, {"BARRIER": 1}):
         with pytest.raises(ValueError, match="FLAGGED"):
             decode.plan_constexprs(*args, 1, 132, {"FLAGGED": 1, **bad})
     for bad in ({"PREFETCH": 5}, {"PREFETCH": True}, {"PREFETCH": 1, "MERGE_IN_CONV": 1}):
@@ -312,15 +312,17 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
 
 
-@pytest.mark.parametrize("arrive_first", [0, 1])
-def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch, arrive_first):
+@pytest.mark.parametrize("variant", [{"ARRIVE_FIRST": 0}, {"ARRIVE_FIRST": 1}, {"FLAGGED": 1}],
+                         ids=["counter", "ARRIVE_FIRST", "FLAGGED"])
+def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch, variant):
     """TRACE=1 (timing from inside the kernel) gives the same logits and states as without it and writes every entry
-    of its trace: the start, each of the 4 * layers barriers (whole, or split in two by ARRIVE_FIRST) and the end (the
-    interpreter's clocks read 0, so a trace poisoned with -1 shows every entry written)."""
+    of its trace: the start, each of the 4 * layers barriers (whole, or split in two by ARRIVE_FIRST; under FLAGGED
+    the waits in their place) and the end (the interpreter's clocks read 0, so a trace poisoned with -1 shows every
+    entry written)."""
     model = _lm("mamba_dna_lm_tiny", seed=60, d_model=24, n_layer=2, d_state=6)
     runs = []
     for trace in (0, 1):
-        monkeypatch.setattr(decode, "TUNE", {"TRACE": trace, "ARRIVE_FIRST": arrive_first})
+        monkeypatch.setattr(decode, "TUNE", {"TRACE": trace, **variant})
         cache, _ = _random_caches(model, 2, seed=61)
         token = torch.tensor([3, 1], device=DEV)
         step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers],
