@@ -25,7 +25,10 @@ and their differences to the full step. One Triton compile per setting (both bat
 
 --trace times each phase from inside the kernel (decode.TUNE's TRACE=1: every program's clock on arriving at and
 leaving each grid barrier): per phase, the slowest and the median program's work, the spread of the arrivals, the
-median wait and the release after the last arrival, averaged over the layers (summarise_trace).
+median wait and the release after the last arrival, averaged over the layers (summarise_trace). With --tune
+FLAGGED=1 it traces the kernel without barriers: "arriving" is beginning to poll for the values the phase reads and
+"leaving" is having them all (a program with nothing to read in a phase arrives and leaves at once), so the work
+column is a phase's own time and the release the time from the last program's start of a wait to the median end.
 
 --ptxas needs no GPU: it compiles the kernel for sm_90a (Triton's bundled ptxas) at the model's sizes on 132
 programs, default and each --variants setting at each batch size, and prints registers and spill bytes.

@@ -6,7 +6,8 @@
 # layer-by-layer one, its variants in DECODE_VARIANTS, and its cost breakdown), decodetrace (each phase of the
 # step timed from inside the kernel: decode_gpu_check.py --trace), runs (scripts/real_data.sh), promoters
 # (scripts/promoters_sweep.sh), ddp, tests, kernels, models. Timed parts run first, alone on the GPU. Time limits and
-# options: SCANVAR_S / SCANVAR_ARGS, DECODE_CHECK_S / DECODE_VARIANTS, TRACE_S, BREAKDOWN_S / BREAKDOWN_TUNE
+# options: SCANVAR_S / SCANVAR_ARGS, DECODE_CHECK_S / DECODE_VARIANTS, TRACE_S / TRACE_TUNE (KEY=VALUE ... for the
+# traced kernel, e.g. FLAGGED=1), BREAKDOWN_S / BREAKDOWN_TUNE
 # (KEY=VALUE ... for the breakdown's kernel), KERNELS_S / KERNELS_ARGS, TESTS_S / TEST_TIMEOUT_S / TEST_ARGS,
 # PROMOTERS_MINUTES, DEADLINE (seconds before the archive is packed whatever still runs).
 # Usage (repo root, data copied to DATA, soundfile wheels in .whl): bash scripts/device_results.sh DATA MINUTES
@@ -57,7 +58,7 @@ if has decodecheck; then
 fi
 
 has decodetrace && timeout ${TRACE_S:-120} python3 scripts/decode_gpu_check.py --trace --batch-sizes 1 8 \
-    --timeout $(( ${TRACE_S:-120} - 10 )) > "$R/bench/decode_trace.txt" 2>&1
+    --timeout $(( ${TRACE_S:-120} - 10 )) ${TRACE_TUNE:+--tune $TRACE_TUNE} > "$R/bench/decode_trace.txt" 2>&1
 
 # 2. Real-data runs (scripts/real_data.sh, the waveform language model and its samples included), side by side on GPU 0.
 RUNS=()
