@@ -336,6 +336,7 @@ def generate(
     return_logits: bool = False,
     suppress_tokens: Sequence[int] | None = None,
     compile: bool = False,
+    progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Continues each prompt row by `max_new_tokens` tokens (samples for waveform models).
 
@@ -345,6 +346,7 @@ def generate(
     cuda_graph: replay a captured CUDA graph per step (None = on for CUDA models).
     suppress_tokens: ids never to generate (e.g. the special tokens of a DNA model), greedy or sampled.
     compile: run the step through torch.compile (fewer, fused kernels; the first call compiles for a while).
+    progress: show a tqdm bar over the new tokens (on stderr; tqdm hides it where stderr is not a terminal).
     Returns prompt + new tokens: (B, L + max_new_tokens) long, or for waveform models (B, T + max_new_tokens)
     float (the prompt as given, then the decoded new samples). With return_logits, also the fp32 logits that each
     new token was drawn from (before temperature and filters): (B, max_new_tokens, V).
@@ -372,7 +374,13 @@ def generate(
             if max_new_tokens > 0:
                 decoder = _decoder_for(model, batch, bool(cuda_graph), bool(compile))
                 logits = decoder.prefill(codes)
-                for t in range(max_new_tokens):
+                steps = range(max_new_tokens)
+                if progress:
+                    from tqdm.auto import tqdm
+
+                    unit = "sample" if parts.waveform else "token"
+                    steps = tqdm(steps, desc="generate", unit=unit, disable=None, mininterval=0.5)
+                for t in steps:
                     if t > 0:
                         logits = decoder.step(new[:, t - 1])
                     if all_logits is not None:

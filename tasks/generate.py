@@ -1,7 +1,8 @@
 """`seqbackbone generate RUN_DIR`: sample from a trained language model into wav files or a FASTA file.
 
     seqbackbone generate RUN_DIR --num N --length L [--prompt STR_OR_WAV] [--prompt-seconds S]
-                         [--temperature T] [--top-k K] [--top-p P] [--seed S] [--device D] --out PATH
+                         [--temperature T] [--top-k K] [--top-p P] [--seed S] [--device D] [--compile]
+                         [--no-progress] --out PATH
 
 RUN_DIR is a run directory (its best model in RUN_DIR/model) or a save_pretrained folder itself. --length is the
 length of each output, prompt included: samples for waveform models, bases for DNA models.
@@ -44,6 +45,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="nucleus sampling: the most likely tokens holding mass P")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto")
+    p.add_argument("--compile", action="store_true",
+                   help="run the decoding step through torch.compile: on the CPU several times faster per token for "
+                        "small models, after a compile of tens of seconds (pays off for long outputs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="wav file or folder (audio), FASTA file (DNA)")
     return p
 
@@ -230,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         out = generate(
             model, prompt[None].repeat(args.num, 1).to(device), args.length - len(prompt),
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=gen, suppress_tokens=suppress,
+            compile=args.compile, progress=not args.no_progress,
         )
     except (ValueError, TypeError) as err:
         raise TaskInputError(str(err)) from None

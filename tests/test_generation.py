@@ -197,6 +197,42 @@ def test_zero_new_tokens_and_training_mode_kept(dna_lm: torch.nn.Module) -> None
         dna_lm.eval()
 
 
+def test_progress_bar_counts_the_new_tokens(dna_lm: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm.auto
+
+    bars = []
+    real = tqdm.auto.tqdm
+
+    def recording(iterable, **kwargs):
+        bars.append((len(iterable), kwargs["unit"]))
+        return real(iterable, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", recording)
+    prompt = torch.randint(4, 9, (2, 5), generator=torch.Generator().manual_seed(0))
+    shown = generate(dna_lm, prompt, 12, generator=torch.Generator().manual_seed(5), progress=True)
+    quiet = generate(dna_lm, prompt, 12, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(shown, quiet) and bars == [(12, "token")]
+    generate(dna_lm, prompt, 3)
+    assert len(bars) == 1  # no bar unless asked
+
+
+def test_compiled_step_on_the_cpu_matches_eager(dna_lm: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compile=True traces the step with torch.compile (here its graph capture alone, backend "eager", so that no C++
+    compiler is needed) and decodes as the eager step does."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager", **kw))
+    torch._dynamo.reset()
+    prompt = torch.randint(4, 9, (2, 6), generator=torch.Generator().manual_seed(1))
+    eager, eager_logits = generate(dna_lm, prompt, 8, temperature=0, return_logits=True)
+    compiled, compiled_logits = generate(dna_lm, prompt, 8, temperature=0, return_logits=True, compile=True)
+    from seqbackbone.generation import _DECODERS, _step_logits
+
+    decoder = _DECODERS[dna_lm]
+    assert decoder._fn is not _step_logits and decoder.plain is None and decoder.fused is None  # compiled it ran
+    assert torch.equal(eager, compiled)
+    torch.testing.assert_close(compiled_logits, eager_logits, atol=1e-5, rtol=1e-5)
+
+
 def test_bad_inputs(dna_lm: torch.nn.Module, wave_lm: torch.nn.Module) -> None:
     ids = torch.randint(4, 9, (2, 4))
     with pytest.raises(TypeError, match="prompt"):

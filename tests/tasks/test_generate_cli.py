@@ -146,6 +146,22 @@ def test_generate_fasta(dna_run: Path, tmp_path: Path) -> None:
     assert len(seq) == 40
 
 
+def test_generate_passes_compile_and_progress(dna_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import seqbackbone.generation
+
+    calls = []
+    real = seqbackbone.generation.generate
+
+    def recording(*args, **kwargs):
+        calls.append((kwargs["compile"], kwargs["progress"]))
+        return real(*args, **{**kwargs, "compile": False})
+
+    monkeypatch.setattr(seqbackbone.generation, "generate", recording)
+    assert _generate([str(dna_run), "--length", "20", "--compile", "--out", str(tmp_path / "c.fa")]) == 0
+    assert _generate([str(dna_run), "--length", "20", "--no-progress", "--out", str(tmp_path / "d.fa")]) == 0
+    assert calls == [(True, True), (False, False)]
+
+
 def test_generate_bad_input(wave_run: Path, dna_run: Path, tmp_path: Path) -> None:
     with pytest.raises(TaskInputError, match="model"):
         _generate([str(tmp_path), "--length", "10", "--out", str(tmp_path / "x.wav")])
