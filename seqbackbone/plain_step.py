@@ -111,6 +111,7 @@ class PlainBackboneStep:
                 out_weight=m.out_proj.weight, out_bias=m.out_proj.bias,
             ))
 
+    @torch.no_grad()  # as MambaBackbone.step: the cache is overwritten in place
     def __call__(self, x_t: torch.Tensor) -> torch.Tensor:
         hidden, residual = x_t, None
         for layer, (conv_state, ssm_state) in zip(self.layers, self.states, strict=True):
