@@ -31,6 +31,13 @@ __all__ = ["PlainBackboneStep", "plain_step_unsupported_reason"]
 
 
 def _has_hooks(module: nn.Module) -> bool:
+    """Hooks on any submodule, or hooks registered for every module (nn.modules.module.register_module_*_hook)."""
+    from torch.nn.modules import module as module_mod
+
+    global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                    "_global_backward_pre_hooks")
+    if any(getattr(module_mod, name, None) for name in global_hooks):
+        return True
     return any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
         for m in module.modules()

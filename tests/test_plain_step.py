@@ -119,6 +119,16 @@ def test_plain_step_refuses_what_it_cannot_reproduce(change, words):
         PlainBackboneStep(backbone, [c.conv_state for c in cache.layers], [c.ssm_state for c in cache.layers])
 
 
+def test_plain_step_refuses_while_a_hook_for_every_module_is_registered():
+    backbone = MambaBackbone(16, n_layer=1)
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert "hooks" in plain_step_unsupported_reason(backbone)
+    finally:
+        handle.remove()
+    assert plain_step_unsupported_reason(backbone) is None
+
+
 @pytest.mark.parametrize("kwargs, words", [
     (dict(rms_norm=False), "RMSNorm"),
     (dict(bidirectional="add"), "causal"),
