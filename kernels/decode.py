@@ -76,8 +76,19 @@ _NUM_WARPS = 8
 #   others (xz, the conv output, x_proj's partial sums, y, the residual) is a 64-bit word holding the fp32 value and
 #   the writing layer's tag, and a reader reads again until all the words it needs carry the tag it expects: a
 #   phase waits for exactly its inputs, without the release fence, the counter's round trips and the wait for the
-#   slowest program of the grid (the scratch buffers double in size). Tested under the interpreter; not yet run on
-#   a GPU.
+#   slowest program of the grid (the scratch buffers double in size). Slower on the H200 (batch 1: 383-405 us
+#   against 345-364 us for the default of the same runs, 2026-11-29).
+# - JOINT_READS=1 (with BATCH_TILE, not with FLAGGED): every value a phase reads from other programs is requested at
+#   once after its barrier: the SSM phase loads x and z with all the partial x_proj sums (by default each sum, ending
+#   in a reduction across warps whose bar.sync no load passes, came before the next load: four round trips to L2);
+#   out_proj loads its residual rows, which the same program wrote a layer earlier, with its weights before the
+#   barrier. As the SSM phase then reads every partial sum in one tile (BLOCK_J up to _TILE), the conv phase plans
+#   about one item a program (16 channels at d_inner 1536 on 132 SMs, not 64). On by default (H200, batch 1: 290 us
+#   against 345 us without). Under FLAGGED it gave wrong results at batch 8, so the pair is refused.
+# - L2_TILES=1: in_proj's and out_proj's weight tiles are asked into L2 (prefetch.global.L2) before the barrier and
+#   loaded into registers after it, so that the barrier's polls are not queued behind 36 KB of loads a program. The
+#   release after the last arrival falls (out_proj -> in_proj: 1.67 -> 0.94 us) but the phases' work grows more
+#   (in_proj 2.0 -> 3.0 us): slower (H200, batch 1: 296 us against 290 us).
 # - SPLIT=1: the other kernel, kernels/decode_split_triton.py: every phase on channel blocks, x_proj's and out_proj's
 #   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
@@ -95,16 +106,18 @@ TUNE: dict[str, int] = {}
 # against 540 at batch 1, 1,353 against 2,069 at batch 8); then the barrier's arrival before the next phase's weight
 # loads, the states loaded with the weights and one item a program: 368 us against 442 at batch 1 (1,337 against
 # 1,282 at batch 8, where the layer-by-layer step, 569 us, is the automatic choice anyway). The flag barrier was
-# slower (632 / 2,162 us), the SPLIT kernel too (583 us at batch 1 with ARRIVE_FIRST).
-DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS": 1, "ONE_ITEM": 1}
+# slower (632 / 2,162 us), the SPLIT kernel too (583 us at batch 1 with ARRIVE_FIRST). Then every read of a phase at
+# once (JOINT_READS) and, for any kernel, a batch of one multiplied as a 2-d product: 290 us at batch 1.
+DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS": 1, "ONE_ITEM": 1, "JOINT_READS": 1}
 # DEFAULT_TUNE's switches that give way to an explicit TUNE setting they do not combine with: (switch, setting,
 # the setting's values that turn the switch off); set explicitly, the pair is refused by plan_constexprs
 _DEFAULT_YIELDS = (("ARRIVE_FIRST", "BARRIER", "truthy"), ("ARRIVE_FIRST", "MERGE_IN_CONV", "truthy"),
                    ("ARRIVE_FIRST", "LOCAL_P2", "truthy"), ("ARRIVE_FIRST", "FLAGGED", "truthy"),
-                   ("EARLY_LOADS", "BATCH_TILE", "falsy"))
+                   ("EARLY_LOADS", "BATCH_TILE", "falsy"), ("JOINT_READS", "BATCH_TILE", "falsy"),
+                   ("JOINT_READS", "FLAGGED", "truthy"))
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
 VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST", "EARLY_LOADS",
-                 "PREFETCH", "FLAGGED")
+                 "PREFETCH", "FLAGGED", "JOINT_READS", "L2_TILES")
 # SPLIT's channels per item: at most this many (a BLOCK_C x BLOCK_DM in_proj tile twice, and out_proj's transpose)
 _SPLIT_MAX_C = 32
 # SPLIT's copies of each accumulator (item i adds into copy i % COPIES; readers add the copies): float atomics from
@@ -306,7 +319,9 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     merge = bool(tune.get("MERGE_IN_CONV", False))
     if merge:  # in_proj's u and z rows of each channel block computed in the conv phase: one item per program
         ch_conv = _block(Di, programs, 2, min(_TILE // block_x, _TILE // (2 * block_dm)))
-    else:  # few items: the SSM phase sums their partials
+    elif tune.get("JOINT_READS"):  # about one item a program: the SSM phase reads all their partials at once
+        ch_conv = _block(Di, programs, 2, _TILE // block_x)
+    else:  # few items: the SSM phase sums their partials, BLOCK_J items a round trip
         ch_conv = _block(Di, 32, 2, _TILE // block_x)
     if tune.get("BATCH_TILE"):  # x_proj's partial sums take a (BLOCK_B, CH, BLOCK_X) product
         ch_conv = max(2, min(ch_conv, _TILE // (_pow2(batch) * block_x)))
@@ -322,7 +337,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         MERGE_IN_CONV=merge,
         **{flag: 0 for flag in BREAKDOWN_FLAGS},
         BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1, LOCAL_P2=False, BLOCK_Q=1, TRACE=False,
-        ARRIVE_FIRST=False, EARLY_LOADS=False, PREFETCH=0, FLAGGED=False,
+        ARRIVE_FIRST=False, EARLY_LOADS=False, PREFETCH=0, FLAGGED=False, JOINT_READS=False, L2_TILES=False,
     )
     unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J", "SPLIT"})
     if unknown:  # a misspelt setting would time the default kernel under another name
@@ -347,9 +362,19 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
             per[key] = c[block]
         c[f"PER_{key}"] = per[key]
     c["ONE_ITEM"] = one_item
+    c["L2_TILES"] = bool(c["L2_TILES"])
+    c["JOINT_READS"] = bool(c["JOINT_READS"])
+    if c["JOINT_READS"] and (not c["BATCH_TILE"] or c["FLAGGED"]):
+        # (with FLAGGED its polls gave wrong results at batch 8 on the H200, 2026-11-29)
+        raise ValueError("TUNE: JOINT_READS reorders the batch-tile code of the barrier kernel's SSM and out_proj "
+                         f"phases: it needs BATCH_TILE=1 and FLAGGED=0, got {dict(tune)}")
     n_conv = -(-Di // per["CONV"])
     # P3 adds the partial sums of BLOCK_J conv items at a time (under BATCH_TILE: of every batch row at once)
-    c["BLOCK_J"] = tune.get("BLOCK_J") or min(32, _pow2(n_conv))
+    # (JOINT_READS: all of them in one tile as far as _TILE allows, so that one round trip brings them)
+    if c["JOINT_READS"] and c["BATCH_TILE"]:
+        c["BLOCK_J"] = tune.get("BLOCK_J") or min(_pow2(n_conv), max(1, _TILE // (c["BLOCK_B"] * block_r)))
+    else:
+        c["BLOCK_J"] = tune.get("BLOCK_J") or min(32, _pow2(n_conv))
     if c["BARRIER"] not in (0, 1):
         raise ValueError(f"TUNE: BARRIER must be 0 (the counter) or 1 (the flags), got {c['BARRIER']!r}")
     c["LOCAL_P2"] = bool(c["LOCAL_P2"])

@@ -35,7 +35,10 @@ TRACE=1 timestamps at every barrier; PREFETCH=k the weights of the layer k ahead
 BATCH_TILE, not with MERGE_IN_CONV, LOCAL_P2, BARRIER=1 or the SKIP flags) no grid barrier at all: every value one
 program writes for others goes out as a 64-bit word with the writing layer's tag beside it (_put), and a reader
 reads again until every word it needs carries the tag it expects (_get), so a phase waits for exactly the data it
-reads, with no release fence and no counter. Buffers are reused a layer later only after every reader of the
+reads, with no release fence and no counter. JOINT_READS=1 (with BATCH_TILE) requests all of a phase's reads of other
+programs' values at once after the barrier (a reduction across warps ends in bar.sync, which no load is moved over)
+and out_proj's residual rows, the program's own, before it; L2_TILES=1 asks L2 for in_proj's and out_proj's tiles
+before the barrier and loads them after it. Buffers are reused a layer later only after every reader of the
 previous layer is done, which the dependencies guarantee: a layer's in_proj needs all of the residual, hence every
 out_proj item of the layer before, hence all of its y, partial sums and xz.
 """
@@ -143,6 +146,13 @@ def _prefetch_share(base, n_elems, pid, nprog, STRIDE: tl.constexpr, BLOCK_LINES
             tl.inline_asm_elementwise(
                 "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }", "=r,l,r",
                 [ptrs, ok], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_rows(base, first, count, row_len, STRIDE: tl.constexpr, ASM: tl.constexpr):
+    """Asks L2 for rows first .. first + count - 1 (none if count <= 0) of the row-major matrix at `base`, row_len
+    elements a row: one item's weight tile (decode.TUNE's L2_TILES)."""
+    _prefetch_share(base + first.to(tl.int64) * row_len, tl.maximum(count, 0) * row_len, 0, 1, STRIDE, 256, ASM)
 
 
 @triton.jit
@@ -383,7 +393,22 @@ def _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N):
 @triton.jit
 def _rows_dot(w, x):
     """(BLOCK_B, ROWS): every batch row of x (BLOCK_B, K) against every row of the weight tile w (ROWS, K), fp32."""
-    return tl.sum(w.to(tl.float32)[None, :, :] * x[:, None, :], axis=2)
+    if x.shape[0] == 1:  # a batch of one as a 2-d product: the 3-d one's layout spreads the sum over more lanes
+        out = tl.sum(w.to(tl.float32) * tl.reshape(x, (x.shape[1],))[None, :], axis=1)[None, :]
+    else:
+        out = tl.sum(w.to(tl.float32)[None, :, :] * x[:, None, :], axis=2)
+    return out
+
+
+@triton.jit
+def _cols_dot(w, x):
+    """(BLOCK_B, COLS): every batch row of x (BLOCK_B, ROWS) against every column of w (ROWS, COLS), fp32 (as
+    _rows_dot, a batch of one without the 3-d product, whose layout spreads the reduction over more lanes)."""
+    if x.shape[0] == 1:
+        out = tl.sum(w * tl.reshape(x, (x.shape[1],))[:, None], axis=0)[None, :]
+    else:
+        out = tl.sum(w[None, :, :] * x[:, :, None], axis=1)
+    return out
 
 
 @triton.jit(do_not_specialize=["batch"])  # batch 1 as a constant lets the compiler hoist too much
@@ -407,7 +432,8 @@ def _decode_step_kernel(
     BATCH_TILE: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
     LOCAL_P2: tl.constexpr = False, BLOCK_Q: tl.constexpr = 1, TRACE: tl.constexpr = False,
     ARRIVE_FIRST: tl.constexpr = False, EARLY_LOADS: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
-    LINE_ELEMS: tl.constexpr = 64, FLAGGED: tl.constexpr = False,
+    LINE_ELEMS: tl.constexpr = 64, FLAGGED: tl.constexpr = False, JOINT_READS: tl.constexpr = False,
+    L2_TILES: tl.constexpr = False,
 ):
     # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
     # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
@@ -484,8 +510,12 @@ def _decode_step_kernel(
                 norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
                 item = pid
                 rows = _item_rows(item, ROWS_IN, PER_IN, 2 * Di, ONE_ITEM)
-                tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
-                               mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
+                if L2_TILES:
+                    _prefetch_rows(w_in, item * PER_IN, tl.minimum(PER_IN, 2 * Di - item * PER_IN), Dm, LINE_ELEMS,
+                                   ASM)
+                else:
+                    tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                                   mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
             if PREFETCH > 0:
                 if layer + PREFETCH < n_layer:
                     _prefetch_layer(layer + PREFETCH, in_tab, xproj_tab, dtw_tab, out_tab, pid, nprog, Dm, Di, R, X,
@@ -499,6 +529,9 @@ def _decode_step_kernel(
                     epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                                      trace_ptr, trace_base, n_slots, TRACE)
             if not SKIP_P1:
+                if L2_TILES:  # from L2 now, with the residual: no poll of the barrier queued behind these loads
+                    tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
+                                   mask=(rows < 2 * Di)[:, None] & m_ok[None, :], other=0.0)
                 if BATCH_TILE:
                     if FLAGGED:
                         # only a program with an item may wait for the residual: nothing waits for one without, so
@@ -541,6 +574,8 @@ def _decode_step_kernel(
             conv_w = _layer_ptr(convw_tab, layer, ADT)
             conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
             w_x = _layer_ptr(xproj_tab, layer, ADT)
+            if HAS_CONV_BIAS:  # once a phase: a table read per item would be one more round trip before the next
+                conv_b = _layer_ptr(convb_tab, layer, CB_DT)
             item = pid
             ch = _item_rows(item, CH_CONV, PER_CONV, Di, ONE_ITEM)
             c_ok = ch < Di
@@ -549,7 +584,7 @@ def _decode_step_kernel(
             if EARLY_LOADS:  # this program's own channels: nothing another program writes in this phase
                 older = _conv_window_tail(conv_st, ch, c_ok, offs_b, b_ok, offs_w, Di, W)
                 if HAS_CONV_BIAS:
-                    cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                    cbias = tl.load(conv_b + ch, mask=c_ok, other=0.0).to(tl.float32)
             if MERGE_IN_CONV:
                 # in_proj's u and z rows of this block's channels here, so no barrier between in_proj and the conv
                 w_in = _layer_ptr(in_tab, layer, ADT)
@@ -588,7 +623,7 @@ def _decode_step_kernel(
                 taps32 = taps.to(tl.float32)
                 wx32 = wxt.to(tl.float32)
                 if HAS_CONV_BIAS and not EARLY_LOADS:
-                    cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                    cbias = tl.load(conv_b + ch, mask=c_ok, other=0.0).to(tl.float32)
                 if BATCH_TILE:
                     bc_ok = b_ok[:, None] & c_ok[None, :]
                     w3 = offs_w[None, None, :]
@@ -613,7 +648,7 @@ def _decode_step_kernel(
                     out = _round(out / (1.0 + tl.exp(-out)), ADT)
                     out = tl.where(bc_ok, out, 0.0)
                     _put(xc_ptr + offs_b[:, None] * Di + ch[None, :], out, bc_ok, tag_out, FLAGGED, ASM)
-                    part = tl.sum(wx32[None, :, :] * out[:, :, None], axis=1)  # (B, BLOCK_X)
+                    part = _cols_dot(wx32, out)  # (B, BLOCK_X)
                     _put(part_ptr + (item * batch + offs_b[:, None]) * X + offs_x[None, :], part,
                          b_ok[:, None] & x_ok[None, :], tag_out, FLAGGED, ASM)
                 if not BATCH_TILE:
@@ -648,7 +683,7 @@ def _decode_step_kernel(
                 if EARLY_LOADS:
                     older = _conv_window_tail(conv_st, ch, c_ok, offs_b, b_ok, offs_w, Di, W)
                     if HAS_CONV_BIAS:
-                        cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                        cbias = tl.load(conv_b + ch, mask=c_ok, other=0.0).to(tl.float32)
                 if MERGE_IN_CONV:
                     wu = tl.load(w_in + ch.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                                  mask=c_ok[:, None] & m_ok[None, :], other=0.0)
@@ -665,14 +700,16 @@ def _decode_step_kernel(
             dt_w = _layer_ptr(dtw_tab, layer, ADT)
             a_log = _layer_ptr(alog_tab, layer, ALOG_DT)
             ssm = _layer_ptr(ssm_tab, layer, tl.float32)
+            d_skip = _layer_ptr(d_tab, layer, D_DT)
+            dt_bias = _layer_ptr(dtb_tab, layer, DTB_DT)
             item = pid
             ch = _item_rows(item, CH_SSM, PER_SSM, Di, ONE_ITEM)
             c_ok = ch < Di
             wdt = tl.load(dt_w + ch[:, None] * R + offs_r[None, :], mask=c_ok[:, None] & r_ok[None, :], other=0.0)
             alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
             if EARLY_LOADS:  # this program's own channels: nothing another program writes in this phase
-                Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-                dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                Dv = tl.load(d_skip + ch, mask=c_ok, other=0.0).to(tl.float32)
+                dtb = tl.load(dt_bias + ch, mask=c_ok, other=0.0).to(tl.float32)
                 h_ptrs, h_ok = _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
                 h = tl.load(h_ptrs, mask=h_ok, other=0.0)
         if ARRIVE_FIRST:
@@ -691,13 +728,16 @@ def _decode_step_kernel(
                 wdt32 = wdt.to(tl.float32)
                 A = -tl.exp(alog.to(tl.float32))
                 if not EARLY_LOADS:
-                    Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-                    dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                    Dv = tl.load(d_skip + ch, mask=c_ok, other=0.0).to(tl.float32)
+                    dtb = tl.load(dt_bias + ch, mask=c_ok, other=0.0).to(tl.float32)
                 if BATCH_TILE:
                     bc_ok = b_ok[:, None] & c_ok[None, :]
                     # x_dbl rows = sums over P2's items of their partial sums, the whole batch at once
                     if TRACE and FLAGGED:
                         clk0, ns0 = _trace_now(pid, TRACE, ASM)
+                    if JOINT_READS:  # with the partial sums: one round trip to L2 for all of them
+                        x = _get(xc_ptr + offs_b[:, None] * Di + ch[None, :], bc_ok, tag_out, FLAGGED)
+                        z = _get(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], bc_ok, tag_out, FLAGGED)
                     dt_low = tl.zeros([BLOCK_B, BLOCK_R], dtype=tl.float32)
                     Bv = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
                     Cv = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
@@ -705,19 +745,27 @@ def _decode_step_kernel(
                         js = j0 + offs_j
                         jb_ok = (js < n_conv)[:, None, None] & b_ok[None, :, None]
                         base = part_ptr + (js[:, None, None] * batch + offs_b[None, :, None]) * X
-                        dt_low += tl.sum(_get(base + offs_r[None, None, :], jb_ok & r_ok[None, None, :], tag_out,
-                                              FLAGGED), axis=0)
-                        Bv += tl.sum(_get(base + R + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag_out,
-                                          FLAGGED), axis=0)
-                        Cv += tl.sum(_get(base + R + N + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag_out,
-                                          FLAGGED), axis=0)
+                        parts_r = _get(base + offs_r[None, None, :], jb_ok & r_ok[None, None, :], tag_out, FLAGGED)
+                        if not JOINT_READS:
+                            dt_low += tl.sum(parts_r, axis=0)
+                        parts_b = _get(base + R + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag_out,
+                                       FLAGGED)
+                        if not JOINT_READS:
+                            Bv += tl.sum(parts_b, axis=0)
+                        parts_c = _get(base + R + N + offs_n[None, None, :], jb_ok & n_ok[None, None, :], tag_out,
+                                       FLAGGED)
+                        if JOINT_READS:  # the sums after the three loads (each ends in bar.sync: no load passes it)
+                            dt_low += tl.sum(parts_r, axis=0)
+                            Bv += tl.sum(parts_b, axis=0)
+                        Cv += tl.sum(parts_c, axis=0)
                     dt_low = _round(dt_low, ADT)
                     Bv = _round(Bv, ADT)
                     Cv = _round(Cv, ADT)
                     dt = _round(_rows_dot(wdt32, dt_low), ADT) + dtb[None, :]  # (B, CH)
                     dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-                    x = _get(xc_ptr + offs_b[:, None] * Di + ch[None, :], bc_ok, tag_out, FLAGGED)
-                    z = _get(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], bc_ok, tag_out, FLAGGED)
+                    if not JOINT_READS:
+                        x = _get(xc_ptr + offs_b[:, None] * Di + ch[None, :], bc_ok, tag_out, FLAGGED)
+                        z = _get(xz_ptr + offs_b[:, None] * 2 * Di + Di + ch[None, :], bc_ok, tag_out, FLAGGED)
                     if TRACE and FLAGGED:  # (the wait's end includes dt's small projection)
                         clk1, ns1 = _trace_now(pid, TRACE, ASM)
                     if not EARLY_LOADS:
@@ -766,8 +814,8 @@ def _decode_step_kernel(
                 alog = tl.load(a_log + ch[:, None] * N + offs_n[None, :], mask=c_ok[:, None] & n_ok[None, :],
                                other=0.0)
                 if EARLY_LOADS:
-                    Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-                    dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+                    Dv = tl.load(d_skip + ch, mask=c_ok, other=0.0).to(tl.float32)
+                    dtb = tl.load(dt_bias + ch, mask=c_ok, other=0.0).to(tl.float32)
                     h_ptrs, h_ok = _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
                     h = tl.load(h_ptrs, mask=h_ok, other=0.0)
             if TRACE and FLAGGED:
@@ -781,8 +829,16 @@ def _decode_step_kernel(
             w_out = _layer_ptr(out_tab, layer, ADT)
             item = pid
             rows = _item_rows(item, ROWS_OUT, PER_OUT, Dm, ONE_ITEM)
-            tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
-                           mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
+            if L2_TILES:
+                _prefetch_rows(w_out, item * PER_OUT, tl.minimum(PER_OUT, Dm - item * PER_OUT), Di, LINE_ELEMS, ASM)
+            else:
+                tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
+                               mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
+            if JOINT_READS:
+                # the item's residual rows with its weights, before the barrier: this program wrote them itself (the
+                # same item a layer earlier), so the phase's only read from other programs is y
+                s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows < Dm, Dm, tag_in,
+                                   FLAGGED)
         if ARRIVE_FIRST:
             _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
                          pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
@@ -790,6 +846,9 @@ def _decode_step_kernel(
             epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
                              trace_ptr, trace_base, n_slots, TRACE)  # P3 wrote y
         if not SKIP_P4:
+            if L2_TILES:
+                tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
+                               mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
             if BATCH_TILE:
                 y_mask = b_ok[:, None] & i_ok[None, :]
                 if FLAGGED:  # as in P1: only a program with an item may wait for y
@@ -804,8 +863,9 @@ def _decode_step_kernel(
                 rows_ok = rows < Dm
                 if BATCH_TILE:
                     o = _round(_rows_dot(tile, y_t), ADT)  # (B, ROWS_OUT)
-                    s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows_ok, Dm,
-                                       tag_in, FLAGGED)
+                    if not JOINT_READS:
+                        s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows_ok, Dm,
+                                           tag_in, FLAGGED)
                     _put(resid_ptr + offs_b[:, None] * Dm + rows[None, :], s + o, b_ok[:, None] & rows_ok[None, :],
                          tag_out, FLAGGED, ASM)
                 else:
@@ -819,6 +879,9 @@ def _decode_step_kernel(
                 rows = _item_rows(item, ROWS_OUT, PER_OUT, Dm, ONE_ITEM)
                 tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
                                mask=(rows < Dm)[:, None] & i_ok[None, :], other=0.0)
+                if JOINT_READS:
+                    s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows < Dm, Dm,
+                                       tag_in, FLAGGED)
 
     # ---- final norm and head ---------------------------------------------------------------------------------
     if ARRIVE_FIRST:

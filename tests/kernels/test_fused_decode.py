@@ -167,7 +167,9 @@ VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 0}, {"BATCH_TILE": 0, "ARRIVE_FIRST": 0
             {"BARRIER": 1, "LOCAL_P2": 1}, {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 0, "BATCH_TILE": 0},
             {"ARRIVE_FIRST": 0}, {"BATCH_TILE": 0}, {"EARLY_LOADS": 0}, {"EARLY_LOADS": 1, "MERGE_IN_CONV": 1},
             {"ONE_ITEM": 0, "ARRIVE_FIRST": 0, "EARLY_LOADS": 0}, {"PREFETCH": 2}, {"FLAGGED": 1},
-            {"FLAGGED": 1, "ONE_ITEM": 0, "EARLY_LOADS": 0}]
+            {"FLAGGED": 1, "ONE_ITEM": 0, "EARLY_LOADS": 0}, {"JOINT_READS": 0},
+            {"JOINT_READS": 0, "ONE_ITEM": 0, "EARLY_LOADS": 0}, {"CH_CONV": 8}, {"L2_TILES": 1},
+            {"L2_TILES": 1, "ONE_ITEM": 0}]
 
 
 # a FLAGGED reader waiting for a tag nobody writes spins for ever: fail instead of hanging the suite
@@ -255,17 +257,28 @@ def test_variant_plans_at_the_benchmark_size():
     # one item a program: in_proj 24 rows (tile 32), SSM 12 channels (16), out_proj 6 rows (8), head 2 rows
     assert [(one[f"PER_{k}"], one[b]) for k, b in (("IN", "ROWS_IN"), ("SSM", "CH_SSM"), ("OUT", "ROWS_OUT"),
                                                     ("HEAD", "ROWS_HEAD"))] == [(24, 32), (12, 16), (6, 8), (2, 2)]
-    # the conv phase keeps its few items (the SSM phase adds one partial x_proj sum per item)
-    assert (one["PER_CONV"], one["CH_CONV"]) == (64, 64)
+    # the conv phase: about one item a program too (16 channels, 96 items), whose partial x_proj sums the SSM phase
+    # reads in one tile (JOINT_READS); without JOINT_READS a few items (64 channels), summed 32 at a time
+    assert (one["PER_CONV"], one["CH_CONV"], one["BLOCK_J"]) == (16, 16, 128)
+    apart = decode.plan_constexprs(*args, 1, 132, {"JOINT_READS": 0})
+    assert (apart["PER_CONV"], apart["CH_CONV"], apart["BLOCK_J"]) == (64, 64, 32)
+    assert base["JOINT_READS"] and not decode.plan_constexprs(*args, 1, 132, {"FLAGGED": 1})["JOINT_READS"]
+    assert not decode.plan_constexprs(*args, 1, 132, {"BATCH_TILE": 0})["JOINT_READS"]
+    for bad in ({"BATCH_TILE": 0}, {"FLAGGED": 1}):
+        with pytest.raises(ValueError, match="JOINT_READS"):
+            decode.plan_constexprs(*args, 1, 132, {"JOINT_READS": 1, **bad})
     # a batch tile of 8 caps the rows of a projection item at 8 (64 fp32 sums a thread): in_proj keeps its plan
     tiled = decode.plan_constexprs(*args, 8, 132, {"ONE_ITEM": 1, "BATCH_TILE": 1})
     assert tiled["BLOCK_B"] == 8 and (tiled["PER_IN"], tiled["ROWS_IN"]) == (8, 8)
     assert (tiled["PER_OUT"], tiled["ROWS_OUT"]) == (6, 8) and tiled["CH_CONV"] == 16
+    assert tiled["BLOCK_J"] == 32  # 32 items x 8 rows x 64 (dt_rank 48) sums: _TILE
     # an explicit tile size wins over ONE_ITEM's plan
     assert decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 1, "ROWS_IN": 16})["PER_IN"] == 16
     with pytest.raises(ValueError, match="BARRIER"):
         decode.plan_constexprs(*args, 1, 132, {"BARRIER": 2})
-    assert decode.plan_constexprs(*args, 1, 132, {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1})["BLOCK_Q"] == 4
+    # a conv item's channels span at most 2 in_proj items of 24 rows (16 channels; 4 for the 64 without JOINT_READS)
+    assert decode.plan_constexprs(*args, 1, 132, {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 1})["BLOCK_Q"] == 2
+    assert decode.plan_constexprs(*args, 1, 132, {"BARRIER": 1, "LOCAL_P2": 1, "JOINT_READS": 0})["BLOCK_Q"] == 4
     with pytest.raises(ValueError, match="LOCAL_P2"):
         decode.plan_constexprs(*args, 1, 132, {"LOCAL_P2": 1})
     with pytest.raises(ValueError, match="BARIER"):
@@ -471,6 +484,10 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"PREFETCH": 2}, 8),
     ({"FLAGGED": 1}, 1),
     ({"FLAGGED": 1}, 8),
+    ({"JOINT_READS": 0}, 1),
+    ({"JOINT_READS": 0}, 8),
+    ({"L2_TILES": 1}, 1),
+    ({"L2_TILES": 1}, 8),
     ({"SPLIT": 1, "COPIES": 1}, 2),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1}, 1),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
