@@ -47,7 +47,10 @@ _NUM_WARPS = 8
 # plan below.
 # - tile sizes ROWS_IN, CH_CONV, CH_SSM, ROWS_OUT, ROWS_HEAD (powers of two) and num_warps;
 # - MERGE_IN_CONV=1: in_proj inside the conv phase (three grid barriers per layer instead of four, but more partial
-#   x_proj sums for the SSM phase to add);
+#   x_proj sums for the SSM phase to add: under ONE_ITEM one conv item of ceil(Di / programs) channels a program,
+#   128 at d_inner 1536 on 132 SMs, read in one tile under JOINT_READS). On by default at batch 1 only
+#   (_DEFAULT_MAX_BATCH; H200: 270 us against 288-291 us unmerged; at batch 8 its tiles spill: 2,880 against 1,292).
+#   It gives way to PREFETCH, LOCAL_P2, FLAGGED, SKIP_P1 and TRACE, which need in_proj as a phase of its own;
 # - breakdown flags, timing only (the results are wrong): NO_WAIT=1 drops every grid barrier (no arrival, no wait);
 #   SKIP_P1 .. SKIP_P4, SKIP_HEAD=1 drop the loads and the work of in_proj, conv + x_proj, SSM, out_proj or the head,
 #   while every program still meets every barrier (SKIP_P2 under MERGE_IN_CONV drops the merged phase; SKIP_P1 has
@@ -107,14 +110,22 @@ TUNE: dict[str, int] = {}
 # loads, the states loaded with the weights and one item a program: 368 us against 442 at batch 1 (1,337 against
 # 1,282 at batch 8, where the layer-by-layer step, 569 us, is the automatic choice anyway). The flag barrier was
 # slower (632 / 2,162 us), the SPLIT kernel too (583 us at batch 1 with ARRIVE_FIRST). Then every read of a phase at
-# once (JOINT_READS) and, for any kernel, a batch of one multiplied as a 2-d product: 290 us at batch 1.
-DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS": 1, "ONE_ITEM": 1, "JOINT_READS": 1}
+# once (JOINT_READS) and, for any kernel, a batch of one multiplied as a 2-d product: 290 us at batch 1; then in_proj
+# merged into the conv phase at batch 1 (MERGE_IN_CONV with ARRIVE_FIRST): 270 us.
+DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS": 1, "ONE_ITEM": 1, "JOINT_READS": 1,
+                                "MERGE_IN_CONV": 1}
+# DEFAULT_TUNE's switches that hold only up to a batch size: in_proj merged into the conv phase (batch 1: 270 us
+# against 288; batch 8: 2,880 against 1,292, its merged tiles spilling)
+_DEFAULT_MAX_BATCH = {"MERGE_IN_CONV": 1}
 # DEFAULT_TUNE's switches that give way to an explicit TUNE setting they do not combine with: (switch, setting,
-# the setting's values that turn the switch off); set explicitly, the pair is refused by plan_constexprs
-_DEFAULT_YIELDS = (("ARRIVE_FIRST", "BARRIER", "truthy"), ("ARRIVE_FIRST", "MERGE_IN_CONV", "truthy"),
-                   ("ARRIVE_FIRST", "LOCAL_P2", "truthy"), ("ARRIVE_FIRST", "FLAGGED", "truthy"),
-                   ("EARLY_LOADS", "BATCH_TILE", "falsy"), ("JOINT_READS", "BATCH_TILE", "falsy"),
-                   ("JOINT_READS", "FLAGGED", "truthy"))
+# the setting's values that turn the switch off); set explicitly, the pair is refused by plan_constexprs (TRACE and
+# SKIP_P1 time the four-phase layer)
+_DEFAULT_YIELDS = (("ARRIVE_FIRST", "BARRIER", "truthy"), ("ARRIVE_FIRST", "LOCAL_P2", "truthy"),
+                   ("ARRIVE_FIRST", "FLAGGED", "truthy"), ("EARLY_LOADS", "BATCH_TILE", "falsy"),
+                   ("JOINT_READS", "BATCH_TILE", "falsy"), ("JOINT_READS", "FLAGGED", "truthy"),
+                   ("MERGE_IN_CONV", "PREFETCH", "truthy"), ("MERGE_IN_CONV", "LOCAL_P2", "truthy"),
+                   ("MERGE_IN_CONV", "FLAGGED", "truthy"), ("MERGE_IN_CONV", "SKIP_P1", "truthy"),
+                   ("MERGE_IN_CONV", "TRACE", "truthy"))
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
 VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST", "EARLY_LOADS",
                  "PREFETCH", "FLAGGED", "JOINT_READS", "L2_TILES")
@@ -295,10 +306,14 @@ def _one_item(items: int, programs: int, width: int, block: int, max_rows: int) 
     return per, _pow2(per)
 
 
-def resolved_tune(tune: dict[str, int]) -> dict[str, int]:
-    """`tune` (decode.TUNE) over DEFAULT_TUNE, less the defaults that cannot combine with one of its settings, so that
-    e.g. {"BARRIER": 1} times the flag barrier without ARRIVE_FIRST and {"BATCH_TILE": 0} runs without EARLY_LOADS."""
+def resolved_tune(tune: dict[str, int], batch: int = 1) -> dict[str, int]:
+    """`tune` (decode.TUNE) over DEFAULT_TUNE at batch size `batch`, less the defaults that cannot combine with one of
+    its settings or hold only at smaller batches, so that e.g. {"BARRIER": 1} times the flag barrier without
+    ARRIVE_FIRST and {"BATCH_TILE": 0} runs without EARLY_LOADS."""
     merged = {**DEFAULT_TUNE, **tune}
+    for switch, max_batch in _DEFAULT_MAX_BATCH.items():
+        if switch not in tune and batch > max_batch:
+            merged.pop(switch, None)
     for switch, setting, off_when in _DEFAULT_YIELDS:
         if switch in tune or setting not in tune:
             continue
@@ -312,7 +327,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     """The step kernel's tile sizes and variant switches for these model sizes, `programs` programs and batch
     `batch`, with `tune`'s overrides (decode.TUNE) applied over DEFAULT_TUNE (resolved_tune); num_warps is not among
     them."""
-    tune = resolved_tune(tune)
+    tune = resolved_tune(tune, batch)
     X = R + 2 * N
     block_dm, block_di = _pow2(Dm), _pow2(Di)
     block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)
@@ -394,9 +409,9 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
                          "MERGE_IN_CONV=0")
     if c["EARLY_LOADS"] and not c["BATCH_TILE"]:
         raise ValueError("TUNE: EARLY_LOADS loads the batch rows' states as one tile: it needs BATCH_TILE=1")
-    if c["ARRIVE_FIRST"] and (c["BARRIER"] or c["MERGE_IN_CONV"] or c["LOCAL_P2"]):
-        raise ValueError("TUNE: ARRIVE_FIRST splits the counter barrier of the four-phase layer; it does not combine "
-                         "with BARRIER=1, MERGE_IN_CONV or LOCAL_P2")
+    if c["ARRIVE_FIRST"] and (c["BARRIER"] or c["LOCAL_P2"]):
+        raise ValueError("TUNE: ARRIVE_FIRST splits the counter barrier; it does not combine with BARRIER=1 or "
+                         "LOCAL_P2")
     c["FLAGGED"] = bool(c["FLAGGED"])
     if c["FLAGGED"]:
         skips = [flag for flag in BREAKDOWN_FLAGS if c[flag]]

@@ -15,6 +15,9 @@ barrier separates the phases that depend on each other's results:
                    P4 out_proj  residual += y @ W_out^T                    items: row blocks of W_out (Dm x Di)
     then:          logits = rmsnorm_f(residual) @ W_head^T (+ bias)         items: row blocks of the head
 
+Under MERGE_IN_CONV (the default at batch 1) P1 runs inside P2: each conv item computes the u and z rows of its own
+channels from the normed residual, so a layer has three barriers.
+
 Layer 0 reads its residual straight from the embedding (the prenorm block's "residual is None" case), so no phase
 runs before P1. Weights are reached through int64 tables of each layer's data pointer (no stacked copies: a model
 trained on in place stays current). Every result that the reference rounds to the activation dtype (a projection's
@@ -24,7 +27,8 @@ Each phase loads its first weight tile before it waits at the barrier that guard
 latency hides behind the barrier. Loads of data other programs wrote use cache_modifier ".cg" (L2, never a stale L1
 line). Under the interpreter the programs run one after another, so the host launches a single program there.
 
-Opt-in variants (constexpr switches set from decode.TUNE; off, the kernel compiles to the same PTX as without them):
+Variants (constexpr switches set from decode.TUNE over decode.DEFAULT_TUNE; off, a switch leaves the kernel's PTX as
+without it):
 BARRIER=1 grid barriers on per-program epoch flags (release store, one vector of acquire loads) instead of the
 shared counter; ONE_ITEM=1 items of any row count (masked to a power-of-two tile) planned so that each program has one;
 BATCH_TILE=1 the batch rows as a (BLOCK_B, ...) tile dimension in every phase; LOCAL_P2=1 (with BARRIER=1) the conv
@@ -568,8 +572,13 @@ def _decode_step_kernel(
 
         # ---- P2: conv window step and partial x_proj sums ------------------------------------------------------
         if ARRIVE_FIRST:
-            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT,
-                                    pid, trace_ptr, trace_base, n_slots, TRACE, ASM)  # P1 wrote xz
+            if MERGE_IN_CONV:
+                if layer > 0:  # the previous layer's P4 wrote the residual
+                    ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT,
+                                            pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+            else:
+                ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT,
+                                        pid, trace_ptr, trace_base, n_slots, TRACE, ASM)  # P1 wrote xz
         if not SKIP_P2:
             conv_w = _layer_ptr(convw_tab, layer, ADT)
             conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
@@ -596,8 +605,12 @@ def _decode_step_kernel(
         if MERGE_IN_CONV:
             if layer > 0:
                 # the previous layer's P4 wrote the residual
-                epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                                 trace_ptr, trace_base, n_slots, TRACE)
+                if ARRIVE_FIRST:
+                    _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
+                                 pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+                else:
+                    epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                                     trace_ptr, trace_base, n_slots, TRACE)
         else:
             if ARRIVE_FIRST:
                 _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,

@@ -21,7 +21,9 @@
 breakdown flags of decode.TUNE (results wrong, timing only): all work, NO_WAIT (no grid barriers), each phase's work
 skipped (SKIP_P1 in_proj, SKIP_P2 conv + x_proj, SKIP_P3 SSM, SKIP_P4 out_proj, SKIP_HEAD), barriers only (every
 phase skipped), nothing (barriers dropped too), and the layer-by-layer step; one table of the CUDA-graph step medians
-and their differences to the full step. One Triton compile per setting (both batch sizes share it).
+and their differences to the full step. One Triton compile per setting (both batch sizes share it). Where in_proj
+is merged into the conv phase (MERGE_IN_CONV, the default at batch 1) SKIP_P2 drops the merged phase and SKIP_P1 has
+no phase to drop (nan; the rows that skip every phase leave it out).
 
 --trace times each phase from inside the kernel (decode.TUNE's TRACE=1: every program's clock on arriving at and
 leaving each grid barrier): per phase, the slowest and the median program's work, the spread of the arrivals, the
@@ -177,7 +179,14 @@ def breakdown(model: torch.nn.Module, batch_sizes: list[int], replays: int) -> N
         decode.TUNE.update(base)
         decode.TUNE.update(flags or {})
         for batch in batch_sizes:
+            if flags and flags.get("SKIP_P1") and decode.resolved_tune(base, batch).get("MERGE_IN_CONV"):
+                if len(flags) == 1:
+                    times[label, batch] = float("nan")  # the merged layer has no in_proj phase to skip
+                    continue
+                # the merged phase goes with SKIP_P2 (SKIP_P1 would time the four-phase layer)
+                decode.TUNE.pop("SKIP_P1")
             median, _, ran = time_graph_step(model, batch, flags is not None, replays)
+            decode.TUNE.update(flags or {})
             if ran != (flags is not None):
                 raise RuntimeError(f"{label} at batch {batch}: the fused step {'did not run' if ran else 'ran'}")
             times[label, batch] = median
@@ -240,6 +249,9 @@ def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
     if decode.TUNE.get("MERGE_IN_CONV") or decode.TUNE.get("LOCAL_P2") or decode.TUNE.get("SPLIT"):
         raise SystemExit("--trace: the four-barrier kernel only (no MERGE_IN_CONV, LOCAL_P2, SPLIT)")
     base = dict(decode.TUNE)
+    if decode.resolved_tune(base, batch).get("MERGE_IN_CONV"):
+        print(f"--trace, batch {batch}: TRACE times the four-barrier layer, so in_proj runs as a phase of its own here "
+              "(MERGE_IN_CONV, on by default at this batch, gives way)")
     decode.TUNE["TRACE"] = 1
     n_layer = len(model.backbone.layers)
     cache = model.backbone.allocate_inference_cache(batch)

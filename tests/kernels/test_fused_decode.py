@@ -160,8 +160,8 @@ def test_breakdown_flags_skip_what_they_name(forced, monkeypatch):
         run(MERGE_IN_CONV=1, SKIP_P1=1)
 
 
-# relative to DEFAULT_TUNE (BATCH_TILE, ONE_ITEM, ARRIVE_FIRST, EARLY_LOADS), whose switches give way to a setting
-# they cannot join (decode.resolved_tune); the last one is the default before ARRIVE_FIRST, EARLY_LOADS and ONE_ITEM
+# relative to DEFAULT_TUNE (BATCH_TILE, ONE_ITEM, ARRIVE_FIRST, EARLY_LOADS, JOINT_READS; MERGE_IN_CONV at batch 1
+# only), whose switches give way to a setting they cannot join (decode.resolved_tune)
 VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 0}, {"BATCH_TILE": 0, "ARRIVE_FIRST": 0, "ONE_ITEM": 0},
             {"BARRIER": 1, "ONE_ITEM": 0, "EARLY_LOADS": 0}, {"MERGE_IN_CONV": 1, "ONE_ITEM": 1, "BATCH_TILE": 1},
             {"BARRIER": 1, "LOCAL_P2": 1}, {"BARRIER": 1, "LOCAL_P2": 1, "ONE_ITEM": 0, "BATCH_TILE": 0},
@@ -169,7 +169,7 @@ VARIANTS = [{"BARRIER": 1}, {"ONE_ITEM": 0}, {"BATCH_TILE": 0, "ARRIVE_FIRST": 0
             {"ONE_ITEM": 0, "ARRIVE_FIRST": 0, "EARLY_LOADS": 0}, {"PREFETCH": 2}, {"FLAGGED": 1},
             {"FLAGGED": 1, "ONE_ITEM": 0, "EARLY_LOADS": 0}, {"JOINT_READS": 0},
             {"JOINT_READS": 0, "ONE_ITEM": 0, "EARLY_LOADS": 0}, {"CH_CONV": 8}, {"L2_TILES": 1},
-            {"L2_TILES": 1, "ONE_ITEM": 0}]
+            {"L2_TILES": 1, "ONE_ITEM": 0}, {"MERGE_IN_CONV": 1, "ARRIVE_FIRST": 0}]
 
 
 # a FLAGGED reader waiting for a tag nobody writes spins for ever: fail instead of hanging the suite
@@ -218,7 +218,7 @@ def test_variants_match_reference_and_default(forced, monkeypatch, variant, batc
         torch.testing.assert_close(f.conv_state, r.conv_state, atol=2e-5, rtol=2e-5)
         torch.testing.assert_close(f.ssm_state, r.ssm_state, atol=2e-5, rtol=2e-5)
         torch.testing.assert_close(f.ssm_state, b.ssm_state, atol=1e-5, rtol=1e-5)
-    per_step = (3 if variant.get("MERGE_IN_CONV") or variant.get("LOCAL_P2") else 4) * n_layer
+    per_step = (3 if c["MERGE_IN_CONV"] or c["LOCAL_P2"] else 4) * n_layer
     if variant.get("BARRIER"):  # one flag per program, each the count of barriers met over every launch
         flags = step._barrier.tolist()
         assert flags[:step.grid] == [2 * per_step] * step.grid
@@ -248,19 +248,26 @@ def test_variant_plans_at_the_benchmark_size():
     base = decode.plan_constexprs(*args, 1, 132, {})
     assert base["ONE_ITEM"] and base["ARRIVE_FIRST"] and base["EARLY_LOADS"] and base["BATCH_TILE"]
     assert base["BLOCK_B"] == 1 and base["BARRIER"] == 0
+    # in_proj merged into the conv phase at batch 1 only: one item of 12 channels a program (u and z rows: 2 x 12
+    # of 768, the tile of in_proj's 24 rows), whose 128 partial x_proj sums the SSM phase reads in one tile
+    assert base["MERGE_IN_CONV"] and (base["PER_CONV"], base["CH_CONV"], base["BLOCK_J"]) == (12, 16, 128)
+    assert not decode.plan_constexprs(*args, 8, 132, {})["MERGE_IN_CONV"]
+    assert decode.plan_constexprs(*args, 8, 132, {"MERGE_IN_CONV": 1})["MERGE_IN_CONV"]
+    for other in ({"TRACE": 1}, {"SKIP_P1": 1}, {"PREFETCH": 1}, {"FLAGGED": 1}, {"BARRIER": 1, "LOCAL_P2": 1}):
+        assert not decode.plan_constexprs(*args, 1, 132, other)["MERGE_IN_CONV"], other
     # an explicit setting that a default switch cannot join turns that switch off instead of failing
     assert not decode.plan_constexprs(*args, 1, 132, {"BARRIER": 1})["ARRIVE_FIRST"]
     assert decode.plan_constexprs(*args, 1, 132, {"TRACE": 1})["ARRIVE_FIRST"]  # the trace times either barrier
     assert not decode.plan_constexprs(*args, 1, 132, {"BATCH_TILE": 0})["EARLY_LOADS"]
     assert decode.plan_constexprs(*args, 1, 132, {"BATCH_TILE": 0})["ARRIVE_FIRST"]
-    one = decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 1})
+    one = decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 1, "MERGE_IN_CONV": 0})  # the four-phase layer
     # one item a program: in_proj 24 rows (tile 32), SSM 12 channels (16), out_proj 6 rows (8), head 2 rows
     assert [(one[f"PER_{k}"], one[b]) for k, b in (("IN", "ROWS_IN"), ("SSM", "CH_SSM"), ("OUT", "ROWS_OUT"),
                                                     ("HEAD", "ROWS_HEAD"))] == [(24, 32), (12, 16), (6, 8), (2, 2)]
     # the conv phase: about one item a program too (16 channels, 96 items), whose partial x_proj sums the SSM phase
     # reads in one tile (JOINT_READS); without JOINT_READS a few items (64 channels), summed 32 at a time
     assert (one["PER_CONV"], one["CH_CONV"], one["BLOCK_J"]) == (16, 16, 128)
-    apart = decode.plan_constexprs(*args, 1, 132, {"JOINT_READS": 0})
+    apart = decode.plan_constexprs(*args, 1, 132, {"JOINT_READS": 0, "MERGE_IN_CONV": 0})
     assert (apart["PER_CONV"], apart["CH_CONV"], apart["BLOCK_J"]) == (64, 64, 32)
     assert base["JOINT_READS"] and not decode.plan_constexprs(*args, 1, 132, {"FLAGGED": 1})["JOINT_READS"]
     assert not decode.plan_constexprs(*args, 1, 132, {"BATCH_TILE": 0})["JOINT_READS"]
@@ -283,7 +290,8 @@ def test_variant_plans_at_the_benchmark_size():
         decode.plan_constexprs(*args, 1, 132, {"LOCAL_P2": 1})
     with pytest.raises(ValueError, match="BARIER"):
         decode.plan_constexprs(*args, 1, 132, {"BARIER": 1})
-    for other in ({"BARRIER": 1}, {"MERGE_IN_CONV": 1}, {"LOCAL_P2": 1, "BARRIER": 1}):
+    assert decode.plan_constexprs(*args, 1, 132, {"MERGE_IN_CONV": 1})["ARRIVE_FIRST"]
+    for other in ({"BARRIER": 1}, {"LOCAL_P2": 1, "BARRIER": 1}):
         with pytest.raises(ValueError, match="ARRIVE_FIRST"):
             decode.plan_constexprs(*args, 1, 132, {"ARRIVE_FIRST": 1, **other})
     with pytest.raises(ValueError, match="EARLY_LOADS"):
@@ -488,6 +496,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"JOINT_READS": 0}, 8),
     ({"L2_TILES": 1}, 1),
     ({"L2_TILES": 1}, 8),
+    ({"MERGE_IN_CONV": 1}, 1),
+    ({"MERGE_IN_CONV": 1}, 8),
     ({"SPLIT": 1, "COPIES": 1}, 2),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1}, 1),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
@@ -498,7 +508,7 @@ def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     monkeypatch.setattr(decode, "TUNE", dict(variant))
     step = _gpu_steps_match_reference(batch)
     if variant.get("BARRIER"):
-        per_step = (3 if variant.get("LOCAL_P2") else 4) * 2
+        per_step = (3 if step._constexprs["MERGE_IN_CONV"] or variant.get("LOCAL_P2") else 4) * 2
         assert step._barrier[:step.grid].tolist() == [8 * per_step] * step.grid
 
 
