@@ -50,7 +50,7 @@ _NUM_WARPS = 8
 #   x_proj sums for the SSM phase to add: under ONE_ITEM one conv item of ceil(Di / programs) channels a program,
 #   128 at d_inner 1536 on 132 SMs, read in one tile under JOINT_READS). On by default at batch 1 only
 #   (_DEFAULT_MAX_BATCH; H200: 270 us against 288-291 us unmerged; at batch 8 its tiles spill: 2,880 against 1,292).
-#   It gives way to PREFETCH, LOCAL_P2, FLAGGED, SKIP_P1 and TRACE, which need in_proj as a phase of its own;
+#   It gives way to PREFETCH, LOCAL_P2, FLAGGED and SKIP_P1, which need in_proj as a phase of its own;
 # - breakdown flags, timing only (the results are wrong): NO_WAIT=1 drops every grid barrier (no arrival, no wait);
 #   SKIP_P1 .. SKIP_P4, SKIP_HEAD=1 drop the loads and the work of in_proj, conv + x_proj, SSM, out_proj or the head,
 #   while every program still meets every barrier (SKIP_P2 under MERGE_IN_CONV drops the merged phase; SKIP_P1 has
@@ -98,11 +98,11 @@ _NUM_WARPS = 8
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), and
 #   ARRIVE_FIRST (as below; 583 us there at batch 1), no other.
 #   Slower so far (H200, batch 1: 684 us against 449 us; BENCHMARKS.md).
-# - TRACE=1 (the four-barrier kernel with the counter barrier, whole or split by ARRIVE_FIRST, or FLAGGED): each
+# - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
 #   after each wait for other programs' values, in the slot of the barrier it replaces, the two equal where the
-#   program has no item to wait for), and at its end, into FusedDecodeStep.trace (programs, 4 * layers + 2, 4) int64
+#   program has no item to wait for), and at its end, into FusedDecodeStep.trace (programs, barriers + 2, 4) int64
 #   (scripts/decode_gpu_check.py --trace); same results.
 TUNE: dict[str, int] = {}
 # settings under TUNE's (H200, 90M LM, CUDA-graph step medians, 2026-11-29): the batch rows as one tile (467 us
@@ -118,14 +118,13 @@ DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS
 # against 288; batch 8: 2,880 against 1,292, its merged tiles spilling)
 _DEFAULT_MAX_BATCH = {"MERGE_IN_CONV": 1}
 # DEFAULT_TUNE's switches that give way to an explicit TUNE setting they do not combine with: (switch, setting,
-# the setting's values that turn the switch off); set explicitly, the pair is refused by plan_constexprs (TRACE and
-# SKIP_P1 time the four-phase layer)
+# the setting's values that turn the switch off); set explicitly, the pair is refused by plan_constexprs (SKIP_P1
+# times the four-phase layer)
 _DEFAULT_YIELDS = (("ARRIVE_FIRST", "BARRIER", "truthy"), ("ARRIVE_FIRST", "LOCAL_P2", "truthy"),
                    ("ARRIVE_FIRST", "FLAGGED", "truthy"), ("EARLY_LOADS", "BATCH_TILE", "falsy"),
                    ("JOINT_READS", "BATCH_TILE", "falsy"), ("JOINT_READS", "FLAGGED", "truthy"),
                    ("MERGE_IN_CONV", "PREFETCH", "truthy"), ("MERGE_IN_CONV", "LOCAL_P2", "truthy"),
-                   ("MERGE_IN_CONV", "FLAGGED", "truthy"), ("MERGE_IN_CONV", "SKIP_P1", "truthy"),
-                   ("MERGE_IN_CONV", "TRACE", "truthy"))
+                   ("MERGE_IN_CONV", "FLAGGED", "truthy"), ("MERGE_IN_CONV", "SKIP_P1", "truthy"))
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
 VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST", "EARLY_LOADS",
                  "PREFETCH", "FLAGGED", "JOINT_READS", "L2_TILES")
@@ -594,7 +593,9 @@ class FusedDecodeStep:
             n_slots += -(-2 * Di // tiles["PER_IN"])
         self._barrier = torch.zeros(n_slots, dtype=torch.int64, device=self.device)
         # TRACE: per program, the clock and global time at its start, at each barrier (arrived, left) and at its end
-        self.trace = torch.zeros(self.grid, 4 * len(mixers) + 2, 4, dtype=torch.int64,
+        # (three barriers a layer under MERGE_IN_CONV)
+        per_layer = 3 if tiles["MERGE_IN_CONV"] else 4
+        self.trace = torch.zeros(self.grid, per_layer * len(mixers) + 2, 4, dtype=torch.int64,
                                  device=self.device) if tiles["TRACE"] else None
         self._constexprs = dict(
             **dtypes,

@@ -484,6 +484,8 @@ def _decode_step_kernel(
     # TRACE: when each program started, arrived at and left each barrier, and ended (trace_ptr: (programs, n_slots,
     # 4) int64; slot 0 the start, 1 + i the launch's i-th barrier, the last slot the end)
     n_slots = 4 * n_layer + 2
+    if MERGE_IN_CONV:  # three barriers a layer
+        n_slots = 3 * n_layer + 2
     trace_base = 0
     if TRACE:
         trace_base = _barriers_done(bar_ptr, nprog)

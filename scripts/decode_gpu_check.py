@@ -27,7 +27,8 @@ no phase to drop (nan; the rows that skip every phase leave it out).
 
 --trace times each phase from inside the kernel (decode.TUNE's TRACE=1: every program's clock on arriving at and
 leaving each grid barrier): per phase, the slowest and the median program's work, the spread of the arrivals, the
-median wait and the release after the last arrival, averaged over the layers (summarise_trace). With --tune
+median wait and the release after the last arrival, averaged over the layers (summarise_trace; three phases a layer
+where in_proj runs inside the conv phase, MERGE_IN_CONV, the default at batch 1). With --tune
 FLAGGED=1 it traces the kernel without barriers: "arriving" is beginning to poll for the values the phase reads and
 "leaving" is having them all (a program with nothing to read in a phase arrives and leaves at once), so the work
 column is a phase's own time and the release the time from the last program's start of a wait to the median end.
@@ -206,14 +207,17 @@ def breakdown(model: torch.nn.Module, batch_sizes: list[int], replays: int) -> N
 
 
 PHASES = ("P1 in_proj", "P2 conv + x_proj", "P3 SSM", "P4 out_proj")
+MERGED_PHASES = ("P1+P2 in_proj, conv, x_proj", "P3 SSM", "P4 out_proj")  # MERGE_IN_CONV: three barriers a layer
 
 
 def summarise_trace(trace: torch.Tensor, n_layer: int) -> tuple[dict[str, list[float]], float, float]:
-    """One step's trace (programs, 4 * n_layer + 2, 4) int64 of FusedDecodeStep (TRACE=1) -> per phase name the means
-    over the layers of [slowest program's work, median program's work, arrival spread, median wait, release] in us,
-    the step's median length on the global timer in us, and the global timer's smallest step seen (ns)."""
+    """One step's trace (programs, barriers + 2, 4) int64 of FusedDecodeStep (TRACE=1; 4 or, with in_proj merged into
+    the conv phase, 3 barriers a layer) -> per phase name the means over the layers of [slowest program's work, median
+    program's work, arrival spread, median wait, release] in us, the step's median length on the global timer in us,
+    and the global timer's smallest step seen (ns)."""
     t = trace.double()
-    nb = 4 * n_layer
+    nb = trace.shape[1] - 2
+    phases = MERGED_PHASES if nb == 3 * n_layer else PHASES
     clk, ns = t[:, :, 0:2], t[:, :, 2:4]  # (programs, slots, arrived / left)
     scale = (ns[:, -1, 0] - ns[:, 0, 0]) / (clk[:, -1, 0] - clk[:, 0, 0])  # ns per cycle, per program
     leave_prev = torch.cat([clk[:, :1, 0], clk[:, 1:nb, 1]], dim=1)  # (programs, nb)
@@ -228,7 +232,7 @@ def summarise_trace(trace: torch.Tensor, n_layer: int) -> tuple[dict[str, list[f
     total = ((ns[:, -1, 0] - ns[:, 0, 0]) / 1e3).median().item()
     acc: dict[str, list[list[float]]] = {}
     for i in range(nb):
-        name = PHASES[i % 4]  # layer 0 has no P4 before its P1: barrier i ends phase i % 4
+        name = phases[i % len(phases)]  # layer 0 has nothing before its first phase: barrier i ends phase i % len
         acc.setdefault(name, []).append([work[:, i].max().item(), work[:, i].median().item(), spread[i].item(),
                                          wait[:, i].median().item(), release[i].item()])
     acc["head"] = [[head.max().item(), head.median().item(), 0.0, 0.0, 0.0]]
@@ -238,7 +242,7 @@ def summarise_trace(trace: torch.Tensor, n_layer: int) -> tuple[dict[str, list[f
 
 @torch.inference_mode()
 def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
-    """Times every phase of the four-barrier kernel from inside it (decode.TUNE's TRACE=1): per program, the clock on
+    """Times every phase of the counter-barrier kernel from inside it (decode.TUNE's TRACE=1): per program, the clock on
     arriving at and leaving each grid barrier. Prints, per phase and averaged over the layers: the slowest program's
     work (from leaving the previous barrier to arriving at this one), the median program's, the spread of the
     arrivals, the median wait, and the release (median leave - last arrival, on the global timer); medians over
@@ -246,12 +250,9 @@ def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
     from seqbackbone.kernels import decode
     from seqbackbone.kernels.decode import FusedDecodeStep
 
-    if decode.TUNE.get("MERGE_IN_CONV") or decode.TUNE.get("LOCAL_P2") or decode.TUNE.get("SPLIT"):
-        raise SystemExit("--trace: the four-barrier kernel only (no MERGE_IN_CONV, LOCAL_P2, SPLIT)")
+    if decode.TUNE.get("LOCAL_P2") or decode.TUNE.get("SPLIT"):
+        raise SystemExit("--trace: the counter-barrier kernel only (no LOCAL_P2, SPLIT)")
     base = dict(decode.TUNE)
-    if decode.resolved_tune(base, batch).get("MERGE_IN_CONV"):
-        print(f"--trace, batch {batch}: TRACE times the four-barrier layer, so in_proj runs as a phase of its own here "
-              "(MERGE_IN_CONV, on by default at this batch, gives way)")
     decode.TUNE["TRACE"] = 1
     n_layer = len(model.backbone.layers)
     cache = model.backbone.allocate_inference_cache(batch)

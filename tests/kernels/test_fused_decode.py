@@ -253,8 +253,9 @@ def test_variant_plans_at_the_benchmark_size():
     assert base["MERGE_IN_CONV"] and (base["PER_CONV"], base["CH_CONV"], base["BLOCK_J"]) == (12, 16, 128)
     assert not decode.plan_constexprs(*args, 8, 132, {})["MERGE_IN_CONV"]
     assert decode.plan_constexprs(*args, 8, 132, {"MERGE_IN_CONV": 1})["MERGE_IN_CONV"]
-    for other in ({"TRACE": 1}, {"SKIP_P1": 1}, {"PREFETCH": 1}, {"FLAGGED": 1}, {"BARRIER": 1, "LOCAL_P2": 1}):
+    for other in ({"SKIP_P1": 1}, {"PREFETCH": 1}, {"FLAGGED": 1}, {"BARRIER": 1, "LOCAL_P2": 1}):
         assert not decode.plan_constexprs(*args, 1, 132, other)["MERGE_IN_CONV"], other
+    assert decode.plan_constexprs(*args, 1, 132, {"TRACE": 1})["MERGE_IN_CONV"]  # the trace times it as it runs
     # an explicit setting that a default switch cannot join turns that switch off instead of failing
     assert not decode.plan_constexprs(*args, 1, 132, {"BARRIER": 1})["ARRIVE_FIRST"]
     assert decode.plan_constexprs(*args, 1, 132, {"TRACE": 1})["ARRIVE_FIRST"]  # the trace times either barrier
@@ -333,13 +334,14 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
 
 
-@pytest.mark.parametrize("variant", [{"ARRIVE_FIRST": 0}, {"ARRIVE_FIRST": 1}, {"FLAGGED": 1}],
-                         ids=["counter", "ARRIVE_FIRST", "FLAGGED"])
+@pytest.mark.parametrize("variant", [{"ARRIVE_FIRST": 0}, {"ARRIVE_FIRST": 1}, {"FLAGGED": 1},
+                                     {"MERGE_IN_CONV": 1}],
+                         ids=["counter", "ARRIVE_FIRST", "FLAGGED", "MERGE_IN_CONV"])
 def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch, variant):
     """TRACE=1 (timing from inside the kernel) gives the same logits and states as without it and writes every entry
-    of its trace: the start, each of the 4 * layers barriers (whole, or split in two by ARRIVE_FIRST; under FLAGGED
-    the waits in their place) and the end (the interpreter's clocks read 0, so a trace poisoned with -1 shows every
-    entry written)."""
+    of its trace: the start, each of the 4 * layers barriers (3 * layers merged; whole, or split in two by
+    ARRIVE_FIRST; under FLAGGED the waits in their place) and the end (the interpreter's clocks read 0, so a trace
+    poisoned with -1 shows every entry written)."""
     model = _lm("mamba_dna_lm_tiny", seed=60, d_model=24, n_layer=2, d_state=6)
     runs = []
     for trace in (0, 1):
@@ -349,7 +351,7 @@ def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch, va
         step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers],
                                [c.ssm_state for c in cache.layers], programs=4)
         if trace:
-            assert tuple(step.trace.shape) == (step.grid, 4 * 2 + 2, 4)
+            assert tuple(step.trace.shape) == (step.grid, (3 if variant.get("MERGE_IN_CONV") else 4) * 2 + 2, 4)
             step.trace.fill_(-1)
         else:
             assert step.trace is None
