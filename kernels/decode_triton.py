@@ -277,6 +277,19 @@ def _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT: tl.constexpr, BARRIER: tl.cons
 
 
 @triton.jit
+def _phase_wait(bar_ptr, ticket, pid, nprog, epoch, NO_WAIT: tl.constexpr, BARRIER: tl.constexpr,
+                BLOCK_P: tl.constexpr, ASM: tl.constexpr, trace_ptr, base, n_slots, TRACE: tl.constexpr,
+                ARRIVE_FIRST: tl.constexpr):
+    """What ends a phase's prologue: under ARRIVE_FIRST the polls of the barrier this program already arrived at
+    (`ticket`, from _traced_arrive), else the whole barrier BARRIER selects. Returns the epoch (flags only)."""
+    if ARRIVE_FIRST:
+        _traced_wait(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, base, n_slots, TRACE, ASM)
+    else:
+        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM, trace_ptr, base, n_slots, TRACE)
+    return epoch
+
+
+@triton.jit
 def _item_rows(item, BLOCK: tl.constexpr, PER: tl.constexpr, n, ONE_ITEM: tl.constexpr):
     """The rows (or channels) of work item `item`: BLOCK of them; under ONE_ITEM PER of them (any count <= BLOCK,
     planned from the grid so that each program has one item), the lanes past PER set to n so that every `< n` mask
@@ -528,12 +541,8 @@ def _decode_step_kernel(
                                     ADT, LINE_ELEMS, ASM)
             if layer > 0:
                 # the previous layer's P4 wrote the residual
-                if ARRIVE_FIRST:
-                    _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
-                                 pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
-                else:
-                    epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                                     trace_ptr, trace_base, n_slots, TRACE)
+                epoch = _phase_wait(bar_ptr, ticket, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                                    trace_ptr, trace_base, n_slots, TRACE, ARRIVE_FIRST)
             if not SKIP_P1:
                 if L2_TILES:  # from L2 now, with the residual: no poll of the barrier queued behind these loads
                     tile = tl.load(w_in + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
@@ -607,12 +616,8 @@ def _decode_step_kernel(
         if MERGE_IN_CONV:
             if layer > 0:
                 # the previous layer's P4 wrote the residual
-                if ARRIVE_FIRST:
-                    _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
-                                 pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
-                else:
-                    epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                                     trace_ptr, trace_base, n_slots, TRACE)
+                epoch = _phase_wait(bar_ptr, ticket, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                                    trace_ptr, trace_base, n_slots, TRACE, ARRIVE_FIRST)
         else:
             if ARRIVE_FIRST:
                 _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
@@ -727,12 +732,8 @@ def _decode_step_kernel(
                 dtb = tl.load(dt_bias + ch, mask=c_ok, other=0.0).to(tl.float32)
                 h_ptrs, h_ok = _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
                 h = tl.load(h_ptrs, mask=h_ok, other=0.0)
-        if ARRIVE_FIRST:
-            _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
-                         pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
-        else:
-            epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                             trace_ptr, trace_base, n_slots, TRACE)  # P2 wrote xc and the partial sums
+        epoch = _phase_wait(bar_ptr, ticket, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                            trace_ptr, trace_base, n_slots, TRACE, ARRIVE_FIRST)  # P2 wrote xc and the partial sums
         if not SKIP_P3:
             if TRACE and FLAGGED:  # a program without an SSM item waits for nothing here
                 clk0, ns0 = _trace_now(pid, TRACE, ASM)
@@ -854,12 +855,8 @@ def _decode_step_kernel(
                 # same item a layer earlier), so the phase's only read from other programs is y
                 s = _residual_tile(layer, tok_ptr, emb_ptr, resid_ptr, offs_b, b_ok, rows, rows < Dm, Dm, tag_in,
                                    FLAGGED)
-        if ARRIVE_FIRST:
-            _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
-                         pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
-        else:
-            epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                             trace_ptr, trace_base, n_slots, TRACE)  # P3 wrote y
+        epoch = _phase_wait(bar_ptr, ticket, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                            trace_ptr, trace_base, n_slots, TRACE, ARRIVE_FIRST)  # P3 wrote y
         if not SKIP_P4:
             if L2_TILES:
                 tile = tl.load(w_out + rows.to(tl.int64)[:, None] * Di + offs_i[None, :],
@@ -908,12 +905,8 @@ def _decode_step_kernel(
         rows = _item_rows(item, ROWS_HEAD, PER_HEAD, V, ONE_ITEM)
         tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                        mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
-    if ARRIVE_FIRST:
-        _traced_wait(bar_ptr, ticket, nprog, NO_WAIT,
-                     pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
-    else:
-        epoch = _barrier(bar_ptr, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
-                         trace_ptr, trace_base, n_slots, TRACE)  # the last P4 wrote the residual
+    epoch = _phase_wait(bar_ptr, ticket, pid, nprog, epoch, NO_WAIT, BARRIER, BLOCK_P, ASM,
+                        trace_ptr, trace_base, n_slots, TRACE, ARRIVE_FIRST)  # the last P4 wrote the residual
     if not SKIP_HEAD:
         n_head = tl.cdiv(V, PER_HEAD)
         if BATCH_TILE:

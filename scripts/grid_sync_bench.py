@@ -26,6 +26,7 @@ import statistics
 import torch
 import triton
 import triton.language as tl
+from seqbackbone.kernels.decode_triton import _flag_barrier, _grid_barrier
 
 DM = 768
 X = 80
@@ -42,37 +43,28 @@ def _poll_ld(ptr):
 
 @triton.jit
 def _counter_kernel(bar_ptr, rounds, LD_POLL: tl.constexpr):
+    """The step's counter barrier (_grid_barrier), or the same counter polled with ld.acquire (LD_POLL)."""
     nprog = tl.num_programs(0)
     for _ in range(rounds):
-        tl.debug_barrier()
-        old = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
-        target = (old // nprog + 1) * nprog
         if LD_POLL:
+            tl.debug_barrier()
+            old = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
+            target = (old // nprog + 1) * nprog
             while _poll_ld(bar_ptr) < target:
                 pass
+            tl.debug_barrier()
         else:
-            while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
-                pass
-        tl.debug_barrier()
+            _grid_barrier(bar_ptr, nprog, False)
 
 
 @triton.jit
 def _flags_kernel(flag_ptr, rounds, BLOCK_P: tl.constexpr):
+    """The step's flag barrier (_flag_barrier, decode.TUNE's BARRIER=1)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     epoch = tl.load(flag_ptr + pid, cache_modifier=".cg")
-    slots = flag_ptr + tl.minimum(tl.arange(0, BLOCK_P), nprog - 1)
     for _ in range(rounds):
-        epoch += 1
-        tl.debug_barrier()
-        tl.inline_asm_elementwise("st.release.gpu.global.b64 [$1], $2; mov.u32 $0, 0;", "=r,l,l",
-                                  [flag_ptr + pid, epoch], dtype=tl.int32, is_pure=False, pack=1)
-        behind = 1
-        while behind > 0:
-            seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b64 $0, [$1];", "=l,l", [slots],
-                                             dtype=tl.int64, is_pure=False, pack=1)
-            behind = tl.max((seen < epoch).to(tl.int32), axis=0)
-        tl.debug_barrier()
+        epoch = _flag_barrier(flag_ptr, pid, nprog, epoch, False, BLOCK_P, True)
 
 
 @triton.jit
@@ -84,12 +76,7 @@ def _gather_kernel(bar_ptr, vec_ptr, out_ptr, rounds, PER: tl.constexpr, BLOCK_D
     acc = tl.zeros([BLOCK_DM], dtype=tl.float32)
     for r in range(rounds):
         tl.store(vec_ptr + (r % 2) * BLOCK_DM + mine, mine.to(tl.float32) + r, mask=mine < BLOCK_DM)
-        tl.debug_barrier()
-        old = tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
-        target = (old // nprog + 1) * nprog
-        while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
-            pass
-        tl.debug_barrier()
+        _grid_barrier(bar_ptr, nprog, False)
         acc += tl.load(vec_ptr + (r % 2) * BLOCK_DM + offs, cache_modifier=".cg")
     tl.store(out_ptr + pid * BLOCK_DM + offs, acc)
 
