@@ -49,7 +49,8 @@ _NUM_WARPS = 8
 # - MERGE_IN_CONV=1: in_proj inside the conv phase (three grid barriers per layer instead of four, but more partial
 #   x_proj sums for the SSM phase to add: under ONE_ITEM one conv item of ceil(Di / programs) channels a program,
 #   128 at d_inner 1536 on 132 SMs, read in one tile under JOINT_READS). On by default at batch 1 only
-#   (_DEFAULT_MAX_BATCH; H200: 270 us against 288-291 us unmerged; at batch 8 its tiles spill: 2,880 against 1,292).
+#   (_DEFAULT_MAX_BATCH; H200: 270 us against 288-291 us unmerged; at batch 8 its tiles spill: 2,880 against 1,292),
+#   and only where those items come one a program (ONE_ITEM's plan; not for d_model 2048, say).
 #   It gives way to PREFETCH, LOCAL_P2, FLAGGED and SKIP_P1, which need in_proj as a phase of its own;
 # - breakdown flags, timing only (the results are wrong): NO_WAIT=1 drops every grid barrier (no arrival, no wait);
 #   SKIP_P1 .. SKIP_P4, SKIP_HEAD=1 drop the loads and the work of in_proj, conv + x_proj, SSM, out_proj or the head,
@@ -326,7 +327,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     """The step kernel's tile sizes and variant switches for these model sizes, `programs` programs and batch
     `batch`, with `tune`'s overrides (decode.TUNE) applied over DEFAULT_TUNE (resolved_tune); num_warps is not among
     them."""
-    tune = resolved_tune(tune, batch)
+    asked, tune = tune, resolved_tune(tune, batch)
     X = R + 2 * N
     block_dm, block_di = _pow2(Dm), _pow2(Di)
     block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)
@@ -376,6 +377,10 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
             per[key] = c[block]
         c[f"PER_{key}"] = per[key]
     c["ONE_ITEM"] = one_item
+    if merge and "MERGE_IN_CONV" not in asked and -(-Di // per["CONV"]) > programs:
+        # the merged default holds where its conv items come one a program (the plan it was measured with): larger
+        # models, or ONE_ITEM off, keep in_proj as a phase of its own
+        return plan_constexprs(Dm, Di, N, R, W, V, batch, programs, {**asked, "MERGE_IN_CONV": 0})
     c["L2_TILES"] = bool(c["L2_TILES"])
     c["JOINT_READS"] = bool(c["JOINT_READS"])
     if c["JOINT_READS"] and (not c["BATCH_TILE"] or c["FLAGGED"]):
@@ -385,7 +390,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     n_conv = -(-Di // per["CONV"])
     # P3 adds the partial sums of BLOCK_J conv items at a time (under BATCH_TILE: of every batch row at once)
     # (JOINT_READS: all of them in one tile as far as _TILE allows, so that one round trip brings them)
-    if c["JOINT_READS"] and c["BATCH_TILE"]:
+    if c["JOINT_READS"]:
         c["BLOCK_J"] = tune.get("BLOCK_J") or min(_pow2(n_conv), max(1, _TILE // (c["BLOCK_B"] * block_r)))
     else:
         c["BLOCK_J"] = tune.get("BLOCK_J") or min(32, _pow2(n_conv))

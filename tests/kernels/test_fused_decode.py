@@ -256,6 +256,12 @@ def test_variant_plans_at_the_benchmark_size():
     for other in ({"SKIP_P1": 1}, {"PREFETCH": 1}, {"FLAGGED": 1}, {"BARRIER": 1, "LOCAL_P2": 1}):
         assert not decode.plan_constexprs(*args, 1, 132, other)["MERGE_IN_CONV"], other
     assert decode.plan_constexprs(*args, 1, 132, {"TRACE": 1})["MERGE_IN_CONV"]  # the trace times it as it runs
+    # by default only in the plan it was measured with, one conv item a program: not with ONE_ITEM off, nor at
+    # d_model 2048 (32 channels of u and z rows of 2048: past _ONE_ITEM_TILE), unless asked for
+    assert not decode.plan_constexprs(*args, 1, 132, {"ONE_ITEM": 0})["MERGE_IN_CONV"]
+    wide = (2048, 4096, 16, 128, 4, 256)
+    assert not decode.plan_constexprs(*wide, 1, 132, {})["MERGE_IN_CONV"]
+    assert decode.plan_constexprs(*wide, 1, 132, {"MERGE_IN_CONV": 1})["MERGE_IN_CONV"]
     # an explicit setting that a default switch cannot join turns that switch off instead of failing
     assert not decode.plan_constexprs(*args, 1, 132, {"BARRIER": 1})["ARRIVE_FIRST"]
     assert decode.plan_constexprs(*args, 1, 132, {"TRACE": 1})["ARRIVE_FIRST"]  # the trace times either barrier
