@@ -9,7 +9,7 @@
    results (no float atomics).
 2. Speed: one CUDA-graph replay of the decoder's step, fused (SEQBACKBONE_FUSED_DECODE=1: forced, since by default
    only batch 1 runs fused) and layer-by-layer (SEQBACKBONE_FUSED_DECODE=0), at batch 1 and 8: median of many
-   replays timed with CUDA events.
+   replays timed with CUDA events; and the fused step launched without a graph, timed the same way.
 3. The weight-read floor (2 bytes x parameters / copy bandwidth) and each step's ratio to it.
 4. Optionally, other settings of the fused kernel (--variants, each a comma-joined set of decode.TUNE keys): a short
    agreement check and the step time of each, then one table of every variant's step time against the default's.
@@ -145,6 +145,41 @@ def time_graph_step(model: torch.nn.Module, batch: int, fused: bool, replays: in
     del decoder
     torch.cuda.empty_cache()
     return statistics.median(times), begin.elapsed_time(end) * 1e3 / replays, ran_fused
+
+
+@torch.inference_mode()
+def time_eager_fused(model: torch.nn.Module, batch: int, launches: int) -> tuple[float, float] | None:
+    """(median us per launch, mean us per launch over a back-to-back run) of the fused step launched directly, no
+    CUDA graph: beside time_graph_step, what the graph around the one kernel costs or saves; None where the fused
+    step does not run."""
+    from seqbackbone.generation import StepDecoder
+
+    os.environ["SEQBACKBONE_FUSED_DECODE"] = "1"
+    decoder = StepDecoder(model, batch, cuda_graph=False)
+    if decoder.fused is None:
+        return None
+    prompt = torch.randint(0, model.vocab_size, (batch, 16), generator=torch.Generator().manual_seed(0)).cuda()
+    decoder.prefill(prompt)
+    for _ in range(20):
+        decoder.fused()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(launches):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        decoder.fused()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) * 1e3)
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(launches):
+        decoder.fused()
+    end.record()
+    end.synchronize()
+    del decoder
+    torch.cuda.empty_cache()
+    return statistics.median(times), begin.elapsed_time(end) * 1e3 / launches
 
 
 # (label, decode.TUNE flags) of the --breakdown rows; the first is the reference the others are compared with. Each
@@ -441,6 +476,10 @@ def main() -> int:
                 default_us[batch] = median
             print(f"batch {batch} {name:>16}: CUDA-graph step median {median:8.1f} us (back-to-back mean {mean:8.1f} "
                   f"us), {median / floor_us:5.2f}x floor, {batch / median * 1e6:,.0f} tokens/s", flush=True)
+            eager = time_eager_fused(model, batch, args.replays) if ran else None
+            if eager is not None:
+                print(f"batch {batch} {'fused, no graph':>16}: launch median {eager[0]:8.1f} us (back-to-back mean "
+                      f"{eager[1]:8.1f} us)", flush=True)
     base = dict(decode.TUNE)
     rows: list[tuple[str, int, float | None, str]] = []
     for label, settings in variants:
