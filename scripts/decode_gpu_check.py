@@ -114,6 +114,26 @@ def check_agreement(model: torch.nn.Module, batch: int, steps: int) -> None:
     print(f"batch {batch}: two runs bit-identical: {same}", flush=True)
 
 
+def _time_launches(launch, count: int) -> tuple[float, float]:
+    """(median us of one launch timed alone with CUDA events, mean us per launch over `count` back to back)."""
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(count):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        launch()
+        end.record()
+        end.synchronize()
+        times.append(begin.elapsed_time(end) * 1e3)
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(count):
+        launch()
+    end.record()
+    end.synchronize()
+    return statistics.median(times), begin.elapsed_time(end) * 1e3 / count
+
+
 @torch.inference_mode()
 def time_graph_step(model: torch.nn.Module, batch: int, fused: bool, replays: int) -> tuple[float, float, bool]:
     """(median us per replay, mean us per replay over a back-to-back run, whether the fused kernel ran)."""
@@ -126,25 +146,11 @@ def time_graph_step(model: torch.nn.Module, batch: int, fused: bool, replays: in
     tok = torch.zeros(batch, dtype=torch.long, device="cuda")
     for _ in range(20):
         decoder.step(tok)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        decoder.graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end) * 1e3)
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(replays):
-        decoder.graph.replay()
-    end.record()
-    end.synchronize()
+    median, mean = _time_launches(decoder.graph.replay, replays)
     ran_fused = decoder.fused is not None
     del decoder
     torch.cuda.empty_cache()
-    return statistics.median(times), begin.elapsed_time(end) * 1e3 / replays, ran_fused
+    return median, mean, ran_fused
 
 
 @torch.inference_mode()
@@ -162,24 +168,10 @@ def time_eager_fused(model: torch.nn.Module, batch: int, launches: int) -> tuple
     decoder.prefill(prompt)
     for _ in range(20):
         decoder.fused()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(launches):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        decoder.fused()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end) * 1e3)
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(launches):
-        decoder.fused()
-    end.record()
-    end.synchronize()
+    median, mean = _time_launches(decoder.fused, launches)
     del decoder
     torch.cuda.empty_cache()
-    return statistics.median(times), begin.elapsed_time(end) * 1e3 / launches
+    return median, mean
 
 
 # (label, decode.TUNE flags) of the --breakdown rows; the first is the reference the others are compared with. Each
