@@ -21,12 +21,13 @@ several launches):
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import triton
 import triton.language as tl
 from seqbackbone.kernels.decode_triton import _flag_barrier, _grid_barrier
+
+from seqbackbone.bench.models import measure_ms
 
 DM = 768
 X = 80
@@ -114,21 +115,6 @@ def _tagged_kernel(words_ptr, out_ptr, rounds, tag0, PER: tl.constexpr, WIDTH: t
     tl.store(out_ptr + pid * BLOCK + offs, acc)
 
 
-def _time(launch, reps: int = 7) -> float:
-    """Median seconds of one launch (after one warm-up launch that compiles)."""
-    launch()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        launch()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=960)
@@ -167,7 +153,8 @@ def main() -> None:
     print(f"{torch.cuda.get_device_name(dev)}, {grid} programs x {warps} warps, {rounds} rounds a launch; "
           f"torch {torch.__version__}, triton {triton.__version__}")
     for name, launch in cases.items():
-        seconds = _time(launch)
+        # one untimed launch compiles; then the median of 7 launches (each ~1 ms: launch overhead does not show)
+        seconds = measure_ms(launch, dev, warmup=1, reps=7, max_seconds=0.05) / 1e3
         print(f"{name:14s} {seconds / rounds * 1e6:7.3f} us a round", flush=True)
 
 
