@@ -349,6 +349,7 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
             if decode.resolved_tune(tune).get("SPLIT"):
                 fn = decode_split_triton._decode_split_kernel
                 consts["Dm"] = sizes[0]  # a constexpr there
+                consts["ONE_PASS"] = -(-sizes[1] // consts["PER_C"]) <= programs  # as FusedDecodeStep sets it
             else:
                 fn = decode_triton._decode_step_kernel
                 consts.update(BLOCK_P=1 << (programs - 1).bit_length(), ASM=True)
@@ -362,6 +363,8 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                     sig[name] = pointers.get(name, "*bf16")
                     if consts.get("FLAGGED") and name in ("resid_ptr", "xz_ptr", "xc_ptr", "part_ptr", "y_ptr"):
                         sig[name] = "*i64"  # tagged words
+                    if consts.get("FIXED") and name in ("xacc_ptr", "oacc_ptr"):
+                        sig[name] = "*i64"  # fixed-point sums
                 else:
                     sig[name] = "fp32" if name == "eps" else "i32"
             # what the launcher specialises: pointers and integers divisible by 16 are marked so
