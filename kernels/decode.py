@@ -96,9 +96,12 @@ _NUM_WARPS = 8
 # - SPLIT=1: the other kernel, kernels/decode_split_triton.py: every phase on channel blocks, x_proj's and out_proj's
 #   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
-#   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), and
-#   ARRIVE_FIRST (as below; 583 us there at batch 1), no other.
-#   Slower so far (H200, batch 1: 684 us against 449 us; BENCHMARKS.md).
+#   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
+#   (as below) and FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical), no other. With one
+#   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
+#   H200, batch 1 (2026-11-29, BENCHMARKS.md): 258 us with ARRIVE_FIRST and 2 copies, 263 with FIXED too, against
+#   267 us for the default in the same runs: within a few percent, and not bit-identical without FIXED, so not the
+#   default.
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
@@ -131,9 +134,10 @@ VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRI
                  "PREFETCH", "FLAGGED", "JOINT_READS", "L2_TILES")
 # SPLIT's channels per item: at most this many (a BLOCK_C x BLOCK_DM in_proj tile twice, and out_proj's transpose)
 _SPLIT_MAX_C = 32
-# SPLIT's copies of each accumulator (item i adds into copy i % COPIES; readers add the copies): float atomics from
-# every program onto the same few addresses queue at a few L2 slices
-_SPLIT_COPIES = 8
+# SPLIT's copies of each accumulator (item i adds into copy i % COPIES; readers add the copies): one copy queues every
+# program's atomics at the same addresses, many make every reader add more (H200, batch 1, ARRIVE_FIRST: 258 us with
+# 1 or 2 copies, 282 with 8, 373 with 32)
+_SPLIT_COPIES = 2
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
 # 1024 tile)
 _ONE_ITEM_TILE = 2 * _TILE
@@ -446,10 +450,12 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         ROWS_HEAD=int(tune.get("ROWS_HEAD") or _block(V, programs, 2, _TILE // _pow2(Dm))),
         COPIES=int(tune.get("COPIES") or _SPLIT_COPIES), NO_WAIT=int(tune.get("NO_WAIT", 0)),
         SKIP_ATOMICS=int(tune.get("SKIP_ATOMICS", 0)), ARRIVE_FIRST=bool(tune.get("ARRIVE_FIRST", 0)),
+        FIXED=bool(tune.get("FIXED", 0)),
     )
     if c["COPIES"] < 1 or c["COPIES"] & (c["COPIES"] - 1):
         raise ValueError(f"TUNE: COPIES must be a power of two, got {c['COPIES']}")
-    takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "num_warps"}
+    takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED",
+             "num_warps"}
     unknown = sorted(set(tune) - takes)
     if unknown:
         raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes {', '.join(sorted(takes))})")
@@ -569,9 +575,12 @@ class FusedDecodeStep:
             self._xc = torch.empty(batch, Di, **f32)
             self._z = torch.empty(batch, Di, **f32)
             self._constexprs = {**dtypes, **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)}
+            # every program has at most one channel block: its conv output and gate stay in registers
+            self._constexprs["ONE_PASS"] = -(-Di // self._constexprs["PER_C"]) <= self.grid
             copies = self._constexprs["COPIES"]
-            self._xacc = torch.zeros(len(mixers), copies, batch, X, **f32)
-            self._oacc = torch.zeros(len(mixers), copies, batch, Dm, **f32)
+            acc = dict(f32, dtype=torch.int64) if self._constexprs["FIXED"] else f32
+            self._xacc = torch.zeros(len(mixers), copies, batch, X, **acc)
+            self._oacc = torch.zeros(len(mixers), copies, batch, Dm, **acc)
             self._barrier = torch.zeros(1, dtype=torch.int64, device=self.device)
             self.trace = None  # TRACE is the four-barrier kernel's
             self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._barrier, *sizes)

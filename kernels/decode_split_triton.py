@@ -17,22 +17,29 @@ added into per-layer fp32 accumulators with float atomics:
       --- grid barrier ---
     head: r = r + round(o_acc[L-1]);  logits = rmsnorm_f(r) @ W_head^T (+ bias)    items: row blocks of the head
 
-The accumulators are laid out (layers, COPIES, B, n): item i adds into copy i % COPIES and readers add the copies,
-because float atomics from every program onto the same few addresses queue at a few L2 slices (H200, 90M LM:
-849 us a step with one copy, 684 with 8). The residual stream never leaves registers: every program computes the
-same r from the same accumulators. Each accumulator is zero before its layer's first atomic: the last program zeroes x_acc[l] in phase A of layer l + 1 (the
-head phase for the last layer) and o_acc[l] in phase B of layer l + 1 (o_acc[L-1] in phase A of layer 0, for the next
-launch), each after every program has read it and at least one barrier before anyone adds to it again. The host
-allocates them zeroed once.
+The accumulators are laid out (layers, COPIES, B, n): item i adds into copy i % COPIES and readers add the copies
+(H200, 90M LM, batch 1, ARRIVE_FIRST: 258 us a step with 1 or 2 copies, 282 with 8, 373 with 32: past two, the
+readers' extra loads cost more than the atomics' queueing saves). The residual stream never leaves registers: every
+program computes the same r from the same accumulators. With one channel block a program (ONE_PASS, set by the host
+from the grid) the block's conv output and gate stay in registers from phase A to phase B. Each accumulator is zero
+before its layer's first atomic: the last program zeroes x_acc[l] in phase A of layer l + 1 (the head phase for the
+last layer) and o_acc[l] in phase B of layer l + 1 (o_acc[L-1] in phase A of layer 0, for the next launch), each after
+every program has read it and at least one barrier before anyone adds to it again. The host allocates them zeroed
+once.
 
-The roundings are the reference's (decode_triton.py); only the order of the fp32 sums across channel blocks changes
-from run to run with the atomics, so two runs agree to fp32 rounding before the activation-dtype roundings, not bit for
-bit. Each phase loads the weights of its first item before the barrier that guards its inputs. Under the interpreter
-the host launches one program, which loops over every item.
+The roundings are the reference's (decode_triton.py). With fp32 accumulators only the order of the sums across channel
+blocks changes from run to run with the atomics, so two runs agree to fp32 rounding before the activation-dtype
+roundings, not bit for bit; FIXED=1 accumulates int64 multiples of 2^-32 instead, whose sums are exact in any order:
+bit-identical runs. Each phase loads the weights of its first item before the barrier that guards its inputs. Under
+the interpreter the host launches one program, which loops over every item.
 
-Measured (H200, batch 1, BENCHMARKS.md): 684 us a step against 449 us for the four-barrier kernel; 429 us with no
-barrier waits and no atomics at all, so the per-program work of a phase, not the barriers, sets its pace. Kept as an
-opt-in variant (decode.TUNE's SPLIT=1) for that work.
+Measured (H200, batch 1, 2026-11-29, BENCHMARKS.md): 258 us a step with ARRIVE_FIRST (263 us with FIXED) against
+267 us for the default three-barrier kernel in the same runs. Without barrier waits and atomics it would take 149 us,
+so the 48 barriers and the atomics cost about 110 us. Loading each phase's weights a phase earlier cut that
+barrier-free time to 108-117 us but made the real step slower (311-334 us; the loads then stand before the barrier's
+release fence or before the polls and atomics), as did a variant without any grid barrier whose sums carried their
+own count of contributions (260-265 us, 322-329 us with the early loads): both were removed. Kept as an opt-in
+variant (decode.TUNE's SPLIT=1).
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ from .decode_triton import (
     _ssm_state_ptrs,
     _wait,
 )
+
+_FIXED_ONE: tl.constexpr = tl.constexpr(2.0 ** 32)  # FIXED's unit: an accumulator holds round(sum * 2^32)
 
 
 @triton.jit
@@ -71,20 +80,42 @@ def _embedded(tok_ptr, emb_ptr, offs_b, b_ok, offs_m, m_ok, Dm):
 
 
 @triton.jit
-def _acc_sum(acc_ptr, layer, batch, offs_b, b_ok, offs, ok, n, COPIES: tl.constexpr):
-    """Layer `layer`'s accumulated sums, every copy added: (BLOCK_B, len(offs)) fp32 from an accumulator laid out
-    (layers, COPIES, batch, n)."""
+def _acc_load(acc_ptr, layer, batch, offs_b, b_ok, offs, ok, n, COPIES: tl.constexpr):
+    """Layer `layer`'s accumulated sums, every copy: (COPIES, BLOCK_B, len(offs)) from an accumulator laid out
+    (layers, COPIES, batch, n) (_acc_total adds them; apart, so that several loads go out before any sum)."""
     g = tl.arange(0, COPIES)[:, None, None]
     ptrs = acc_ptr + ((layer * COPIES + g) * batch + offs_b[None, :, None]) * n + offs[None, None, :]
-    parts = tl.load(ptrs, mask=(b_ok[:, None] & ok[None, :])[None, :, :], other=0.0, cache_modifier=".cg")
-    return tl.sum(parts, axis=0)
+    return tl.load(ptrs, mask=(b_ok[:, None] & ok[None, :])[None, :, :], other=0, cache_modifier=".cg")
+
+
+@triton.jit
+def _acc_total(parts, FIXED: tl.constexpr):
+    """The copies from _acc_load added: (BLOCK_B, n) fp32; under FIXED the copies are int64 fixed-point sums
+    (_FIXED_ONE units), added exactly before the one rounding to fp32."""
+    total = tl.sum(parts, axis=0)
+    if FIXED:
+        total = total.to(tl.float32) * (1.0 / _FIXED_ONE)
+    return total
+
+
+@triton.jit
+def _acc_add(ptrs, part, mask, FIXED: tl.constexpr):
+    """Adds the fp32 partial sums `part` into an accumulator with relaxed atomics: as fp32 (the order of the adds, which
+    varies from run to run, rounds the total), or under FIXED as int64 multiples of 2^-32 (truncated towards zero),
+    whose sum is exact and so the same in any order: bit-identical runs. Needs |sums| < 2^31; the conversion turns a
+    NaN into 0 and saturates an infinity, so FIXED stays opt-in."""
+    if FIXED:
+        tl.atomic_add(ptrs, (part * _FIXED_ONE).to(tl.int64), mask=mask, sem="relaxed")
+    else:
+        tl.atomic_add(ptrs, part, mask=mask, sem="relaxed")
 
 
 @triton.jit
 def _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT: tl.constexpr,
-                   COPIES: tl.constexpr):
+                   COPIES: tl.constexpr, FIXED: tl.constexpr):
     """r + layer `layer`'s out_proj output (its accumulator, rounded to the activation dtype): (BLOCK_B, BLOCK_DM)."""
-    return r + _round(_acc_sum(oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, COPIES), ADT)
+    parts = _acc_load(oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, COPIES)
+    return r + _round(_acc_total(parts, FIXED), ADT)
 
 
 @triton.jit
@@ -99,11 +130,11 @@ def _meet(bar_ptr, ticket, nprog, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.conste
 @triton.jit
 def _after_phase_b(r, layer, bar_ptr, ticket, nprog, oacc_ptr, xacc_ptr, zeroer, batch, offs_b, b_ok, offs_m, m_ok,
                    Dm, X, ADT: tl.constexpr, COPIES: tl.constexpr, BLOCK_X: tl.constexpr, NO_WAIT: tl.constexpr,
-                   ARRIVE_FIRST: tl.constexpr):
+                   ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr):
     """Waits until every program has added its out_proj sums of `layer`, returns r + that layer's output, and (the
     zeroer) clears x_acc[layer], which every program read before that barrier."""
     _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST)
-    r = _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES)
+    r = _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES, FIXED)
     if zeroer:
         _zero(xacc_ptr + layer * COPIES * batch * X, COPIES * batch * X, BLOCK_X)
     return r
@@ -118,10 +149,10 @@ def _normed(r, norm_w, Dm, eps, ADT: tl.constexpr):
 
 @triton.jit
 def _zero(ptr, n, BLOCK: tl.constexpr):
-    """ptr[:n] = 0 (fp32)."""
+    """ptr[:n] = 0 (in ptr's element type)."""
     for start in range(0, n, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        tl.store(ptr + offs, tl.zeros([BLOCK], dtype=tl.float32), mask=offs < n)
+        tl.store(ptr + offs, tl.zeros([BLOCK], dtype=ptr.dtype.element_ty), mask=offs < n)
 
 
 @triton.jit
@@ -178,7 +209,7 @@ def _decode_split_kernel(
     BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr,
     ROWS_HEAD: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr = 0,
-    ARRIVE_FIRST: tl.constexpr = False,
+    ARRIVE_FIRST: tl.constexpr = False, FIXED: tl.constexpr = False, ONE_PASS: tl.constexpr = False,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics
@@ -218,10 +249,13 @@ def _decode_split_kernel(
         conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
         if layer > 0:
             r = _after_phase_b(r, layer - 1, bar_ptr, ticket, nprog, oacc_ptr, xacc_ptr, zeroer, batch, offs_b, b_ok,
-                               offs_m, m_ok, Dm, X, ADT, COPIES, BLOCK_X, NO_WAIT, ARRIVE_FIRST)
+                               offs_m, m_ok, Dm, X, ADT, COPIES, BLOCK_X, NO_WAIT, ARRIVE_FIRST, FIXED)
         elif zeroer:
             _zero(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, BLOCK_DM)
         xn = _normed(r, norm_w, Dm, eps, ADT)
+        # ONE_PASS: this program's only item's conv output and gate stay in registers for phase B
+        x_kept = tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.float32)
+        z_kept = tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.float32)
         while item < n_items:
             bc_ok = b_ok[:, None] & c_ok[None, :]
             u = _round(_rows_dot(wu, xn), ADT)  # (B, C)
@@ -233,12 +267,16 @@ def _decode_split_kernel(
             if HAS_CONV_BIAS:
                 out += cbias[None, :]
             xc = tl.where(bc_ok, _round(out / (1.0 + tl.exp(-out)), ADT), 0.0)
-            tl.store(xc_ptr + offs_b[:, None] * Di + ch[None, :], xc, mask=bc_ok)
-            tl.store(z_ptr + offs_b[:, None] * Di + ch[None, :], z, mask=bc_ok)
+            if ONE_PASS:
+                x_kept = xc
+                z_kept = z
+            else:
+                tl.store(xc_ptr + offs_b[:, None] * Di + ch[None, :], xc, mask=bc_ok)
+                tl.store(z_ptr + offs_b[:, None] * Di + ch[None, :], z, mask=bc_ok)
             part = tl.sum(wx[None, :, :] * xc[:, :, None], axis=1)  # (B, BLOCK_X)
             if SKIP_ATOMICS & 2 == 0:
-                tl.atomic_add(xacc_ptr + ((layer * COPIES + item % COPIES) * batch + offs_b[:, None]) * X
-                              + offs_x[None, :], part, mask=b_ok[:, None] & x_ok[None, :], sem="relaxed")
+                _acc_add(xacc_ptr + ((layer * COPIES + item % COPIES) * batch + offs_b[:, None]) * X + offs_x[None, :],
+                         part, b_ok[:, None] & x_ok[None, :], FIXED)
             item += nprog
             ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
             wu, wz, taps, cbias, wx, older = _a_tiles(in_tab, convw_tab, convb_tab, conv_tab, xproj_tab, layer, ch,
@@ -254,16 +292,24 @@ def _decode_split_kernel(
                                             offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT,
                                             ALOG_DT, D_DT, DTB_DT)
         _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST)  # phase A filled x_acc[layer]
-        if zeroer and layer > 0:
+        # x_dbl's three parts requested together, then added
+        parts_r = _acc_load(xacc_ptr, layer, batch, offs_b, b_ok, offs_r, r_ok, X, COPIES)
+        parts_b = _acc_load(xacc_ptr + R, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES)
+        parts_c = _acc_load(xacc_ptr + R + N, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES)
+        if zeroer and layer > 0:  # every program read o_acc[layer - 1] before adding to x_acc[layer]
             _zero(oacc_ptr + (layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, BLOCK_DM)
-        dt_low = _round(_acc_sum(xacc_ptr, layer, batch, offs_b, b_ok, offs_r, r_ok, X, COPIES), ADT)  # (B, R)
-        Bv = _round(_acc_sum(xacc_ptr + R, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES), ADT)  # (B, N)
-        Cv = _round(_acc_sum(xacc_ptr + R + N, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES), ADT)
+        dt_low = _round(_acc_total(parts_r, FIXED), ADT)  # (B, R)
+        Bv = _round(_acc_total(parts_b, FIXED), ADT)  # (B, N)
+        Cv = _round(_acc_total(parts_c, FIXED), ADT)
         ssm = _layer_ptr(ssm_tab, layer, tl.float32)
         while item < n_items:
             bc_ok = b_ok[:, None] & c_ok[None, :]
-            x = tl.load(xc_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
-            z = tl.load(z_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
+            if ONE_PASS:
+                x = x_kept
+                z = z_kept
+            else:
+                x = tl.load(xc_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
+                z = tl.load(z_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
             dt = _round(_rows_dot(wdt, dt_low), ADT) + dtb[None, :]  # (B, C)
             dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
             h = tl.exp(dt[:, :, None] * A[None, :, :]) * h + (dt * x)[:, :, None] * Bv[:, None, :]
@@ -273,19 +319,19 @@ def _decode_split_kernel(
             y = tl.where(bc_ok, _round(y * (z / (1.0 + tl.exp(-z))), ADT), 0.0)
             part = _rows_dot(wout, y)  # (B, BLOCK_DM)
             if SKIP_ATOMICS & 1 == 0:
-                tl.atomic_add(oacc_ptr + ((layer * COPIES + item % COPIES) * batch + offs_b[:, None]) * Dm
-                              + offs_m[None, :], part, mask=b_ok[:, None] & m_ok[None, :], sem="relaxed")
+                _acc_add(oacc_ptr + ((layer * COPIES + item % COPIES) * batch + offs_b[:, None]) * Dm
+                         + offs_m[None, :], part, b_ok[:, None] & m_ok[None, :], FIXED)
             item += nprog
             ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
             wout, wdt, dtb, A, Dv, h = _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_ok,
                                                 offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT,
                                                 ALOG_DT, D_DT, DTB_DT)
 
-        # the next layer's phase A tiles of this program's first item (after the last layer: its own again, unused)
-        if ARRIVE_FIRST:
-            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # for the next layer's first barrier or the head's
         item = pid
         ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
+        if ARRIVE_FIRST:
+            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # for the next layer's first barrier or the head's
+        # the next layer's phase A tiles of this program's first item (after the last layer: its own again, unused)
         wu, wz, taps, cbias, wx, older = _a_tiles(in_tab, convw_tab, convb_tab, conv_tab, xproj_tab,
                                                   tl.minimum(layer + 1, n_layer - 1), ch, c_ok, offs_b, b_ok, offs_m,
                                                   m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT, CONV_DT, CB_DT,
@@ -298,7 +344,7 @@ def _decode_split_kernel(
     tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                    mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
     r = _after_phase_b(r, n_layer - 1, bar_ptr, ticket, nprog, oacc_ptr, xacc_ptr, zeroer, batch, offs_b, b_ok, offs_m,
-                       m_ok, Dm, X, ADT, COPIES, BLOCK_X, NO_WAIT, ARRIVE_FIRST)
+                       m_ok, Dm, X, ADT, COPIES, BLOCK_X, NO_WAIT, ARRIVE_FIRST, FIXED)
     hidden = _normed(r, norm_f, Dm, eps, ADT)
     n_head = tl.cdiv(V, ROWS_HEAD)
     while item < n_head:

@@ -315,14 +315,17 @@ def test_variant_plans_at_the_benchmark_size():
             decode.plan_constexprs(*args, 1, 132, bad)
 
 
-@pytest.mark.parametrize(("batch", "programs", "copies", "arrive_first"),
-                         [(1, 1, 8, 0), (3, 5, 2, 0), (2, 7, 1, 0), (3, 5, 4, 1)])
-def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies, arrive_first):
+@pytest.mark.parametrize(("batch", "programs", "copies", "arrive_first", "more"),
+                         [(1, 1, 8, 0, {}), (3, 5, 2, 0, {}), (2, 7, 1, 0, {}), (3, 5, 4, 1, {}),
+                          (3, 7, 4, 1, {"FIXED": 1}), (2, 1, 2, 1, {"FIXED": 1, "PER_C": 48}),
+                          (1, 1, 1, 0, {"PER_C": 48})])
+def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies, arrive_first, more):
     """SPLIT=1 (kernels/decode_split_triton.py) against the layer-by-layer step over three steps from random states:
     programs=5 or 7 plans channel blocks of 10 or 7 (tiles of 16 and 8) that one interpreted program loops over, each
-    adding into its copy of the accumulators. Between launches every accumulator is zero but the last layer's
-    out_proj sums (zeroed at the start of the next launch)."""
-    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies, "ARRIVE_FIRST": arrive_first})
+    adding into its copy of the accumulators; PER_C=48 makes one block, which the one program keeps in registers
+    (ONE_PASS). Between launches every accumulator is zero but the last layer's out_proj sums (zeroed at the start of
+    the next launch); FIXED (int64 fixed-point sums) changes neither."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies, "ARRIVE_FIRST": arrive_first, **more})
     n_layer = 3
     model = _lm("mamba_dna_lm_tiny", seed=40 + batch, d_model=24, n_layer=n_layer, d_state=6)
     fused_cache, ref_cache = _random_caches(model, batch, seed=50 + batch)
@@ -330,13 +333,15 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
     step = FusedDecodeStep(model, token, [c.conv_state for c in fused_cache.layers],
                            [c.ssm_state for c in fused_cache.layers], programs=programs)
     c = step._constexprs
-    per = min(-(-48 // programs), 32)  # at most _SPLIT_MAX_C channels an item
+    per = more.get("PER_C", min(-(-48 // programs), 32))  # at most _SPLIT_MAX_C channels an item
     assert step.split and (c["PER_C"], c["BLOCK_C"], c["COPIES"]) == (per, max(2, 1 << (per - 1).bit_length()), copies)
+    assert c["ONE_PASS"] == (per == 48) and c["FIXED"] == bool(more.get("FIXED"))
     assert tuple(step._oacc.shape) == (n_layer, copies, batch, 24)
+    assert step._oacc.dtype == (torch.int64 if more.get("FIXED") else torch.float32)
     gen = torch.Generator().manual_seed(batch)
     for i in range(3):
         _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
-        assert not step._xacc.any() and not step._oacc[:-1].any() and step._oacc[-1].abs().sum() > 0
+        assert not step._xacc.any() and not step._oacc[:-1].any() and step._oacc[-1].any()
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
 
 
@@ -375,7 +380,7 @@ def test_split_plan_and_its_errors():
     """SPLIT's plan for the 90M LM on 132 SMs (12 channels an item, 128 items) and the settings it refuses."""
     args = (768, 1536, 16, 48, 4, 256)
     plan = decode.plan_any(*args, 1, 132, {"SPLIT": 1})
-    assert (plan["PER_C"], plan["BLOCK_C"], plan["COPIES"], plan["BLOCK_B"]) == (12, 16, 8, 1)
+    assert (plan["PER_C"], plan["BLOCK_C"], plan["COPIES"], plan["BLOCK_B"]) == (12, 16, 2, 1)
     assert decode.plan_any(*args, 1, 4, {"SPLIT": 1})["PER_C"] == 32  # at most _SPLIT_MAX_C: several items a program
     assert decode.plan_any(*args, 1, 132, {"SPLIT": 1, "PER_C": 16})["BLOCK_C"] == 16
     with pytest.raises(ValueError, match="COPIES"):
@@ -508,6 +513,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"MERGE_IN_CONV": 1}, 8),
     ({"SPLIT": 1, "COPIES": 1}, 2),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1}, 1),
+    ({"SPLIT": 1, "FIXED": 1, "COPIES": 1}, 2),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     """decode.TUNE's variants on the real grid (one program per SM: flags and ready flags raced for real) at the 90M
