@@ -12,14 +12,13 @@ dtype, sums in fp32), in one persistent Triton kernel with grid-wide barriers be
 tables of their addresses: a decoder built on it sees in-place weight updates, and a CUDA graph captures one kernel.
 
 Measured on an H200 (scripts/decode_gpu_check.py; 90.7M-parameter wave LM, d_model 768, 24 layers, bf16; weight-read
-floor 43.7 us; CUDA-graph step medians, 2026-11-29): at batch 1 the fused step takes 368 us (8.4x the floor) against
-585 us layer by layer and 1,237 us for upstream's generate(cg=True); at batch 8, 1,337 us against 569 us layer by
-layer. A trace from inside the kernel (--trace, 442 us step before ARRIVE_FIRST, EARLY_LOADS and ONE_ITEM) put
-~14.5 us of a layer's ~18 us into the slowest program's work in the four phases (chains of dependent round trips to
-memory, 3-4.5 us a phase) and ~3.4 us into releasing the four barriers; the weights themselves take ~1.8 us a layer
-to read. Each further batch row adds work to every item, hence the rule: SEQBACKBONE_FUSED_DECODE unset = automatic
-(the fused step at batch 1 only), =1 forces it for batches up to 8, =0 turns it off (the decoder then runs the
-layer-by-layer step). On the CPU it runs only through the Triton interpreter (SEQBACKBONE_KERNELS=triton,
+floor 44.2 us; CUDA-graph step medians, 2026-11-29, BENCHMARKS.md): at batch 1 the fused step takes 270 us (6.1x the
+floor) against 592 us layer by layer and 1,237 us for upstream's generate(cg=True); at batch 8, 1,311 us against
+576 us layer by layer. A trace from inside the kernel (--trace) puts ~7 us of a layer's ~11 us into the slowest
+program's work in the three phases (chains of dependent round trips to memory) and ~4 us into releasing the three
+barriers; the weights themselves take ~1.8 us a layer to read. Each further batch row adds work to every item, hence
+the rule: SEQBACKBONE_FUSED_DECODE unset = automatic (the fused step at batch 1 only), =1 forces it for batches up to
+8, =0 turns it off (the decoder then runs the layer-by-layer step). On the CPU it runs only through the Triton interpreter (SEQBACKBONE_KERNELS=triton,
 TRITON_INTERPRET=1), with one program.
 """
 
