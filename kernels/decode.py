@@ -18,8 +18,8 @@ floor) against 592 us layer by layer and 1,237 us for upstream's generate(cg=Tru
 program's work in the three phases (chains of dependent round trips to memory) and ~4 us into releasing the three
 barriers; the weights themselves take ~1.8 us a layer to read. Each further batch row adds work to every item, hence
 the rule: SEQBACKBONE_FUSED_DECODE unset = automatic (the fused step at batch 1 only), =1 forces it for batches up to
-8, =0 turns it off (the decoder then runs the layer-by-layer step). On the CPU it runs only through the Triton interpreter (SEQBACKBONE_KERNELS=triton,
-TRITON_INTERPRET=1), with one program.
+8, =0 turns it off (the decoder then runs the layer-by-layer step). On the CPU it runs only through the Triton
+interpreter (SEQBACKBONE_KERNELS=triton, TRITON_INTERPRET=1), with one program.
 """
 
 from __future__ import annotations
