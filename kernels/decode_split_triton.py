@@ -50,6 +50,7 @@ import triton.language as tl
 from .decode_triton import (
     _arrive,
     _barriers_done,
+    _cols_dot,
     _conv_window_tail,
     _grid_barrier,
     _layer_ptr,
@@ -273,7 +274,7 @@ def _decode_split_kernel(
             else:
                 tl.store(xc_ptr + offs_b[:, None] * Di + ch[None, :], xc, mask=bc_ok)
                 tl.store(z_ptr + offs_b[:, None] * Di + ch[None, :], z, mask=bc_ok)
-            part = tl.sum(wx[None, :, :] * xc[:, :, None], axis=1)  # (B, BLOCK_X)
+            part = _cols_dot(wx, xc)  # (B, BLOCK_X)
             if SKIP_ATOMICS & 2 == 0:
                 _acc_add(xacc_ptr + ((layer * COPIES + item % COPIES) * batch + offs_b[:, None]) * X + offs_x[None, :],
                          part, b_ok[:, None] & x_ok[None, :], FIXED)
