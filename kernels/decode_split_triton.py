@@ -34,8 +34,8 @@ bit-identical runs. Each phase loads the weights of its first item before the ba
 the interpreter the host launches one program, which loops over every item.
 
 Measured (H200, batch 1, 2026-11-29, BENCHMARKS.md): 258 us a step with ARRIVE_FIRST (263 us with FIXED) against
-267 us for the default three-barrier kernel in the same runs. Without barrier waits and atomics it would take 149 us,
-so the 48 barriers and the atomics cost about 110 us. Loading each phase's weights a phase earlier cut that
+267-270 us for the default three-barrier kernel in the same runs. Without barrier waits and atomics it would take
+108 us, so the 48 exchanges (atomics, release fence, barrier, reading the sums) cost about 150 us. Loading each phase's weights a phase earlier cut that
 barrier-free time to 108-117 us but made the real step slower (311-334 us; the loads then stand before the barrier's
 release fence or before the polls and atomics), as did a variant without any grid barrier whose sums carried their
 own count of contributions (260-265 us, 322-329 us with the early loads): both were removed. Kept as an opt-in
