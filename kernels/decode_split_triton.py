@@ -33,13 +33,14 @@ roundings, not bit for bit; FIXED=1 accumulates int64 multiples of 2^-32 instead
 bit-identical runs. Each phase loads the weights of its first item before the barrier that guards its inputs. Under
 the interpreter the host launches one program, which loops over every item.
 
-Measured (H200, batch 1, 2026-11-29, BENCHMARKS.md): 258 us a step with ARRIVE_FIRST (263 us with FIXED) against
-267-270 us for the default three-barrier kernel in the same runs. Without barrier waits and atomics it would take
-108 us, so the 48 exchanges (atomics, release fence, barrier, reading the sums) cost about 150 us. Loading each phase's weights a phase earlier cut that
-barrier-free time to 108-117 us but made the real step slower (311-334 us; the loads then stand before the barrier's
-release fence or before the polls and atomics), as did a variant without any grid barrier whose sums carried their
-own count of contributions (260-265 us, 322-329 us with the early loads): both were removed. Kept as an opt-in
-variant (decode.TUNE's SPLIT=1).
+Measured (H200, batch 1, 2026-11-29, BENCHMARKS.md): 258 us a step with ARRIVE_FIRST (263-270 us with FIXED)
+against 267-270 us for the default three-barrier kernel in the same runs. Without barrier waits and atomics it would
+take 108 us, so the 48 exchanges (atomics, release fence, barrier, reading the sums) cost about 150 us. Two attempts
+at them were slower and removed: loading each phase's weights a phase earlier (the work alone fell, then from 149 to
+108-117 us, but the step rose to 293-335 us: the loads stood before the barrier's release fence, which waits for every
+load in flight, or in the memory queue of the polls and atomics), and a variant without any grid barrier whose int64
+sums carried their own count of contributions (260-265 us, no faster). Kept as an opt-in variant (decode.TUNE's
+SPLIT=1).
 """
 
 from __future__ import annotations
