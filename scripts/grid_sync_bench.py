@@ -16,6 +16,10 @@ several launches):
                    again until every word carries the round (FLAGGED's exchange)
     tagged_reduce  no barrier: 24 programs write 80 partial sums each as tagged words and every program reads them
                    all (x_proj's partial sums of the step's 24 conv items, reduced by each reader)
+    atomic_768     the split kernel's out_proj exchange (kernels/decode_split_triton.py): every program adds 768 fp32
+                   partial sums with atomics into one of 2 copies of an accumulator, the counter barrier, then every
+                   program reads both copies; atomic_768_i64 the same as int64 (its FIXED=1), atomic_80 with x_proj's
+                   80 sums
 """
 
 from __future__ import annotations
@@ -115,6 +119,34 @@ def _tagged_kernel(words_ptr, out_ptr, rounds, tag0, PER: tl.constexpr, WIDTH: t
     tl.store(out_ptr + pid * BLOCK + offs, acc)
 
 
+@triton.jit
+def _atomic_kernel(bar_ptr, acc_ptr, out_ptr, rounds, WIDTH: tl.constexpr, BLOCK: tl.constexpr, COPIES: tl.constexpr,
+                   INT: tl.constexpr):
+    """Each round: every program adds WIDTH partial sums into copy pid % COPIES of accumulator r % 3 (relaxed atomics,
+    fp32 or int64), the counter barrier, every program reads all copies. The last program zeroes accumulator
+    (r + 2) % 3 after the barrier: its readers were done before it, its adders come after the next barrier."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    offs = tl.arange(0, BLOCK)
+    ok = offs < WIDTH
+    g = tl.arange(0, COPIES)[:, None]
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for r in range(rounds):
+        base = acc_ptr + (r % 3) * COPIES * BLOCK
+        part = offs.to(tl.float32) + pid
+        if INT:
+            tl.atomic_add(base + (pid % COPIES) * BLOCK + offs, (part * 4096.0).to(tl.int64), mask=ok, sem="relaxed")
+        else:
+            tl.atomic_add(base + (pid % COPIES) * BLOCK + offs, part, mask=ok, sem="relaxed")
+        _grid_barrier(bar_ptr, nprog, False)
+        acc += tl.sum(tl.load(base + g * BLOCK + offs[None, :], mask=ok[None, :], other=0, cache_modifier=".cg"),
+                      axis=0).to(tl.float32)
+        if pid == nprog - 1:
+            nxt = acc_ptr + ((r + 2) % 3) * COPIES * BLOCK + g * BLOCK + offs[None, :]
+            tl.store(nxt, tl.zeros([COPIES, BLOCK], dtype=acc_ptr.dtype.element_ty))
+    tl.store(out_ptr + pid * BLOCK + offs, acc)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=960)
@@ -134,6 +166,12 @@ def main() -> None:
     words = torch.zeros(2 * max(red_block, 1024), dtype=torch.int64, device=dev)
     red_out = torch.zeros(grid * red_block, dtype=torch.float32, device=dev)
     launches = {"tag": 0}
+    acc_f32 = torch.zeros(3 * 2 * 1024, dtype=torch.float32, device=dev)
+    acc_i64 = torch.zeros(3 * 2 * 1024, dtype=torch.int64, device=dev)
+
+    def atomic(width, block, acc):
+        return lambda: _atomic_kernel[(grid,)](counter, acc, out, rounds, WIDTH=width, BLOCK=block, COPIES=2,
+                                               INT=acc.dtype == torch.int64, num_warps=warps)
 
     def tagged(width, per_, block, reduce, out_t):
         def go():
@@ -149,6 +187,9 @@ def main() -> None:
         "gather": lambda: _gather_kernel[(grid,)](counter, vec, out, rounds, PER=per, BLOCK_DM=1024, num_warps=warps),
         "tagged_gather": tagged(DM, per, 1024, False, out),
         "tagged_reduce": tagged(X, 128, red_block, True, red_out),
+        "atomic_768": atomic(DM, 1024, acc_f32),
+        "atomic_768_i64": atomic(DM, 1024, acc_i64),
+        "atomic_80": atomic(X, 128, acc_f32),
     }
     print(f"{torch.cuda.get_device_name(dev)}, {grid} programs x {warps} warps, {rounds} rounds a launch; "
           f"torch {torch.__version__}, triton {triton.__version__}")
