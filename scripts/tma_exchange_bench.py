@@ -1,0 +1,185 @@
+"""Does a weight tile streamed by TMA overlap a grid exchange that a tile of plain loads holds up? (GPU, sm_90)
+
+A persistent kernel of P programs runs phases that chain like the decoding step's: each waits for the previous
+phase's grid barrier, reads that phase's 768 fp32 sums (in three chunks of 256), multiplies them into its weight tile
+(64 x 256 bf16, 32 KB; the programs cycle through 200 MB of tiles, so every tile comes from HBM), adds its 256 column
+sums three times over into the phase's 768-sum accumulator (one of COPIES copies) with atomics and arrives at the
+barrier. Modes:
+
+    ldg        the tile loaded with plain loads right after the arrival, before the polls (the fused step's way)
+    tma        the tile of phase i + STAGES - 1 asked by TMA into a ring of STAGES shared-memory tiles while phase i
+               runs; the release fence and the polls do not wait for it
+    none       no tile: the exchange alone
+    none_indep no tile, and the sums added do not depend on the sums read (scripts/grid_sync_bench.py's atomic_768)
+    ldg_nowait, tma_nowait: as ldg and tma without barrier waits (sums wrong by design)
+    ldg_alone, tma_alone: without barrier waits, a plain store for the atomics (the streaming and arithmetic alone)
+    read_shared, read_own: only the reads of the sums, each after the last, from sums nobody writes: the same ones
+               for every program, or each program its own
+
+Each mode runs with the sums read by every warp (as the tile's columns; the step kernel's loads are laid out by the
+compiler) and spread over the threads, one element each. Prints us per phase, median of several launches.
+
+    python scripts/tma_exchange_bench.py [--programs 128] [--phases 960] [--stages 2 3 4] [--copies 1 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+ROWS = 64
+COLS = 256
+PRIVATE = 256  # sum vectors of mode read_own (one a program)
+SUMS = 768  # sums exchanged a phase, as out_proj's at d_model 768 (a multiple of COLS)
+# mode: (0 plain-load tile, 1 TMA ring, 2 no tile, 3 no tile and sums added not from those read, 4 / 5 no tile,
+# read-only sums; barrier waits; atomics)
+MODES = {"ldg": (0, True, True), "tma": (1, True, True), "none": (2, True, True), "none_indep": (3, True, True),
+         "ldg_nowait": (0, False, True),
+         "tma_nowait": (1, False, True), "ldg_alone": (0, False, False), "tma_alone": (1, False, False),
+         "read_shared": (4, False, False), "read_own": (5, False, False)}
+
+
+@gluon.jit
+def _exchange_kernel(w_ptr, w_desc, acc_ptr, ro_ptr, bar_ptr, phases, tiles, MODE: gl.constexpr, WAIT: gl.constexpr,
+                     ATOMICS: gl.constexpr, STAGES: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr,
+                     COPIES: gl.constexpr, SUMS: gl.constexpr, PRIVATE: gl.constexpr,
+                     SPREAD_READS: gl.constexpr):
+    pid = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
+    col_layout: gl.constexpr = gl.SliceLayout(0, tile_layout)
+    row_layout: gl.constexpr = gl.SliceLayout(1, tile_layout)
+    cols = gl.arange(0, COLS, layout=col_layout)
+    add_layout: gl.constexpr = gl.BlockedLayout([4], [32], [gl.num_warps()], [0])
+    add_cols = gl.arange(0, COLS, layout=add_layout)
+    # SPREAD_READS: the sums read one a thread (each element by one thread), else as the tile's columns (every warp
+    # reads all of them)
+    read_layout: gl.constexpr = gl.BlockedLayout([1], [32], [gl.num_warps()], [0]) if SPREAD_READS else col_layout
+    read_cols = gl.arange(0, COLS, layout=read_layout)
+    rows = gl.arange(0, ROWS, layout=row_layout)
+
+    ring = gl.allocate_shared_memory(gl.bfloat16, [STAGES, ROWS, COLS], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    if MODE == 1:
+        for k in gl.static_range(STAGES):
+            mbarrier.init(ready.index(k), count=1)
+        fence_async_shared()
+        for k in gl.static_range(STAGES - 1):
+            mbarrier.expect(ready.index(k), ROWS * COLS * 2)
+            tma.async_copy_global_to_shared(w_desc, [(k * nprog + pid) * ROWS, 0], ready.index(k), ring.index(k))
+
+    target = nprog.to(gl.int64) * 0
+    chain = 0.0
+    for i in range(phases):
+        if MODE == 0:
+            first_row = ((i % tiles) * nprog + pid) * ROWS
+            tile = gl.load(w_ptr + (first_row + rows).to(gl.int64)[:, None] * COLS + cols[None, :])
+        if WAIT:
+            if i > 0:
+                while gl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
+                    pass
+                gl.thread_barrier()
+        src = acc_ptr + (i - 1) * COPIES * SUMS
+        if MODE >= 4:  # sums that nobody writes: the same for every program, or its own; each read after the last
+            src = ro_ptr + (pid % PRIVATE if MODE == 5 else 0) * COPIES * SUMS + (chain > 1e30).to(gl.int32) * 1024
+        sums = gl.zeros([COLS], gl.float32, read_layout)
+        for g in gl.static_range(COPIES * SUMS // COLS):  # every copy of every chunk of COLS sums
+            sums += gl.load(src + g * COLS + read_cols, mask=(read_cols >= 0) & ((i > 0) | (MODE >= 4)), other=1.0,
+                            cache_modifier=".cg")
+        sums = gl.convert_layout(sums, col_layout)
+        chain = gl.sum(sums, axis=0)
+        sums = sums * gl.rsqrt(gl.sum(sums * sums, axis=0) / COLS + 1e-20)  # unit rms: no overflow, no denormals
+        if MODE == 1:
+            stage = i % STAGES
+            mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
+            tile = ring.index(stage).load(tile_layout)
+            gl.thread_barrier()  # every warp has read stage (i - 1) % STAGES: TMA may refill it
+            ahead = i + STAGES - 1
+            if ahead < phases:
+                sa = ahead % STAGES
+                mbarrier.expect(ready.index(sa), ROWS * COLS * 2)
+                tma.async_copy_global_to_shared(w_desc, [((ahead % tiles) * nprog + pid) * ROWS, 0], ready.index(sa),
+                                                ring.index(sa))
+        if MODE == 2 or MODE >= 4:
+            part = sums * (1.0 / nprog)
+        elif MODE == 3:
+            part = add_cols.to(gl.float32) + pid  # not waiting for the sums read
+        else:
+            part = gl.sum(tile.to(gl.float32) * sums[None, :], axis=0) * (1.0 / (ROWS * nprog))
+        if MODE != 3:
+            part = gl.convert_layout(part, add_layout)  # 4 floats a thread: one v4 atomic each
+        dest = acc_ptr + (i * COPIES + pid % COPIES) * SUMS + add_cols
+        if ATOMICS:
+            for k in gl.static_range(SUMS // COLS):
+                gl.atomic_add(dest + k * COLS, part, sem="relaxed")
+        else:
+            gl.store(dest, part)  # racy and wrong, but keeps the tile's arithmetic alive
+        if WAIT:
+            gl.thread_barrier()
+            gl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+            target += nprog
+
+
+def time_mode(mode: str, programs: int, phases: int, tiles: int, stages: int, copies: int, spread: bool,
+              weights: torch.Tensor, desc, reps: int) -> float:
+    """Median microseconds per phase over `reps` launches (events around the kernel alone)."""
+    code, wait, atomics = MODES[mode]
+    acc = torch.zeros(phases, copies, SUMS, device="cuda", dtype=torch.float32)
+    bar = torch.zeros(1, device="cuda", dtype=torch.int64)
+    ro = torch.rand(PRIVATE, copies, SUMS, device="cuda", dtype=torch.float32)
+    times = []
+    for _ in range(reps):
+        acc.zero_()
+        bar.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        _exchange_kernel[(programs,)](weights, desc, acc, ro, bar, phases, tiles, MODE=code, WAIT=wait, ATOMICS=atomics,
+                                      STAGES=stages, ROWS=ROWS, COLS=COLS, COPIES=copies, SUMS=SUMS, PRIVATE=PRIVATE,
+                                      SPREAD_READS=spread, num_warps=8)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000.0 / phases)
+    return statistics.median(times[reps // 4:])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--programs", type=int, default=128)
+    p.add_argument("--phases", type=int, default=960,
+                   help="phases a launch (many: the host's launch time, which the events include, is spread thin)")
+    p.add_argument("--tiles", type=int, default=48, help="distinct tiles a program cycles through (48: 200 MB in all)")
+    p.add_argument("--stages", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--copies", type=int, nargs="+", default=[1, 8],
+                   help="copies of each accumulator (program p adds into copy p %% copies; readers add them all)")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--reps", type=int, default=20)
+    args = p.parse_args()
+    weights = torch.randn(args.tiles * args.programs * ROWS, COLS, device="cuda", dtype=torch.bfloat16)
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
+    desc = TensorDescriptor.from_tensor(weights, [ROWS, COLS], layout)
+    warm = torch.randn(4096, 4096, device="cuda")
+    for _ in range(200):  # half a second or more of work first, so that the clocks have risen
+        warm @ warm
+    torch.cuda.synchronize()
+    tile_kb = ROWS * COLS * 2 / 1024
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; "
+          f"{args.programs} programs, {args.phases} phases over {args.tiles} tiles, {tile_kb:.0f} KB a tile a program")
+    for spread in (False, True):
+        for copies in args.copies:
+            for mode in args.modes:
+                for stages in (args.stages if mode.startswith("tma") else [2]):
+                    us = time_mode(mode, args.programs, args.phases, args.tiles, stages, copies, spread, weights, desc,
+                                   args.reps)
+                    print(f"reads {'spread' if spread else 'by every warp'}, copies {copies:2d}  {mode:11s} "
+                          f"stages {stages}: {us:6.2f} us a phase", flush=True)
+
+
+if __name__ == "__main__":
+    main()
