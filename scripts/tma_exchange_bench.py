@@ -41,9 +41,8 @@ SUMS = 768  # sums exchanged a phase, as out_proj's at d_model 768 (a multiple o
 # mode: (0 plain-load tile, 1 TMA ring, 2 no tile, 3 no tile and sums added not from those read, 4 / 5 no tile,
 # read-only sums; barrier waits; atomics)
 MODES = {"ldg": (0, True, True), "tma": (1, True, True), "none": (2, True, True), "none_indep": (3, True, True),
-         "ldg_nowait": (0, False, True),
-         "tma_nowait": (1, False, True), "ldg_alone": (0, False, False), "tma_alone": (1, False, False),
-         "read_shared": (4, False, False), "read_own": (5, False, False)}
+         "ldg_nowait": (0, False, True), "tma_nowait": (1, False, True), "ldg_alone": (0, False, False),
+         "tma_alone": (1, False, False), "read_shared": (4, False, False), "read_own": (5, False, False)}
 
 
 @gluon.jit
@@ -51,6 +50,9 @@ def _exchange_kernel(w_ptr, w_desc, acc_ptr, ro_ptr, bar_ptr, phases, tiles, MOD
                      ATOMICS: gl.constexpr, STAGES: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr,
                      COPIES: gl.constexpr, SUMS: gl.constexpr, PRIVATE: gl.constexpr,
                      SPREAD_READS: gl.constexpr):
+    """`phases` phases of the mode's chain (module docstring). w_ptr / w_desc: the tiles, (tiles * P * ROWS, COLS) bf16;
+    acc_ptr: the sums, (phases, COPIES, SUMS) fp32, zeroed; ro_ptr: read-only sums, (PRIVATE, COPIES, SUMS) fp32;
+    bar_ptr: the barrier counter, int64, zeroed."""
     pid = gl.program_id(0)
     nprog = gl.num_programs(0)
     tile_layout: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
