@@ -7,8 +7,10 @@ sums three times over into the phase's 768-sum accumulator (one of COPIES copies
 barrier. Modes:
 
     ldg        the tile loaded with plain loads right after the arrival, before the polls (the fused step's way)
-    tma        the tile of phase i + STAGES - 1 asked by TMA into a ring of STAGES shared-memory tiles while phase i
-               runs; the release fence and the polls do not wait for it
+    tma        the tile of phase i + STAGES - 1 asked by TMA (4 copies of 16 rows) into a ring of STAGES shared-memory
+               tiles while phase i runs; the release fence and the polls do not wait for it
+    tma_paced  the same, its 4 copies asked at four points of the phase (after the sums are read, after the arithmetic,
+               after the atomics, after the arrival), so that the tiles stream over the whole phase
     none       no tile: the exchange alone
     none_indep no tile, and the sums added do not depend on the sums read (scripts/grid_sync_bench.py's atomic_768)
     ldg_nowait, tma_nowait: as ldg and tma without barrier waits (sums wrong by design)
@@ -36,20 +38,34 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 ROWS = 64
 COLS = 256
+PIECES = 4  # TMA copies a tile (16 rows each)
 PRIVATE = 256  # sum vectors of mode read_own (one a program)
 SUMS = 768  # sums exchanged a phase, as out_proj's at d_model 768 (a multiple of COLS)
 # mode: (0 plain-load tile, 1 TMA ring, 2 no tile, 3 no tile and sums added not from those read, 4 / 5 no tile,
-# read-only sums; barrier waits; atomics)
+# read-only sums, 6 TMA ring paced; barrier waits; atomics)
 MODES = {"ldg": (0, True, True), "tma": (1, True, True), "none": (2, True, True), "none_indep": (3, True, True),
          "ldg_nowait": (0, False, True), "tma_nowait": (1, False, True), "ldg_alone": (0, False, False),
-         "tma_alone": (1, False, False), "read_shared": (4, False, False), "read_own": (5, False, False)}
+         "tma_alone": (1, False, False), "read_shared": (4, False, False), "read_own": (5, False, False),
+         "tma_paced": (6, True, True)}
+
+
+@gluon.jit
+def _ask_piece(w_desc, ring, ready, tile, stage, pid, nprog, piece, ROWS: gl.constexpr, COLS: gl.constexpr,
+               PIECES: gl.constexpr):
+    """Asks TMA for piece `piece` (ROWS // PIECES rows) of this program's tile number `tile` into ring stage `stage`,
+    whose mbarrier expects the whole tile (said with piece 0)."""
+    if piece == 0:
+        mbarrier.expect(ready.index(stage), ROWS * COLS * 2)
+    rows: gl.constexpr = ROWS // PIECES
+    tma.async_copy_global_to_shared(w_desc, [(tile * nprog + pid) * ROWS + piece * rows, 0], ready.index(stage),
+                                    ring.index(stage).slice(piece * rows, rows))
 
 
 @gluon.jit
 def _exchange_kernel(w_ptr, w_desc, acc_ptr, ro_ptr, bar_ptr, phases, tiles, MODE: gl.constexpr, WAIT: gl.constexpr,
                      ATOMICS: gl.constexpr, STAGES: gl.constexpr, ROWS: gl.constexpr, COLS: gl.constexpr,
                      COPIES: gl.constexpr, SUMS: gl.constexpr, PRIVATE: gl.constexpr,
-                     SPREAD_READS: gl.constexpr):
+                     SPREAD_READS: gl.constexpr, PIECES: gl.constexpr):
     """`phases` phases of the mode's chain (module docstring). w_ptr / w_desc: the tiles, (tiles * P * ROWS, COLS) bf16;
     acc_ptr: the sums, (phases, COPIES, SUMS) fp32, zeroed; ro_ptr: read-only sums, (PRIVATE, COPIES, SUMS) fp32;
     bar_ptr: the barrier counter, int64, zeroed."""
@@ -69,13 +85,15 @@ def _exchange_kernel(w_ptr, w_desc, acc_ptr, ro_ptr, bar_ptr, phases, tiles, MOD
 
     ring = gl.allocate_shared_memory(gl.bfloat16, [STAGES, ROWS, COLS], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    if MODE == 1:
+    TMA: gl.constexpr = MODE == 1 or MODE == 6
+    PACED: gl.constexpr = MODE == 6
+    if TMA:
         for k in gl.static_range(STAGES):
             mbarrier.init(ready.index(k), count=1)
         fence_async_shared()
         for k in gl.static_range(STAGES - 1):
-            mbarrier.expect(ready.index(k), ROWS * COLS * 2)
-            tma.async_copy_global_to_shared(w_desc, [(k * nprog + pid) * ROWS, 0], ready.index(k), ring.index(k))
+            for piece in gl.static_range(PIECES):
+                _ask_piece(w_desc, ring, ready, k, k, pid, nprog, piece, ROWS, COLS, PIECES)
 
     target = nprog.to(gl.int64) * 0
     chain = 0.0
@@ -98,17 +116,19 @@ def _exchange_kernel(w_ptr, w_desc, acc_ptr, ro_ptr, bar_ptr, phases, tiles, MOD
         sums = gl.convert_layout(sums, col_layout)
         chain = gl.sum(sums, axis=0)
         sums = sums * gl.rsqrt(gl.sum(sums * sums, axis=0) / COLS + 1e-20)  # unit rms: no overflow, no denormals
-        if MODE == 1:
+        # the tile of phase i + STAGES - 1 goes into the stage phase i - 1 used, all at once or (PACED) a piece at
+        # each of four points of the phase: here, after the arithmetic, after the atomics, after the arrival
+        ahead = i + STAGES - 1
+        asking = ahead < phases
+        if TMA:
             stage = i % STAGES
             mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
             tile = ring.index(stage).load(tile_layout)
             gl.thread_barrier()  # every warp has read stage (i - 1) % STAGES: TMA may refill it
-            ahead = i + STAGES - 1
-            if ahead < phases:
-                sa = ahead % STAGES
-                mbarrier.expect(ready.index(sa), ROWS * COLS * 2)
-                tma.async_copy_global_to_shared(w_desc, [((ahead % tiles) * nprog + pid) * ROWS, 0], ready.index(sa),
-                                                ring.index(sa))
+            if asking:
+                for piece in gl.static_range(1 if PACED else PIECES):
+                    _ask_piece(w_desc, ring, ready, ahead % tiles, ahead % STAGES, pid, nprog, piece, ROWS, COLS,
+                               PIECES)
         if MODE == 2 or MODE >= 4:
             part = sums * (1.0 / nprog)
         elif MODE == 3:
@@ -117,16 +137,22 @@ def _exchange_kernel(w_ptr, w_desc, acc_ptr, ro_ptr, bar_ptr, phases, tiles, MOD
             part = gl.sum(tile.to(gl.float32) * sums[None, :], axis=0) * (1.0 / (ROWS * nprog))
         if MODE != 3:
             part = gl.convert_layout(part, add_layout)  # 4 floats a thread: one v4 atomic each
+        if PACED and asking:
+            _ask_piece(w_desc, ring, ready, ahead % tiles, ahead % STAGES, pid, nprog, 1, ROWS, COLS, PIECES)
         dest = acc_ptr + (i * COPIES + pid % COPIES) * SUMS + add_cols
         if ATOMICS:
             for k in gl.static_range(SUMS // COLS):
                 gl.atomic_add(dest + k * COLS, part, sem="relaxed")
         else:
             gl.store(dest, part)  # racy and wrong, but keeps the tile's arithmetic alive
+        if PACED and asking:
+            _ask_piece(w_desc, ring, ready, ahead % tiles, ahead % STAGES, pid, nprog, 2, ROWS, COLS, PIECES)
         if WAIT:
             gl.thread_barrier()
             gl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
             target += nprog
+        if PACED and asking:
+            _ask_piece(w_desc, ring, ready, ahead % tiles, ahead % STAGES, pid, nprog, 3, ROWS, COLS, PIECES)
 
 
 def time_mode(mode: str, programs: int, phases: int, tiles: int, stages: int, copies: int, spread: bool,
@@ -144,7 +170,7 @@ def time_mode(mode: str, programs: int, phases: int, tiles: int, stages: int, co
         start.record()
         _exchange_kernel[(programs,)](weights, desc, acc, ro, bar, phases, tiles, MODE=code, WAIT=wait, ATOMICS=atomics,
                                       STAGES=stages, ROWS=ROWS, COLS=COLS, COPIES=copies, SUMS=SUMS, PRIVATE=PRIVATE,
-                                      SPREAD_READS=spread, num_warps=8)
+                                      SPREAD_READS=spread, PIECES=PIECES, num_warps=8)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1000.0 / phases)
@@ -165,7 +191,7 @@ def main() -> None:
     args = p.parse_args()
     weights = torch.randn(args.tiles * args.programs * ROWS, COLS, device="cuda", dtype=torch.bfloat16)
     layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=2)
-    desc = TensorDescriptor.from_tensor(weights, [ROWS, COLS], layout)
+    desc = TensorDescriptor.from_tensor(weights, [ROWS // PIECES, COLS], layout)
     warm = torch.randn(4096, 4096, device="cuda")
     for _ in range(200):  # half a second or more of work first, so that the clocks have risen
         warm @ warm
