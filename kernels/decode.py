@@ -98,7 +98,7 @@ _NUM_WARPS = 8
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
 #   (as below) and FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical), no other. With one
 #   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
-#   H200, batch 1 (2026-11-29, BENCHMARKS.md): 258 us with ARRIVE_FIRST and 2 copies, 263 with FIXED too, against
+#   H200, batch 1 (2026-11-29, BENCHMARKS.md): 251-258 us with ARRIVE_FIRST and 2 copies, 263 with FIXED too, against
 #   267 us for the default in the same runs: within a few percent, and not bit-identical without FIXED, so not the
 #   default.
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each

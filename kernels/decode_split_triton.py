@@ -22,10 +22,11 @@ The accumulators are laid out (layers, COPIES, B, n): item i adds into copy i % 
 readers' extra loads cost more than the atomics' queueing saves). The residual stream never leaves registers: every
 program computes the same r from the same accumulators. With one channel block a program (ONE_PASS, set by the host
 from the grid) the block's conv output and gate stay in registers from phase A to phase B. Each accumulator is zero
-before its layer's first atomic: the last program zeroes x_acc[l] in phase A of layer l + 1 (the head phase for the
-last layer) and o_acc[l] in phase B of layer l + 1 (o_acc[L-1] in phase A of layer 0, for the next launch), each after
-every program has read it and at least one barrier before anyone adds to it again. The host allocates them zeroed
-once.
+before its layer's first atomic: in the head phase, after the last barrier, every program clears its share of all of
+them but o_acc[L-1], which the head phase reads; that one each program clears its share of in phase A of layer 0 of
+the next launch, many barriers before the last layer adds to it. The host allocates them zeroed once. (Before, one
+program cleared each accumulator during the layers, and the release fences of its arrivals waited for those stores:
+H200, batch 1, 250.7-253.7 us against 254.8-257.4 us in the same run.)
 
 The roundings are the reference's (decode_triton.py). With fp32 accumulators only the order of the sums across channel
 blocks changes from run to run with the atomics, so two runs agree to fp32 rounding before the activation-dtype
@@ -33,7 +34,7 @@ roundings, not bit for bit; FIXED=1 accumulates int64 multiples of 2^-32 instead
 bit-identical runs. Each phase loads the weights of its first item before the barrier that guards its inputs. Under
 the interpreter the host launches one program, which loops over every item.
 
-Measured (H200, batch 1, 2026-11-29, BENCHMARKS.md): 258 us a step with ARRIVE_FIRST (263-270 us with FIXED)
+Measured (H200, batch 1, 2026-11-29, BENCHMARKS.md): 251-258 us a step with ARRIVE_FIRST (263-270 us with FIXED)
 against 267-270 us for the default three-barrier kernel in the same runs. Without barrier waits and atomics it would
 take 108 us, so the 48 exchanges (atomics, release fence, barrier, reading the sums) cost about 150 us. Two attempts
 at them were slower and removed: loading each phase's weights a phase earlier (the work alone fell, then from 149 to
@@ -130,16 +131,12 @@ def _meet(bar_ptr, ticket, nprog, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.conste
 
 
 @triton.jit
-def _after_phase_b(r, layer, bar_ptr, ticket, nprog, oacc_ptr, xacc_ptr, zeroer, batch, offs_b, b_ok, offs_m, m_ok,
-                   Dm, X, ADT: tl.constexpr, COPIES: tl.constexpr, BLOCK_X: tl.constexpr, NO_WAIT: tl.constexpr,
-                   ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr):
-    """Waits until every program has added its out_proj sums of `layer`, returns r + that layer's output, and (the
-    zeroer) clears x_acc[layer], which every program read before that barrier."""
+def _after_phase_b(r, layer, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm,
+                   ADT: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.constexpr,
+                   FIXED: tl.constexpr):
+    """Waits until every program has added its out_proj sums of `layer`, returns r + that layer's output."""
     _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST)
-    r = _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES, FIXED)
-    if zeroer:
-        _zero(xacc_ptr + layer * COPIES * batch * X, COPIES * batch * X, BLOCK_X)
-    return r
+    return _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES, FIXED)
 
 
 @triton.jit
@@ -150,11 +147,13 @@ def _normed(r, norm_w, Dm, eps, ADT: tl.constexpr):
 
 
 @triton.jit
-def _zero(ptr, n, BLOCK: tl.constexpr):
-    """ptr[:n] = 0 (in ptr's element type)."""
-    for start in range(0, n, BLOCK):
+def _zero_share(ptr, n, pid, nprog, BLOCK: tl.constexpr):
+    """Program pid's share of ptr[:n] = 0: ceil(n / nprog) elements from pid * that."""
+    per = tl.cdiv(n, nprog)
+    end = tl.minimum(pid * per + per, n)
+    for start in range(pid * per, end, BLOCK):
         offs = start + tl.arange(0, BLOCK)
-        tl.store(ptr + offs, tl.zeros([BLOCK], dtype=ptr.dtype.element_ty), mask=offs < n)
+        tl.store(ptr + offs, tl.zeros([BLOCK], dtype=ptr.dtype.element_ty), mask=offs < end)
 
 
 @triton.jit
@@ -217,7 +216,6 @@ def _decode_split_kernel(
     # atomics
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    zeroer = pid == nprog - 1  # zeroes the accumulators once they are read (see the module docstring)
     X = R + 2 * N
     offs_b = tl.arange(0, BLOCK_B)
     b_ok = offs_b < batch
@@ -250,10 +248,10 @@ def _decode_split_kernel(
         norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
         conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
         if layer > 0:
-            r = _after_phase_b(r, layer - 1, bar_ptr, ticket, nprog, oacc_ptr, xacc_ptr, zeroer, batch, offs_b, b_ok,
-                               offs_m, m_ok, Dm, X, ADT, COPIES, BLOCK_X, NO_WAIT, ARRIVE_FIRST, FIXED)
-        elif zeroer:
-            _zero(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, BLOCK_DM)
+            r = _after_phase_b(r, layer - 1, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm,
+                               ADT, COPIES, NO_WAIT, ARRIVE_FIRST, FIXED)
+        else:  # o_acc[L-1], read in the last launch's head phase
+            _zero_share(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, pid, nprog, BLOCK_DM)
         xn = _normed(r, norm_w, Dm, eps, ADT)
         # ONE_PASS: this program's only item's conv output and gate stay in registers for phase B
         x_kept = tl.zeros([BLOCK_B, BLOCK_C], dtype=tl.float32)
@@ -298,8 +296,6 @@ def _decode_split_kernel(
         parts_r = _acc_load(xacc_ptr, layer, batch, offs_b, b_ok, offs_r, r_ok, X, COPIES)
         parts_b = _acc_load(xacc_ptr + R, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES)
         parts_c = _acc_load(xacc_ptr + R + N, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES)
-        if zeroer and layer > 0:  # every program read o_acc[layer - 1] before adding to x_acc[layer]
-            _zero(oacc_ptr + (layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, BLOCK_DM)
         dt_low = _round(_acc_total(parts_r, FIXED), ADT)  # (B, R)
         Bv = _round(_acc_total(parts_b, FIXED), ADT)  # (B, N)
         Cv = _round(_acc_total(parts_c, FIXED), ADT)
@@ -345,8 +341,11 @@ def _decode_split_kernel(
     rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
     tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                    mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
-    r = _after_phase_b(r, n_layer - 1, bar_ptr, ticket, nprog, oacc_ptr, xacc_ptr, zeroer, batch, offs_b, b_ok, offs_m,
-                       m_ok, Dm, X, ADT, COPIES, BLOCK_X, NO_WAIT, ARRIVE_FIRST, FIXED)
+    r = _after_phase_b(r, n_layer - 1, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT,
+                       COPIES, NO_WAIT, ARRIVE_FIRST, FIXED)
+    # every program has read every accumulator but o_acc[L-1] (cleared at the next launch's start)
+    _zero_share(xacc_ptr, n_layer * COPIES * batch * X, pid, nprog, BLOCK_DM)
+    _zero_share(oacc_ptr, (n_layer - 1) * COPIES * batch * Dm, pid, nprog, BLOCK_DM)
     hidden = _normed(r, norm_f, Dm, eps, ADT)
     n_head = tl.cdiv(V, ROWS_HEAD)
     while item < n_head:
