@@ -96,7 +96,8 @@ _NUM_WARPS = 8
 #   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
-#   (as below) and FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical), no other. With one
+#   (as below), FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical) and TRACE=1 (with
+#   ARRIVE_FIRST: its arrivals and departures timed, two barriers a layer), no other. With one
 #   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
 #   H200, batch 1 (2026-11-29, BENCHMARKS.md): 251-258 us with ARRIVE_FIRST and 2 copies, 263 with FIXED too, against
 #   267 us for the default in the same runs: within a few percent, and not bit-identical without FIXED, so not the
@@ -449,11 +450,14 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         ROWS_HEAD=int(tune.get("ROWS_HEAD") or _block(V, programs, 2, _TILE // _pow2(Dm))),
         COPIES=int(tune.get("COPIES") or _SPLIT_COPIES), NO_WAIT=int(tune.get("NO_WAIT", 0)),
         SKIP_ATOMICS=int(tune.get("SKIP_ATOMICS", 0)), ARRIVE_FIRST=bool(tune.get("ARRIVE_FIRST", 0)),
-        FIXED=bool(tune.get("FIXED", 0)),
+        FIXED=bool(tune.get("FIXED", 0)), TRACE=bool(tune.get("TRACE", 0)),
     )
+    if c["TRACE"] and (not c["ARRIVE_FIRST"] or c["NO_WAIT"]):
+        raise ValueError(f"TUNE: TRACE in the split kernel records ARRIVE_FIRST's arrivals and departures: it needs "
+                         f"ARRIVE_FIRST=1 and no NO_WAIT, got {dict(tune)}")
     if c["COPIES"] < 1 or c["COPIES"] & (c["COPIES"] - 1):
         raise ValueError(f"TUNE: COPIES must be a power of two, got {c['COPIES']}")
-    takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED",
+    takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED", "TRACE",
              "num_warps"}
     unknown = sorted(set(tune) - takes)
     if unknown:
@@ -573,7 +577,8 @@ class FusedDecodeStep:
             # between launches: the kernel zeroes each once it is read)
             self._xc = torch.empty(batch, Di, **f32)
             self._z = torch.empty(batch, Di, **f32)
-            self._constexprs = {**dtypes, **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)}
+            self._constexprs = {**dtypes, **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE),
+                                "ASM": on_gpu}  # PTX clocks (TRACE) only where there is a GPU
             # every program has at most one channel block: its conv output and gate stay in registers
             self._constexprs["ONE_PASS"] = -(-Di // self._constexprs["PER_C"]) <= self.grid
             copies = self._constexprs["COPIES"]
@@ -581,8 +586,12 @@ class FusedDecodeStep:
             self._xacc = torch.zeros(len(mixers), copies, batch, X, **acc)
             self._oacc = torch.zeros(len(mixers), copies, batch, Dm, **acc)
             self._barrier = torch.zeros(1, dtype=torch.int64, device=self.device)
-            self.trace = None  # TRACE is the four-barrier kernel's
-            self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._barrier, *sizes)
+            # TRACE: per program, the clock and global time at its start, at each barrier (arrived, left) and at its
+            # end (two barriers a layer)
+            self.trace = torch.zeros(self.grid, 2 * len(mixers) + 2, 4, dtype=torch.int64,
+                                     device=self.device) if self._constexprs["TRACE"] else None
+            self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._barrier,
+                          self.trace if self.trace is not None else self._barrier, *sizes)
             return
         tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)
         n_conv = -(-Di // tiles["PER_CONV"])

@@ -50,7 +50,6 @@ import triton
 import triton.language as tl
 
 from .decode_triton import (
-    _arrive,
     _barriers_done,
     _cols_dot,
     _conv_window_tail,
@@ -59,7 +58,10 @@ from .decode_triton import (
     _round,
     _rows_dot,
     _ssm_state_ptrs,
-    _wait,
+    _stamp,
+    _timestamps,
+    _traced_arrive,
+    _traced_wait,
 )
 
 _FIXED_ONE: tl.constexpr = tl.constexpr(2.0 ** 32)  # FIXED's unit: an accumulator holds round(sum * 2^32)
@@ -122,10 +124,12 @@ def _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, AD
 
 
 @triton.jit
-def _meet(bar_ptr, ticket, nprog, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.constexpr):
-    """The grid barrier: its polls alone under ARRIVE_FIRST (the arrival came before the weight loads), else whole."""
+def _meet(bar_ptr, ticket, nprog, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.constexpr, pid, trace_ptr, trace_base, n_slots,
+          TRACE: tl.constexpr, ASM: tl.constexpr):
+    """The grid barrier: its polls alone under ARRIVE_FIRST (the arrival came before the weight loads; TRACE records
+    when this program left), else whole."""
     if ARRIVE_FIRST:
-        _wait(bar_ptr, ticket, NO_WAIT)
+        _traced_wait(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
     else:
         _grid_barrier(bar_ptr, nprog, NO_WAIT)
 
@@ -133,9 +137,9 @@ def _meet(bar_ptr, ticket, nprog, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.conste
 @triton.jit
 def _after_phase_b(r, layer, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm,
                    ADT: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.constexpr,
-                   FIXED: tl.constexpr):
+                   FIXED: tl.constexpr, pid, trace_ptr, trace_base, n_slots, TRACE: tl.constexpr, ASM: tl.constexpr):
     """Waits until every program has added its out_proj sums of `layer`, returns r + that layer's output."""
-    _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST)
+    _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
     return _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES, FIXED)
 
 
@@ -203,7 +207,7 @@ def _decode_split_kernel(
     tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
     norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab,
     conv_tab, ssm_tab,
-    xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,
+    xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr,
     batch, n_layer, Dm: tl.constexpr, Di, N, R, W, V, eps,
     ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
     CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
@@ -211,6 +215,7 @@ def _decode_split_kernel(
     BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr,
     ROWS_HEAD: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr = 0,
     ARRIVE_FIRST: tl.constexpr = False, FIXED: tl.constexpr = False, ONE_PASS: tl.constexpr = False,
+    TRACE: tl.constexpr = False, ASM: tl.constexpr = False,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics
@@ -243,13 +248,22 @@ def _decode_split_kernel(
     ticket = nprog.to(tl.int64) * 0
     if ARRIVE_FIRST:
         ticket = _barriers_done(bar_ptr, nprog) * nprog
+    # TRACE (with ARRIVE_FIRST): when each program started, arrived at and left each barrier, and ended (trace_ptr:
+    # (programs, n_slots, 4) int64, decode_triton's layout; slot 0 the start, 1 + i the launch's i-th barrier, the
+    # last slot the end)
+    n_slots = 2 * n_layer + 2
+    trace_base = ticket // nprog
+    if TRACE:
+        clk, ns = _timestamps(pid, ASM)
+        _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
     for layer in range(n_layer):
         # ---- A: norm, in_proj rows of the block, conv step, x_proj partial sums ---------------------------------
         norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
         conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
         if layer > 0:
             r = _after_phase_b(r, layer - 1, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm,
-                               ADT, COPIES, NO_WAIT, ARRIVE_FIRST, FIXED)
+                               ADT, COPIES, NO_WAIT, ARRIVE_FIRST, FIXED, pid, trace_ptr, trace_base, n_slots, TRACE,
+                               ASM)
         else:  # o_acc[L-1], read in the last launch's head phase
             _zero_share(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, pid, nprog, BLOCK_DM)
         xn = _normed(r, norm_w, Dm, eps, ADT)
@@ -285,13 +299,14 @@ def _decode_split_kernel(
 
         # ---- B: dt, SSM state update, gate, out_proj partial sums -----------------------------------------------
         if ARRIVE_FIRST:
-            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)
+            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         item = pid
         ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
         wout, wdt, dtb, A, Dv, h = _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_ok,
                                             offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT,
                                             ALOG_DT, D_DT, DTB_DT)
-        _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST)  # phase A filled x_acc[layer]
+        # phase A filled x_acc[layer]
+        _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         # x_dbl's three parts requested together, then added
         parts_r = _acc_load(xacc_ptr, layer, batch, offs_b, b_ok, offs_r, r_ok, X, COPIES)
         parts_b = _acc_load(xacc_ptr + R, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES)
@@ -328,7 +343,8 @@ def _decode_split_kernel(
         item = pid
         ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
         if ARRIVE_FIRST:
-            ticket = _arrive(bar_ptr, ticket, nprog, NO_WAIT)  # for the next layer's first barrier or the head's
+            # for the next layer's first barrier or the head's
+            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         # the next layer's phase A tiles of this program's first item (after the last layer: its own again, unused)
         wu, wz, taps, cbias, wx, older = _a_tiles(in_tab, convw_tab, convb_tab, conv_tab, xproj_tab,
                                                   tl.minimum(layer + 1, n_layer - 1), ch, c_ok, offs_b, b_ok, offs_m,
@@ -342,7 +358,7 @@ def _decode_split_kernel(
     tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                    mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
     r = _after_phase_b(r, n_layer - 1, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT,
-                       COPIES, NO_WAIT, ARRIVE_FIRST, FIXED)
+                       COPIES, NO_WAIT, ARRIVE_FIRST, FIXED, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
     # every program has read every accumulator but o_acc[L-1] (cleared at the next launch's start)
     _zero_share(xacc_ptr, n_layer * COPIES * batch * X, pid, nprog, BLOCK_DM)
     _zero_share(oacc_ptr, (n_layer - 1) * COPIES * batch * Dm, pid, nprog, BLOCK_DM)
@@ -359,6 +375,10 @@ def _decode_split_kernel(
         rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
         tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                        mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
+    if TRACE:
+        tl.debug_barrier()
+        clk, ns = _timestamps(pid, ASM)
+        _stamp(trace_ptr, pid, n_slots - 1, n_slots, clk, clk, ns, ns)
 
 
 def launch(grid: int, args: tuple, constexprs: dict, num_warps: int) -> None:

@@ -28,7 +28,8 @@ no phase to drop (nan; the rows that skip every phase leave it out).
 --trace times each phase from inside the kernel (decode.TUNE's TRACE=1: every program's clock on arriving at and
 leaving each grid barrier): per phase, the slowest and the median program's work, the spread of the arrivals, the
 median wait and the release after the last arrival, averaged over the layers (summarise_trace; three phases a layer
-where in_proj runs inside the conv phase, MERGE_IN_CONV, the default at batch 1). With --tune
+where in_proj runs inside the conv phase, MERGE_IN_CONV, the default at batch 1; two with --tune SPLIT=1
+ARRIVE_FIRST=1). With --tune
 FLAGGED=1 it traces the kernel without barriers: "arriving" is beginning to poll for the values the phase reads and
 "leaving" is having them all (a program with nothing to read in a phase arrives and leaves at once), so the work
 column is a phase's own time and the release the time from the last program's start of a wait to the median end.
@@ -235,16 +236,17 @@ def breakdown(model: torch.nn.Module, batch_sizes: list[int], replays: int) -> N
 
 PHASES = ("P1 in_proj", "P2 conv + x_proj", "P3 SSM", "P4 out_proj")
 MERGED_PHASES = ("P1+P2 in_proj, conv, x_proj", "P3 SSM", "P4 out_proj")  # MERGE_IN_CONV: three barriers a layer
+SPLIT_PHASES = ("A in_proj, conv, x_proj", "B SSM, out_proj")  # SPLIT=1: two barriers a layer
 
 
 def summarise_trace(trace: torch.Tensor, n_layer: int) -> tuple[dict[str, list[float]], float, float]:
     """One step's trace (programs, barriers + 2, 4) int64 of FusedDecodeStep (TRACE=1; 4 or, with in_proj merged into
-    the conv phase, 3 barriers a layer) -> per phase name the means over the layers of [slowest program's work, median
-    program's work, arrival spread, median wait, release] in us, the step's median length on the global timer in us,
-    and the global timer's smallest step seen (ns)."""
+    the conv phase, 3 barriers a layer; 2 in the split kernel) -> per phase name the means over the layers of [slowest
+    program's work, median program's work, arrival spread, median wait, release] in us, the step's median length on
+    the global timer in us, and the global timer's smallest step seen (ns)."""
     t = trace.double()
     nb = trace.shape[1] - 2
-    phases = MERGED_PHASES if nb == 3 * n_layer else PHASES
+    phases = {2: SPLIT_PHASES, 3: MERGED_PHASES}.get(nb // n_layer, PHASES)
     clk, ns = t[:, :, 0:2], t[:, :, 2:4]  # (programs, slots, arrived / left)
     scale = (ns[:, -1, 0] - ns[:, 0, 0]) / (clk[:, -1, 0] - clk[:, 0, 0])  # ns per cycle, per program
     leave_prev = torch.cat([clk[:, :1, 0], clk[:, 1:nb, 1]], dim=1)  # (programs, nb)
@@ -277,8 +279,8 @@ def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
     from seqbackbone.kernels import decode
     from seqbackbone.kernels.decode import FusedDecodeStep
 
-    if decode.TUNE.get("LOCAL_P2") or decode.TUNE.get("SPLIT"):
-        raise SystemExit("--trace: the counter-barrier kernel only (no LOCAL_P2, SPLIT)")
+    if decode.TUNE.get("LOCAL_P2") or (decode.TUNE.get("SPLIT") and not decode.TUNE.get("ARRIVE_FIRST")):
+        raise SystemExit("--trace: the counter-barrier kernels only (no LOCAL_P2; SPLIT with ARRIVE_FIRST)")
     base = dict(decode.TUNE)
     decode.TUNE["TRACE"] = 1
     n_layer = len(model.backbone.layers)
@@ -350,6 +352,7 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                 fn = decode_split_triton._decode_split_kernel
                 consts["Dm"] = sizes[0]  # a constexpr there
                 consts["ONE_PASS"] = -(-sizes[1] // consts["PER_C"]) <= programs  # as FusedDecodeStep sets it
+                consts["ASM"] = True
             else:
                 fn = decode_triton._decode_step_kernel
                 consts.update(BLOCK_P=1 << (programs - 1).bit_length(), ASM=True)

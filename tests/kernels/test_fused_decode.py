@@ -346,13 +346,13 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
 
 
 @pytest.mark.parametrize("variant", [{"ARRIVE_FIRST": 0}, {"ARRIVE_FIRST": 1}, {"FLAGGED": 1},
-                                     {"MERGE_IN_CONV": 1}],
-                         ids=["counter", "ARRIVE_FIRST", "FLAGGED", "MERGE_IN_CONV"])
+                                     {"MERGE_IN_CONV": 1}, {"SPLIT": 1, "ARRIVE_FIRST": 1}],
+                         ids=["counter", "ARRIVE_FIRST", "FLAGGED", "MERGE_IN_CONV", "SPLIT"])
 def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch, variant):
     """TRACE=1 (timing from inside the kernel) gives the same logits and states as without it and writes every entry
-    of its trace: the start, each of the 4 * layers barriers (3 * layers merged; whole, or split in two by
-    ARRIVE_FIRST; under FLAGGED the waits in their place) and the end (the interpreter's clocks read 0, so a trace
-    poisoned with -1 shows every entry written)."""
+    of its trace: the start, each of the 4 * layers barriers (3 * layers merged, 2 * layers in the split kernel;
+    whole, or split in two by ARRIVE_FIRST; under FLAGGED the waits in their place) and the end (the interpreter's
+    clocks read 0, so a trace poisoned with -1 shows every entry written)."""
     model = _lm("mamba_dna_lm_tiny", seed=60, d_model=24, n_layer=2, d_state=6)
     runs = []
     for trace in (0, 1):
@@ -362,7 +362,8 @@ def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch, va
         step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers],
                                [c.ssm_state for c in cache.layers], programs=4)
         if trace:
-            assert tuple(step.trace.shape) == (step.grid, (3 if variant.get("MERGE_IN_CONV") else 4) * 2 + 2, 4)
+            per_layer = 2 if variant.get("SPLIT") else 3 if variant.get("MERGE_IN_CONV") else 4
+            assert tuple(step.trace.shape) == (step.grid, per_layer * 2 + 2, 4)
             step.trace.fill_(-1)
         else:
             assert step.trace is None
@@ -374,6 +375,8 @@ def test_trace_records_every_barrier_and_changes_nothing(forced, monkeypatch, va
         decode.plan_constexprs(768, 1536, 16, 48, 4, 256, 1, 132, {"TRACE": 1, "BARRIER": 1})
     with pytest.raises(ValueError, match="NO_WAIT"):
         decode.plan_constexprs(768, 1536, 16, 48, 4, 256, 1, 132, {"TRACE": 1, "NO_WAIT": 1})
+    with pytest.raises(ValueError, match="ARRIVE_FIRST=1"):
+        decode.plan_any(768, 1536, 16, 48, 4, 256, 1, 132, {"SPLIT": 1, "TRACE": 1})
 
 
 def test_split_plan_and_its_errors():

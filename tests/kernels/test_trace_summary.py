@@ -30,7 +30,7 @@ def _trace(programs: int, barriers: int) -> torch.Tensor:
     return t
 
 
-@pytest.mark.parametrize(("per_layer", "names"), [(4, "PHASES"), (3, "MERGED_PHASES")])
+@pytest.mark.parametrize(("per_layer", "names"), [(4, "PHASES"), (3, "MERGED_PHASES"), (2, "SPLIT_PHASES")])
 def test_phases_per_layer_follow_the_trace(check, per_layer, names):
     n_layer = 2
     summary, total, resolution = check.summarise_trace(_trace(2, per_layer * n_layer), n_layer)
