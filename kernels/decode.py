@@ -441,24 +441,31 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
     """decode_split_triton's tile sizes for these model sizes, `programs` programs and batch `batch`, with `tune`'s
     overrides (decode.TUNE; DEFAULT_TUNE's settings are the other kernel's): about ceil(Di / programs) channels per
     item (one item per program), at most _SPLIT_MAX_C."""
-    per_c = int(tune.get("PER_C") or min(-(-Di // max(1, programs)), _SPLIT_MAX_C))
+    prefetchers = int(tune.get("PREFETCHERS", 0))
+    if not 0 <= prefetchers < programs:
+        raise ValueError(f"TUNE: PREFETCHERS must lie in [0, {programs - 1}] (programs left to work), got {prefetchers}")
+    working = programs - prefetchers
+    per_c = int(tune.get("PER_C") or min(-(-Di // max(1, working)), _SPLIT_MAX_C))
     if not 1 <= per_c <= Di:
         raise ValueError(f"TUNE: PER_C must lie in [1, d_inner={Di}], got {per_c}")
     c = dict(
         BLOCK_B=_pow2(batch), BLOCK_DM=_pow2(Dm), BLOCK_N=_pow2(N), BLOCK_R=_pow2(R), BLOCK_W=max(2, _pow2(W)),
         BLOCK_X=_pow2(R + 2 * N), BLOCK_C=max(2, _pow2(per_c)), PER_C=per_c,
-        ROWS_HEAD=int(tune.get("ROWS_HEAD") or _block(V, programs, 2, _TILE // _pow2(Dm))),
+        ROWS_HEAD=int(tune.get("ROWS_HEAD") or _block(V, working, 2, _TILE // _pow2(Dm))),
         COPIES=int(tune.get("COPIES") or _SPLIT_COPIES), NO_WAIT=int(tune.get("NO_WAIT", 0)),
         SKIP_ATOMICS=int(tune.get("SKIP_ATOMICS", 0)), ARRIVE_FIRST=bool(tune.get("ARRIVE_FIRST", 0)),
-        FIXED=bool(tune.get("FIXED", 0)), TRACE=bool(tune.get("TRACE", 0)),
+        FIXED=bool(tune.get("FIXED", 0)), TRACE=bool(tune.get("TRACE", 0)), PREFETCHERS=prefetchers,
+        AHEAD=int(tune.get("AHEAD", 1)),
     )
+    if c["AHEAD"] < 0:
+        raise ValueError(f"TUNE: AHEAD must be >= 0 layers, got {c['AHEAD']}")
     if c["TRACE"] and (not c["ARRIVE_FIRST"] or c["NO_WAIT"]):
         raise ValueError(f"TUNE: TRACE in the split kernel records ARRIVE_FIRST's arrivals and departures: it needs "
                          f"ARRIVE_FIRST=1 and no NO_WAIT, got {dict(tune)}")
     if c["COPIES"] < 1 or c["COPIES"] & (c["COPIES"] - 1):
         raise ValueError(f"TUNE: COPIES must be a power of two, got {c['COPIES']}")
     takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED", "TRACE",
-             "num_warps"}
+             "PREFETCHERS", "AHEAD", "num_warps"}
     unknown = sorted(set(tune) - takes)
     if unknown:
         raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes {', '.join(sorted(takes))})")
@@ -577,20 +584,26 @@ class FusedDecodeStep:
             # between launches: the kernel zeroes each once it is read)
             self._xc = torch.empty(batch, Di, **f32)
             self._z = torch.empty(batch, Di, **f32)
+            if not on_gpu:  # the interpreter's one working program, then the prefetchers (which do nothing there)
+                self.grid += int(TUNE.get("PREFETCHERS", 0))
+                plan = programs if programs is not None else self.grid
             self._constexprs = {**dtypes, **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE),
-                                "ASM": on_gpu}  # PTX clocks (TRACE) only where there is a GPU
-            # every program has at most one channel block: its conv output and gate stay in registers
-            self._constexprs["ONE_PASS"] = -(-Di // self._constexprs["PER_C"]) <= self.grid
+                                "ASM": on_gpu}  # PTX clocks (TRACE) and prefetches only where there is a GPU
+            prefetchers = self._constexprs["PREFETCHERS"]
+            # every working program has at most one channel block: its conv output and gate stay in registers
+            self._constexprs["ONE_PASS"] = -(-Di // self._constexprs["PER_C"]) <= self.grid - prefetchers
             copies = self._constexprs["COPIES"]
             acc = dict(f32, dtype=torch.int64) if self._constexprs["FIXED"] else f32
             self._xacc = torch.zeros(len(mixers), copies, batch, X, **acc)
             self._oacc = torch.zeros(len(mixers), copies, batch, Dm, **acc)
-            self._barrier = torch.zeros(1, dtype=torch.int64, device=self.device)
+            # the arrival counter, then (a cache line on) each prefetcher's count of the launches it served
+            self._bar_words = torch.zeros(16 + prefetchers, dtype=torch.int64, device=self.device)
+            self._barrier = self._bar_words[:1]
             # TRACE: per program, the clock and global time at its start, at each barrier (arrived, left) and at its
             # end (two barriers a layer)
             self.trace = torch.zeros(self.grid, 2 * len(mixers) + 2, 4, dtype=torch.int64,
                                      device=self.device) if self._constexprs["TRACE"] else None
-            self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._barrier,
+            self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._bar_words,
                           self.trace if self.trace is not None else self._barrier, *sizes)
             return
         tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)

@@ -297,7 +297,8 @@ def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
         step.trace.zero_()
         step()
         torch.cuda.synchronize()
-        per_phase, total, res = summarise_trace(step.trace.cpu(), n_layer)
+        working = step.grid - step._constexprs.get("PREFETCHERS", 0)  # prefetchers meet no barrier: no trace
+        per_phase, total, res = summarise_trace(step.trace[:working].cpu(), n_layer)
         totals.append(total)
         resolution.append(res)
         for name, vals in per_phase.items():

@@ -345,6 +345,39 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
 
 
+@pytest.mark.parametrize("arrive_first", [0, 1])
+def test_split_kernel_with_prefetchers(forced, monkeypatch, arrive_first):
+    """PREFETCHERS=2: the last two programs only ask L2 for weights (nothing under the interpreter) and never meet
+    the barriers; the working programs' results are unchanged, the counter counts only their arrivals, and each
+    prefetcher counts the launches it served in its own word, which paces its waits in the next launch."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": arrive_first, "PREFETCHERS": 2, "AHEAD": 1})
+    n_layer, batch = 3, 2
+    model = _lm("mamba_dna_lm_tiny", seed=44, d_model=24, n_layer=n_layer, d_state=6)
+    fused_cache, ref_cache = _random_caches(model, batch, seed=54)
+    token = torch.zeros(batch, dtype=torch.long, device=DEV)
+    step = FusedDecodeStep(model, token, [c.conv_state for c in fused_cache.layers],
+                           [c.ssm_state for c in fused_cache.layers], programs=5)
+    c = step._constexprs
+    assert (c["PREFETCHERS"], c["AHEAD"], c["PER_C"]) == (2, 1, 16)  # 48 channels over the 3 working programs
+    working = step.grid - 2  # one under the interpreter
+    gen = torch.Generator().manual_seed(7)
+    for i in range(3):
+        _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
+        assert step._barrier.item() == (i + 1) * 2 * n_layer * working
+        assert step._bar_words[16:].tolist() == [i + 1, i + 1]
+
+
+def test_split_prefetcher_settings():
+    """PREFETCHERS leaves at least one working program and plans the channel blocks over the working ones; AHEAD is
+    a count of layers."""
+    args = (768, 1536, 16, 48, 4, 256)
+    assert decode.plan_any(*args, 1, 132, {"SPLIT": 1, "PREFETCHERS": 4})["PER_C"] == 12  # 128 working programs
+    assert decode.plan_any(*args, 1, 132, {"SPLIT": 1, "PREFETCHERS": 36})["PER_C"] == 16  # 96
+    for bad in ({"PREFETCHERS": 132}, {"PREFETCHERS": -1}, {"AHEAD": -1}):
+        with pytest.raises(ValueError, match="PREFETCHERS|AHEAD"):
+            decode.plan_any(*args, 1, 132, {"SPLIT": 1, **bad})
+
+
 @pytest.mark.parametrize("variant", [{"ARRIVE_FIRST": 0}, {"ARRIVE_FIRST": 1}, {"FLAGGED": 1},
                                      {"MERGE_IN_CONV": 1}, {"SPLIT": 1, "ARRIVE_FIRST": 1}],
                          ids=["counter", "ARRIVE_FIRST", "FLAGGED", "MERGE_IN_CONV", "SPLIT"])
@@ -518,6 +551,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "ARRIVE_FIRST": 1}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1}, 1),
     ({"SPLIT": 1, "FIXED": 1, "COPIES": 1}, 2),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 4}, 1),
+    ({"SPLIT": 1, "PREFETCHERS": 36, "AHEAD": 2}, 2),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     """decode.TUNE's variants on the real grid (one program per SM: flags and ready flags raced for real) at the 90M
