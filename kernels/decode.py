@@ -108,6 +108,15 @@ _NUM_WARPS = 8
 #   after each wait for other programs' values, in the slot of the barrier it replaces, the two equal where the
 #   program has no item to wait for), and at its end, into FusedDecodeStep.trace (programs, barriers + 2, 4) int64
 #   (scripts/decode_gpu_check.py --trace); same results.
+# - PREFETCHERS=k (either kernel; the counter barrier only): the grid's last k programs do no work and meet no
+#   barrier; they ask L2 (cp.async.bulk.prefetch.L2, sm_90) for every tensor of each layer once the working
+#   programs have begun the layer AHEAD=a layers before it (the first a + 1 at once), so that the working programs'
+#   loads come from L2. The working programs' items are planned over grid - k. Each prefetcher counts the launches
+#   it served in its own word, so its pacing never waits for a later launch. H200, batch 1 (2026-11-29,
+#   BENCHMARKS.md): the default kernel 254 us with 4 prefetchers 2 layers ahead against 271 us without (more
+#   prefetchers leave items of awkward sizes: 292 us with 36); the split kernel with ARRIVE_FIRST 225-230 us with 36
+#   (96 working programs, 16 channels an item) against 250-255 us without, and 244 us with FIXED too. Below sm_90
+#   FusedDecodeStep refuses PREFETCHERS and leaves out the default's.
 TUNE: dict[str, int] = {}
 # settings under TUNE's (H200, 90M LM, CUDA-graph step medians, 2026-11-29): the batch rows as one tile (467 us
 # against 540 at batch 1, 1,353 against 2,069 at batch 8); then the barrier's arrival before the next phase's weight
@@ -115,9 +124,15 @@ TUNE: dict[str, int] = {}
 # 1,282 at batch 8, where the layer-by-layer step, 569 us, is the automatic choice anyway). The flag barrier was
 # slower (632 / 2,162 us), the SPLIT kernel too (583 us at batch 1 with ARRIVE_FIRST). Then every read of a phase at
 # once (JOINT_READS) and, for any kernel, a batch of one multiplied as a 2-d product: 290 us at batch 1; then in_proj
-# merged into the conv phase at batch 1 (MERGE_IN_CONV with ARRIVE_FIRST): 270 us.
+# merged into the conv phase at batch 1 (MERGE_IN_CONV with ARRIVE_FIRST): 270 us; then 4 prefetchers 2 layers
+# ahead: 254 us.
 DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS": 1, "ONE_ITEM": 1, "JOINT_READS": 1,
-                                "MERGE_IN_CONV": 1}
+                                "MERGE_IN_CONV": 1, "PREFETCHERS": 4, "AHEAD": 2}
+# DEFAULT_TUNE's PREFETCHERS holds on grids of at least this many programs (it was measured on 132; a small grid,
+# e.g. under an MPS share or the interpreter's one program, keeps every program working) and on sm_90 or newer
+# (cp.async.bulk.prefetch); an explicit PREFETCHERS is refused below sm_90
+_DEFAULT_PREFETCHERS_MIN_PROGRAMS = 64
+_PREFETCHERS_MIN_CAPABILITY = (9, 0)
 # DEFAULT_TUNE's switches that hold only up to a batch size: in_proj merged into the conv phase (batch 1: 270 us
 # against 288; batch 8: 2,880 against 1,292, its merged tiles spilling)
 _DEFAULT_MAX_BATCH = {"MERGE_IN_CONV": 1}
@@ -128,7 +143,9 @@ _DEFAULT_YIELDS = (("ARRIVE_FIRST", "BARRIER", "truthy"), ("ARRIVE_FIRST", "LOCA
                    ("ARRIVE_FIRST", "FLAGGED", "truthy"), ("EARLY_LOADS", "BATCH_TILE", "falsy"),
                    ("JOINT_READS", "BATCH_TILE", "falsy"), ("JOINT_READS", "FLAGGED", "truthy"),
                    ("MERGE_IN_CONV", "PREFETCH", "truthy"), ("MERGE_IN_CONV", "LOCAL_P2", "truthy"),
-                   ("MERGE_IN_CONV", "FLAGGED", "truthy"), ("MERGE_IN_CONV", "SKIP_P1", "truthy"))
+                   ("MERGE_IN_CONV", "FLAGGED", "truthy"), ("MERGE_IN_CONV", "SKIP_P1", "truthy"),
+                   ("PREFETCHERS", "BARRIER", "truthy"), ("PREFETCHERS", "LOCAL_P2", "truthy"),
+                   ("PREFETCHERS", "FLAGGED", "truthy"))
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
 VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST", "EARLY_LOADS",
                  "PREFETCH", "FLAGGED", "JOINT_READS", "L2_TILES")
@@ -332,6 +349,10 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     `batch`, with `tune`'s overrides (decode.TUNE) applied over DEFAULT_TUNE (resolved_tune); num_warps is not among
     them."""
     asked, tune = tune, resolved_tune(tune, batch)
+    if "PREFETCHERS" not in asked and programs < _DEFAULT_PREFETCHERS_MIN_PROGRAMS:
+        tune["PREFETCHERS"] = 0
+    prefetchers = _prefetchers(tune, programs)
+    programs, all_programs = programs - prefetchers, programs  # items are planned over the working programs
     X = R + 2 * N
     block_dm, block_di = _pow2(Dm), _pow2(Di)
     block_n, block_r, block_x = _pow2(N), _pow2(R), _pow2(X)
@@ -357,6 +378,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
         **{flag: 0 for flag in BREAKDOWN_FLAGS},
         BARRIER=0, ONE_ITEM=False, BATCH_TILE=False, BLOCK_B=1, LOCAL_P2=False, BLOCK_Q=1, TRACE=False,
         ARRIVE_FIRST=False, EARLY_LOADS=False, PREFETCH=0, FLAGGED=False, JOINT_READS=False, L2_TILES=False,
+        PREFETCHERS=0, AHEAD=1,
     )
     unknown = sorted(set(tune) - set(c) - {"num_warps", "BLOCK_J", "SPLIT"})
     if unknown:  # a misspelt setting would time the default kernel under another name
@@ -384,7 +406,7 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
     if merge and "MERGE_IN_CONV" not in asked and -(-Di // per["CONV"]) > programs:
         # the merged default holds where its conv items come one a program (the plan it was measured with): larger
         # models, or ONE_ITEM off, keep in_proj as a phase of its own
-        return plan_constexprs(Dm, Di, N, R, W, V, batch, programs, {**asked, "MERGE_IN_CONV": 0})
+        return plan_constexprs(Dm, Di, N, R, W, V, batch, all_programs, {**asked, "MERGE_IN_CONV": 0})
     c["L2_TILES"] = bool(c["L2_TILES"])
     c["JOINT_READS"] = bool(c["JOINT_READS"])
     if c["JOINT_READS"] and (not c["BATCH_TILE"] or c["FLAGGED"]):
@@ -433,7 +455,39 @@ def plan_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int
                          f"BARRIER={c['BARRIER']}, NO_WAIT={c['NO_WAIT']}")
     if c["MERGE_IN_CONV"] and c["SKIP_P1"]:
         raise ValueError("TUNE: SKIP_P1 needs in_proj as a phase of its own, got MERGE_IN_CONV=1 (use SKIP_P2)")
+    c["AHEAD"] = _ahead(tune)
+    if c["PREFETCHERS"] and (c["BARRIER"] or c["LOCAL_P2"] or c["FLAGGED"]):
+        raise ValueError("TUNE: PREFETCHERS pace themselves by the counter barrier; it does not combine with "
+                         f"BARRIER=1, LOCAL_P2 or FLAGGED, got {dict(tune)}")
     return c
+
+
+def _device_tune(device: torch.device) -> dict[str, int]:
+    """TUNE for the step on `device`: below sm_90, which has no bulk L2 prefetch, without DEFAULT_TUNE's prefetchers
+    (an explicit PREFETCHERS is refused there); the interpreter's prefetchers do nothing, so they are left as asked."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) >= _PREFETCHERS_MIN_CAPABILITY:
+        return TUNE
+    if TUNE.get("PREFETCHERS"):
+        raise ValueError(f"TUNE: PREFETCHERS needs sm_{_PREFETCHERS_MIN_CAPABILITY[0]}0 or newer (bulk L2 prefetch), "
+                         f"this GPU is sm_{''.join(map(str, torch.cuda.get_device_capability(device)))}")
+    return {**TUNE, "PREFETCHERS": 0}
+
+
+def _prefetchers(tune: dict[str, int], programs: int) -> int:
+    """TUNE's PREFETCHERS (default 0), checked to leave at least one of `programs` programs working."""
+    prefetchers = tune.get("PREFETCHERS", 0)
+    if isinstance(prefetchers, bool) or not isinstance(prefetchers, int) or not 0 <= prefetchers < programs:
+        raise ValueError(f"TUNE: PREFETCHERS is how many of the {programs} programs only prefetch, 0..{programs - 1} "
+                         f"(at least one works), got {prefetchers!r}")
+    return prefetchers
+
+
+def _ahead(tune: dict[str, int]) -> int:
+    """TUNE's AHEAD (default 1): how many layers before the working programs the prefetchers may run."""
+    ahead = tune.get("AHEAD", 1)
+    if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 0:
+        raise ValueError(f"TUNE: AHEAD is a count of layers, >= 0, got {ahead!r}")
+    return ahead
 
 
 def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
@@ -441,9 +495,7 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
     """decode_split_triton's tile sizes for these model sizes, `programs` programs and batch `batch`, with `tune`'s
     overrides (decode.TUNE; DEFAULT_TUNE's settings are the other kernel's): about ceil(Di / programs) channels per
     item (one item per program), at most _SPLIT_MAX_C."""
-    prefetchers = int(tune.get("PREFETCHERS", 0))
-    if not 0 <= prefetchers < programs:
-        raise ValueError(f"TUNE: PREFETCHERS must lie in [0, {programs - 1}] (programs left to work), got {prefetchers}")
+    prefetchers = _prefetchers(tune, programs)
     working = programs - prefetchers
     per_c = int(tune.get("PER_C") or min(-(-Di // max(1, working)), _SPLIT_MAX_C))
     if not 1 <= per_c <= Di:
@@ -455,10 +507,8 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         COPIES=int(tune.get("COPIES") or _SPLIT_COPIES), NO_WAIT=int(tune.get("NO_WAIT", 0)),
         SKIP_ATOMICS=int(tune.get("SKIP_ATOMICS", 0)), ARRIVE_FIRST=bool(tune.get("ARRIVE_FIRST", 0)),
         FIXED=bool(tune.get("FIXED", 0)), TRACE=bool(tune.get("TRACE", 0)), PREFETCHERS=prefetchers,
-        AHEAD=int(tune.get("AHEAD", 1)),
+        AHEAD=_ahead(tune),
     )
-    if c["AHEAD"] < 0:
-        raise ValueError(f"TUNE: AHEAD must be >= 0 layers, got {c['AHEAD']}")
     if c["TRACE"] and (not c["ARRIVE_FIRST"] or c["NO_WAIT"]):
         raise ValueError(f"TUNE: TRACE in the split kernel records ARRIVE_FIRST's arrivals and departures: it needs "
                          f"ARRIVE_FIRST=1 and no NO_WAIT, got {dict(tune)}")
@@ -562,9 +612,13 @@ class FusedDecodeStep:
 
         on_gpu = self.device.type == "cuda"
         self.grid = _sm_count(self.device.index) if on_gpu else 1
+        tune = _device_tune(self.device)
+        prefetch_only = tune.get("PREFETCHERS", 0)  # (checked by the plan)
+        if not on_gpu and isinstance(prefetch_only, int):
+            self.grid += prefetch_only  # the interpreter's one working program, then the prefetchers (idle there)
         plan = programs if programs is not None else self.grid
         X = R + 2 * N
-        self.split = bool(resolved_tune(TUNE).get("SPLIT"))
+        self.split = bool(resolved_tune(tune).get("SPLIT"))
         f32 = dict(dtype=torch.float32, device=self.device)
         self.logits = torch.empty(batch, V, **f32)
         import triton.language as tl
@@ -576,7 +630,7 @@ class FusedDecodeStep:
             CB_DT=tl_dtype[m0.conv1d.bias.dtype if m0.conv1d.bias is not None else emb.dtype],
             HAS_CONV_BIAS=m0.conv1d.bias is not None, HAS_HEAD_BIAS=head_b is not None,
         )
-        self._num_warps = TUNE.get("num_warps", _NUM_WARPS)
+        self._num_warps = tune.get("num_warps", _NUM_WARPS)
         head_args = (token, emb, head_w, head_b if head_b is not None else head_w, backbone.norm_f.weight, self.logits)
         sizes = (batch, len(mixers), Dm, Di, N, R, W, V, float(backbone.norm_f.eps))
         if self.split:
@@ -584,10 +638,7 @@ class FusedDecodeStep:
             # between launches: the kernel zeroes each once it is read)
             self._xc = torch.empty(batch, Di, **f32)
             self._z = torch.empty(batch, Di, **f32)
-            if not on_gpu:  # the interpreter's one working program, then the prefetchers (which do nothing there)
-                self.grid += int(TUNE.get("PREFETCHERS", 0))
-                plan = programs if programs is not None else self.grid
-            self._constexprs = {**dtypes, **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE),
+            self._constexprs = {**dtypes, **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, tune),
                                 "ASM": on_gpu}  # PTX clocks (TRACE) and prefetches only where there is a GPU
             prefetchers = self._constexprs["PREFETCHERS"]
             # every working program has at most one channel block: its conv output and gate stay in registers
@@ -606,7 +657,7 @@ class FusedDecodeStep:
             self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._bar_words,
                           self.trace if self.trace is not None else self._barrier, *sizes)
             return
-        tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, TUNE)
+        tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, tune)
         n_conv = -(-Di // tiles["PER_CONV"])
         def scratch(*shape: int) -> torch.Tensor:
             # FLAGGED: 64-bit tagged words, filled with a tag no layer writes (-1)
@@ -626,7 +677,11 @@ class FusedDecodeStep:
         n_slots = self.grid if tiles["BARRIER"] == 1 else 1
         if tiles["LOCAL_P2"]:
             n_slots += -(-2 * Di // tiles["PER_IN"])
-        self._barrier = torch.zeros(n_slots, dtype=torch.int64, device=self.device)
+        # PREFETCHERS (the counter only): then, a cache line on, each prefetcher's count of the launches it served
+        prefetchers = tiles["PREFETCHERS"]
+        self._bar_words = torch.zeros(16 + prefetchers if prefetchers else n_slots, dtype=torch.int64,
+                                      device=self.device)
+        self._barrier = self._bar_words[:n_slots]
         # TRACE: per program, the clock and global time at its start, at each barrier (arrived, left) and at its end
         # (three barriers a layer under MERGE_IN_CONV)
         per_layer = 3 if tiles["MERGE_IN_CONV"] else 4
@@ -640,7 +695,7 @@ class FusedDecodeStep:
             **tiles,
         )
         self._args = (*head_args, *self._tables, self._resid, self._xz, self._xc, self._part, self._y,
-                      self._barrier, self.trace if self.trace is not None else self._barrier, *sizes)
+                      self._bar_words, self.trace if self.trace is not None else self._barrier, *sizes)
 
     def scratch(self) -> list[torch.Tensor]:
         """The buffers the kernel writes before it reads them (tests poison them): the logits and the scratch of

@@ -32,7 +32,7 @@ The roundings are the reference's (decode_triton.py). With fp32 accumulators onl
 blocks changes from run to run with the atomics, so two runs agree to fp32 rounding before the activation-dtype
 roundings, not bit for bit; FIXED=1 accumulates int64 multiples of 2^-32 instead, whose sums are exact in any order:
 bit-identical runs. Each phase loads the weights of its first item before the barrier that guards its inputs. Under
-the interpreter the host launches one program, which loops over every item.
+the interpreter the host launches one working program, which loops over every item (and any prefetchers, idle there).
 
 Measured (H200, batch 1, 2026-11-29, BENCHMARKS.md): 251-258 us a step with ARRIVE_FIRST (263-270 us with FIXED)
 against 267-270 us for the default three-barrier kernel in the same runs. Without barrier waits and atomics it would
@@ -40,8 +40,15 @@ take 108 us, so the 48 exchanges (atomics, release fence, barrier, reading the s
 at them were slower and removed: loading each phase's weights a phase earlier (the work alone fell, then from 149 to
 108-117 us, but the step rose to 293-335 us: the loads stood before the barrier's release fence, which waits for every
 load in flight, or in the memory queue of the polls and atomics), and a variant without any grid barrier whose int64
-sums carried their own count of contributions (260-265 us, no faster). Kept as an opt-in variant (decode.TUNE's
-SPLIT=1).
+sums carried their own count of contributions (260-265 us, no faster). Later: L2 prefetches of the next phase's
+weights by the working programs themselves, at four points of each phase (297-300 us against 259), x_proj's sums
+read through L1 (262 against 256-257 us), and, with prefetchers, polls by volatile loads and one acquire fence after
+them, with or without a pause between polls (250-252 against 230 us).
+
+With prefetchers (decode.TUNE's PREFETCHERS, decode_triton._prefetch_layers) the weights wait in L2 when a phase
+loads them: 36 of them, leaving 96 working programs of 16 channels (aligned vector loads; 15 or 18 channels an item
+took 318 and 449 us), 225-230 us a step against 250-255 us without, two layers ahead; the arrivals' spread fell from
+~4 to ~1.2 us. Kept as an opt-in variant (decode.TUNE's SPLIT=1), as its runs are not bit-identical without FIXED.
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from .decode_triton import (
     _conv_window_tail,
     _grid_barrier,
     _layer_ptr,
+    _prefetch_layers,
     _round,
     _rows_dot,
     _ssm_state_ptrs,
@@ -65,8 +73,6 @@ from .decode_triton import (
 )
 
 _FIXED_ONE: tl.constexpr = tl.constexpr(2.0 ** 32)  # FIXED's unit: an accumulator holds round(sum * 2^32)
-# where the prefetchers' launch counts start in the barrier's buffer: a cache line away from the counter all poll
-_LAUNCHES: tl.constexpr = tl.constexpr(16)
 
 
 @triton.jit
@@ -204,75 +210,6 @@ def _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_o
     return wout, wdt, dtb, -tl.exp(alog.to(tl.float32)), Dv, h
 
 
-@triton.jit
-def _l2_prefetch(ptr, nbytes, part, parts, LANES: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr):
-    """Asks L2 for share `part` of `parts` of the `nbytes` bytes at ptr (16-byte aligned): bulk prefetches
-    (cp.async.bulk.prefetch.L2, sm_90) of CHUNK bytes, LANES at a time; nothing waits for them. A last piece under 16
-    bytes is left out; nothing under the interpreter, which cannot run PTX."""
-    if ASM:
-        base = ptr.to(tl.pointer_type(tl.int8))
-        per = tl.cdiv(tl.cdiv(nbytes, parts), CHUNK) * CHUNK
-        start = part * per
-        end = tl.minimum(start + per, nbytes)
-        for first in range(start, end, LANES * CHUNK):
-            offs = first + tl.arange(0, LANES).to(tl.int64) * CHUNK
-            size = tl.minimum(end - offs, CHUNK) // 16 * 16
-            go = (offs < end) & (size > 0)
-            tl.inline_asm_elementwise(
-                "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-                "=r,l,r,r", [base + offs, size.to(tl.int32), go.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _nap(ASM: tl.constexpr):
-    """A pause of about 0.2 us between polls that need not be prompt (nothing under the interpreter)."""
-    if ASM:
-        tl.inline_asm_elementwise("nanosleep.u32 200; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False,
-                                  pack=1)
-
-
-@triton.jit
-def _prefetch_layers(bar_ptr, part, parts, n_cons, head_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
-                     dtw_tab, dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm, Di, N, R, W,
-                     V, ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr,
-                     DTB_DT: tl.constexpr, CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, AHEAD: tl.constexpr,
-                     NO_WAIT: tl.constexpr, LANES: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr):
-    """Prefetcher `part` of `parts` (decode.TUNE's PREFETCHERS): asks L2 for its share of every tensor a layer reads,
-    in the order the layer reads them, once the n_cons working programs have begun layer - AHEAD (the first AHEAD + 1
-    layers at once), then of the head. It counts the launches it has served in its own word, bar_ptr[_LAUNCHES +
-    part], so it knows the barrier count at the launch's start exactly, whenever it starts (it never waits for a
-    barrier of a later launch, which could not come while this one runs)."""
-    launch = tl.load(bar_ptr + _LAUNCHES + part)
-    done_before = launch * 2 * n_layer  # every launch meets 2 barriers a layer
-    a = ADT.primitive_bitwidth // 8
-    for layer in range(n_layer):
-        if layer > AHEAD and not NO_WAIT:  # NO_WAIT (timing only): no arrivals to pace by
-            need = (done_before + 2 * (layer - AHEAD)) * n_cons  # arrivals
-            while tl.load(bar_ptr, volatile=True) < need:
-                _nap(ASM)
-        X = R + 2 * N
-        _l2_prefetch(_layer_ptr(norm_tab, layer, ADT), Dm * a, part, parts, LANES, CHUNK, ASM)
-        _l2_prefetch(_layer_ptr(in_tab, layer, ADT), 2 * Di * Dm * a, part, parts, LANES, CHUNK, ASM)
-        _l2_prefetch(_layer_ptr(convw_tab, layer, ADT), Di * W * a, part, parts, LANES, CHUNK, ASM)
-        if HAS_CONV_BIAS:
-            _l2_prefetch(_layer_ptr(convb_tab, layer, CB_DT), Di * (CB_DT.primitive_bitwidth // 8), part, parts,
-                         LANES, CHUNK, ASM)
-        _l2_prefetch(_layer_ptr(conv_tab, layer, CONV_DT), batch * Di * W * (CONV_DT.primitive_bitwidth // 8), part,
-                     parts, LANES, CHUNK, ASM)
-        _l2_prefetch(_layer_ptr(xproj_tab, layer, ADT), X * Di * a, part, parts, LANES, CHUNK, ASM)
-        _l2_prefetch(_layer_ptr(dtw_tab, layer, ADT), Di * R * a, part, parts, LANES, CHUNK, ASM)
-        _l2_prefetch(_layer_ptr(dtb_tab, layer, DTB_DT), Di * (DTB_DT.primitive_bitwidth // 8), part, parts, LANES,
-                     CHUNK, ASM)
-        _l2_prefetch(_layer_ptr(alog_tab, layer, ALOG_DT), Di * N * (ALOG_DT.primitive_bitwidth // 8), part, parts,
-                     LANES, CHUNK, ASM)
-        _l2_prefetch(_layer_ptr(d_tab, layer, D_DT), Di * (D_DT.primitive_bitwidth // 8), part, parts, LANES, CHUNK,
-                     ASM)
-        _l2_prefetch(_layer_ptr(ssm_tab, layer, tl.float32), batch * Di * N * 4, part, parts, LANES, CHUNK, ASM)
-        _l2_prefetch(_layer_ptr(out_tab, layer, ADT), Dm * Di * a, part, parts, LANES, CHUNK, ASM)
-    _l2_prefetch(head_ptr, V * Dm * a, part, parts, LANES, CHUNK, ASM)
-    tl.store(bar_ptr + _LAUNCHES + part, launch + 1)
-
-
 @triton.jit(do_not_specialize=["batch"])
 def _decode_split_kernel(
     tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
@@ -295,7 +232,7 @@ def _decode_split_kernel(
     if PREFETCHERS > 0 and pid >= nprog:
         _prefetch_layers(bar_ptr, pid - nprog, PREFETCHERS, nprog, head_ptr, norm_tab, in_tab, convw_tab, convb_tab,
                          xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm,
-                         Di, N, R, W, V, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, AHEAD,
+                         Di, N, R, W, V, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, 2, AHEAD,
                          NO_WAIT, 256, 4096, ASM)
         return
     X = R + 2 * N

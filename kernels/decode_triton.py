@@ -52,6 +52,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl  # noqa: F401 (triton: the jit decorator)
 
+# where the prefetchers' launch counts start in the barrier's buffer (PREFETCHERS): a cache line past the counter
+_LAUNCHES: tl.constexpr = tl.constexpr(16)
+
 
 @triton.jit
 def _grid_barrier(bar_ptr, nprog, NO_WAIT: tl.constexpr):
@@ -428,6 +431,76 @@ def _cols_dot(w, x):
     return out
 
 
+@triton.jit
+def _l2_prefetch(ptr, nbytes, part, parts, LANES: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr):
+    """Asks L2 for share `part` of `parts` of the `nbytes` bytes at ptr (16-byte aligned): bulk prefetches
+    (cp.async.bulk.prefetch.L2, sm_90) of CHUNK bytes, LANES at a time; nothing waits for them. A last piece under 16
+    bytes is left out; nothing under the interpreter, which cannot run PTX."""
+    if ASM:
+        base = ptr.to(tl.pointer_type(tl.int8))
+        per = tl.cdiv(tl.cdiv(nbytes, parts), CHUNK) * CHUNK
+        start = part * per
+        end = tl.minimum(start + per, nbytes)
+        for first in range(start, end, LANES * CHUNK):
+            offs = first + tl.arange(0, LANES).to(tl.int64) * CHUNK
+            size = tl.minimum(end - offs, CHUNK) // 16 * 16
+            go = (offs < end) & (size > 0)
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+                "=r,l,r,r", [base + offs, size.to(tl.int32), go.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _nap(ASM: tl.constexpr):
+    """A pause of about 0.2 us between polls that need not be prompt (nothing under the interpreter)."""
+    if ASM:
+        tl.inline_asm_elementwise("nanosleep.u32 200; mov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+
+
+@triton.jit
+def _prefetch_layers(bar_ptr, part, parts, n_cons, head_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
+                     dtw_tab, dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm, Di, N, R, W,
+                     V, ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr,
+                     DTB_DT: tl.constexpr, CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+                     PER_LAYER: tl.constexpr, AHEAD: tl.constexpr, NO_WAIT: tl.constexpr, LANES: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr):
+    """Prefetcher `part` of `parts` (decode.TUNE's PREFETCHERS; the kernel's last programs, which do no other work and
+    meet no barrier): asks L2 for its share of every tensor a layer reads,
+    in the order the layer reads them, once the n_cons working programs have begun layer - AHEAD (the first AHEAD + 1
+    layers at once), then of the head. It counts the launches it has served in its own word, bar_ptr[_LAUNCHES +
+    part], so it knows the barrier count at the launch's start exactly, whenever it starts (it never waits for a
+    barrier of a later launch, which could not come while this one runs)."""
+    launch = tl.load(bar_ptr + _LAUNCHES + part)
+    done_before = launch * PER_LAYER * n_layer  # every launch meets PER_LAYER barriers a layer
+    a = ADT.primitive_bitwidth // 8
+    for layer in range(n_layer):
+        if layer > AHEAD and not NO_WAIT:  # NO_WAIT (timing only): no arrivals to pace by
+            need = (done_before + PER_LAYER * (layer - AHEAD)) * n_cons  # arrivals
+            while tl.load(bar_ptr, volatile=True) < need:
+                _nap(ASM)
+        X = R + 2 * N
+        _l2_prefetch(_layer_ptr(norm_tab, layer, ADT), Dm * a, part, parts, LANES, CHUNK, ASM)
+        _l2_prefetch(_layer_ptr(in_tab, layer, ADT), 2 * Di * Dm * a, part, parts, LANES, CHUNK, ASM)
+        _l2_prefetch(_layer_ptr(convw_tab, layer, ADT), Di * W * a, part, parts, LANES, CHUNK, ASM)
+        if HAS_CONV_BIAS:
+            _l2_prefetch(_layer_ptr(convb_tab, layer, CB_DT), Di * (CB_DT.primitive_bitwidth // 8), part, parts,
+                         LANES, CHUNK, ASM)
+        _l2_prefetch(_layer_ptr(conv_tab, layer, CONV_DT), batch * Di * W * (CONV_DT.primitive_bitwidth // 8), part,
+                     parts, LANES, CHUNK, ASM)
+        _l2_prefetch(_layer_ptr(xproj_tab, layer, ADT), X * Di * a, part, parts, LANES, CHUNK, ASM)
+        _l2_prefetch(_layer_ptr(dtw_tab, layer, ADT), Di * R * a, part, parts, LANES, CHUNK, ASM)
+        _l2_prefetch(_layer_ptr(dtb_tab, layer, DTB_DT), Di * (DTB_DT.primitive_bitwidth // 8), part, parts, LANES,
+                     CHUNK, ASM)
+        _l2_prefetch(_layer_ptr(alog_tab, layer, ALOG_DT), Di * N * (ALOG_DT.primitive_bitwidth // 8), part, parts,
+                     LANES, CHUNK, ASM)
+        _l2_prefetch(_layer_ptr(d_tab, layer, D_DT), Di * (D_DT.primitive_bitwidth // 8), part, parts, LANES, CHUNK,
+                     ASM)
+        _l2_prefetch(_layer_ptr(ssm_tab, layer, tl.float32), batch * Di * N * 4, part, parts, LANES, CHUNK, ASM)
+        _l2_prefetch(_layer_ptr(out_tab, layer, ADT), Dm * Di * a, part, parts, LANES, CHUNK, ASM)
+    _l2_prefetch(head_ptr, V * Dm * a, part, parts, LANES, CHUNK, ASM)
+    tl.store(bar_ptr + _LAUNCHES + part, launch + 1)
+
+
 @triton.jit(do_not_specialize=["batch"])  # batch 1 as a constant lets the compiler hoist too much
 def _decode_step_kernel(
     tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
@@ -450,7 +523,7 @@ def _decode_step_kernel(
     LOCAL_P2: tl.constexpr = False, BLOCK_Q: tl.constexpr = 1, TRACE: tl.constexpr = False,
     ARRIVE_FIRST: tl.constexpr = False, EARLY_LOADS: tl.constexpr = False, PREFETCH: tl.constexpr = 0,
     LINE_ELEMS: tl.constexpr = 64, FLAGGED: tl.constexpr = False, JOINT_READS: tl.constexpr = False,
-    L2_TILES: tl.constexpr = False,
+    L2_TILES: tl.constexpr = False, PREFETCHERS: tl.constexpr = 0, AHEAD: tl.constexpr = 1,
 ):
     # NO_WAIT and SKIP_*: a breakdown of the step time, results wrong (decode.TUNE). A skipped phase drops its loads
     # and its work but keeps its barrier, so every program still meets every barrier and nothing can deadlock.
@@ -461,7 +534,13 @@ def _decode_step_kernel(
     # waits for the flags of the in_proj items that wrote its channels' u rows. Epochs are equal across programs at
     # the same point and grow by 3 a layer, so a flag left from an earlier layer or launch is always behind.
     pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
+    nprog = tl.num_programs(0) - PREFETCHERS  # the programs that work and meet at the barriers
+    if PREFETCHERS > 0 and pid >= nprog:  # (the counter barrier only: decode.plan_constexprs)
+        _prefetch_layers(bar_ptr, pid - nprog, PREFETCHERS, nprog, head_ptr, norm_tab, in_tab, convw_tab, convb_tab,
+                         xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm,
+                         Di, N, R, W, V, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS,
+                         3 if MERGE_IN_CONV else 4, AHEAD, NO_WAIT, 256, 4096, ASM)
+        return
     X = R + 2 * N
     offs_m = tl.arange(0, BLOCK_DM)
     m_ok = offs_m < Dm

@@ -367,15 +367,47 @@ def test_split_kernel_with_prefetchers(forced, monkeypatch, arrive_first):
         assert step._bar_words[16:].tolist() == [i + 1, i + 1]
 
 
-def test_split_prefetcher_settings():
-    """PREFETCHERS leaves at least one working program and plans the channel blocks over the working ones; AHEAD is
-    a count of layers."""
+@pytest.mark.parametrize("merge", [0, 1])
+def test_fused_kernel_with_prefetchers(forced, monkeypatch, merge):
+    """PREFETCHERS=2 in the default kernel (three or four counter barriers a layer): the same checks as the split
+    kernel's above."""
+    monkeypatch.setattr(decode, "TUNE", {"MERGE_IN_CONV": merge, "PREFETCHERS": 2, "AHEAD": 2})
+    n_layer, batch = 3, 1
+    model = _lm("mamba_dna_lm_tiny", seed=45, d_model=24, n_layer=n_layer, d_state=6)
+    fused_cache, ref_cache = _random_caches(model, batch, seed=55)
+    token = torch.zeros(batch, dtype=torch.long, device=DEV)
+    step = FusedDecodeStep(model, token, [c.conv_state for c in fused_cache.layers],
+                           [c.ssm_state for c in fused_cache.layers])
+    assert (step._constexprs["PREFETCHERS"], step._constexprs["MERGE_IN_CONV"]) == (2, bool(merge))
+    per_layer = 3 if merge else 4
+    gen = torch.Generator().manual_seed(8)
+    for i in range(3):
+        _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
+        assert step._barrier.item() == (i + 1) * per_layer * n_layer * (step.grid - 2)
+        assert step._bar_words[16:].tolist() == [i + 1, i + 1]
+
+
+def test_prefetcher_settings():
+    """PREFETCHERS leaves at least one working program and both kernels plan their items over the working ones;
+    AHEAD is a count of layers; the flag barriers refuse prefetchers."""
     args = (768, 1536, 16, 48, 4, 256)
     assert decode.plan_any(*args, 1, 132, {"SPLIT": 1, "PREFETCHERS": 4})["PER_C"] == 12  # 128 working programs
     assert decode.plan_any(*args, 1, 132, {"SPLIT": 1, "PREFETCHERS": 36})["PER_C"] == 16  # 96
-    for bad in ({"PREFETCHERS": 132}, {"PREFETCHERS": -1}, {"AHEAD": -1}):
+    assert decode.plan_any(*args, 1, 132, {"PREFETCHERS": 36})["PER_CONV"] == 16  # over 96 working programs
+    default = decode.plan_any(*args, 1, 132, {})  # DEFAULT_TUNE: 4 prefetchers, 2 layers ahead, on a full grid
+    assert (default["PREFETCHERS"], default["AHEAD"], default["PER_CONV"]) == (4, 2, 12)
+    assert decode.plan_any(*args, 1, 32, {})["PREFETCHERS"] == 0  # a small grid keeps every program working
+    assert decode.plan_any(*args, 1, 132, {"PREFETCHERS": 0})["PREFETCHERS"] == 0
+    assert decode.plan_any(*args, 1, 132, {"BARRIER": 1})["PREFETCHERS"] == 0  # the default gives way
+    assert decode.plan_any(*args, 1, 132, {"SPLIT": 1})["PREFETCHERS"] == 0  # not the split kernel's default
+    for bad in ({"PREFETCHERS": 132}, {"PREFETCHERS": -1}, {"PREFETCHERS": True}, {"AHEAD": -1}, {"AHEAD": 1.5}):
         with pytest.raises(ValueError, match="PREFETCHERS|AHEAD"):
             decode.plan_any(*args, 1, 132, {"SPLIT": 1, **bad})
+        with pytest.raises(ValueError, match="PREFETCHERS|AHEAD"):
+            decode.plan_any(*args, 1, 132, bad)
+    for other in ({"BARRIER": 1}, {"FLAGGED": 1}):  # the flag barriers keep their own slots
+        with pytest.raises(ValueError, match="PREFETCHERS"):
+            decode.plan_any(*args, 1, 132, {"PREFETCHERS": 4, **other})
 
 
 @pytest.mark.parametrize("variant", [{"ARRIVE_FIRST": 0}, {"ARRIVE_FIRST": 1}, {"FLAGGED": 1},
@@ -553,6 +585,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "FIXED": 1, "COPIES": 1}, 2),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 4}, 1),
     ({"SPLIT": 1, "PREFETCHERS": 36, "AHEAD": 2}, 2),
+    ({"PREFETCHERS": 36, "AHEAD": 2}, 1),
+    ({"PREFETCHERS": 4, "MERGE_IN_CONV": 0}, 8),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     """decode.TUNE's variants on the real grid (one program per SM: flags and ready flags raced for real) at the 90M
