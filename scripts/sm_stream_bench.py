@@ -74,7 +74,7 @@ def main() -> None:
             us = measure_ms(launch, dev, 3, 30, 0.3) * 1e3
             nbytes = 2 * per * grid
             print(f"{grid:4d} programs, {way} BLOCK={block} {extra}={depth} num_warps={warps}: {us:7.1f} us for "
-                  f"{nbytes / 1e6:.0f} MB: {nbytes / us / 1e3:.2f} TB/s, {nbytes / grid / us / 1e3:.0f} GB/s a "
+                  f"{nbytes / 1e6:.0f} MB: {nbytes / us / 1e6:.2f} TB/s, {nbytes / grid / us / 1e3:.0f} GB/s a "
                   f"program; the model in {2 * PARAMS / (nbytes / us):.1f} us", flush=True)
 
 
