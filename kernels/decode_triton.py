@@ -463,22 +463,23 @@ def _prefetch_layers(bar_ptr, part, parts, n_cons, head_ptr, norm_tab, in_tab, c
                      dtw_tab, dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm, Di, N, R, W,
                      V, ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr,
                      DTB_DT: tl.constexpr, CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
-                     PER_LAYER: tl.constexpr, AHEAD: tl.constexpr, NO_WAIT: tl.constexpr, LANES: tl.constexpr, CHUNK: tl.constexpr, ASM: tl.constexpr):
-    """Prefetcher `part` of `parts` (decode.TUNE's PREFETCHERS; the kernel's last programs, which do no other work and
-    meet no barrier): asks L2 for its share of every tensor a layer reads,
-    in the order the layer reads them, once the n_cons working programs have begun layer - AHEAD (the first AHEAD + 1
-    layers at once), then of the head. It counts the launches it has served in its own word, bar_ptr[_LAUNCHES +
-    part], so it knows the barrier count at the launch's start exactly, whenever it starts (it never waits for a
-    barrier of a later launch, which could not come while this one runs)."""
+                     PER_LAYER: tl.constexpr, AHEAD: tl.constexpr, NO_WAIT: tl.constexpr, LANES: tl.constexpr,
+                     CHUNK: tl.constexpr, ASM: tl.constexpr):
+    """Prefetcher `part` of `parts` (decode.TUNE's PREFETCHERS: the kernel's last programs, which do no other work and
+    meet no barrier): asks L2 for its share of every tensor a layer reads, in the order the layer reads them, once the
+    n_cons working programs have begun layer - AHEAD (the first AHEAD + 1 layers at once), then for the head. The
+    working programs meet PER_LAYER barriers a layer. A prefetcher counts the launches it has served in its own word,
+    bar_ptr[_LAUNCHES + part], so it knows the barrier count at the launch's start exactly, however late it starts: it
+    never waits for a barrier of a later launch, which could not come while this one runs."""
     launch = tl.load(bar_ptr + _LAUNCHES + part)
-    done_before = launch * PER_LAYER * n_layer  # every launch meets PER_LAYER barriers a layer
+    done_before = launch * PER_LAYER * n_layer  # the barriers of the earlier launches
     a = ADT.primitive_bitwidth // 8
+    X = R + 2 * N
     for layer in range(n_layer):
         if layer > AHEAD and not NO_WAIT:  # NO_WAIT (timing only): no arrivals to pace by
             need = (done_before + PER_LAYER * (layer - AHEAD)) * n_cons  # arrivals
             while tl.load(bar_ptr, volatile=True) < need:
                 _nap(ASM)
-        X = R + 2 * N
         _l2_prefetch(_layer_ptr(norm_tab, layer, ADT), Dm * a, part, parts, LANES, CHUNK, ASM)
         _l2_prefetch(_layer_ptr(in_tab, layer, ADT), 2 * Di * Dm * a, part, parts, LANES, CHUNK, ASM)
         _l2_prefetch(_layer_ptr(convw_tab, layer, ADT), Di * W * a, part, parts, LANES, CHUNK, ASM)
