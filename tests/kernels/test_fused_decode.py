@@ -410,6 +410,21 @@ def test_prefetcher_settings():
             decode.plan_any(*args, 1, 132, {"PREFETCHERS": 4, **other})
 
 
+def test_prefetchers_need_sm90(monkeypatch):
+    """Below sm_90 (no bulk L2 prefetch) the default's prefetchers are left out and an explicit PREFETCHERS is refused
+    by name; on sm_90 and on the interpreter TUNE is used as it is."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(decode.torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(decode, "TUNE", {"JOINT_READS": 1})
+    assert decode._device_tune(cuda) == {"JOINT_READS": 1, "PREFETCHERS": 0}
+    monkeypatch.setattr(decode, "TUNE", {"PREFETCHERS": 4})
+    with pytest.raises(ValueError, match="PREFETCHERS needs sm_90.*sm_80"):
+        decode._device_tune(cuda)
+    assert decode._device_tune(torch.device("cpu")) == {"PREFETCHERS": 4}
+    monkeypatch.setattr(decode.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert decode._device_tune(cuda) == {"PREFETCHERS": 4}
+
+
 @pytest.mark.parametrize("variant", [{"ARRIVE_FIRST": 0}, {"ARRIVE_FIRST": 1}, {"FLAGGED": 1},
                                      {"MERGE_IN_CONV": 1}, {"SPLIT": 1, "ARRIVE_FIRST": 1}],
                          ids=["counter", "ARRIVE_FIRST", "FLAGGED", "MERGE_IN_CONV", "SPLIT"])
