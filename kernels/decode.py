@@ -98,7 +98,9 @@ _NUM_WARPS = 8
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
 #   (as below), FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical) and TRACE=1 (with
 #   ARRIVE_FIRST: its arrivals and departures timed, two barriers a layer), no other. With one
-#   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
+#   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases, and at
+#   batch 1 the phases run in a layout with each channel's sums inside one warp (decode_split_triton's
+#   _layers_in_warps; WARP_SUMS=0 keeps the general tiles).
 #   H200, batch 1 (2026-11-29, BENCHMARKS.md): 251-258 us with ARRIVE_FIRST and 2 copies, 263 with FIXED too, against
 #   267 us for the default in the same runs: within a few percent, and not bit-identical without FIXED, so not the
 #   default.
@@ -515,11 +517,36 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
     if c["COPIES"] < 1 or c["COPIES"] & (c["COPIES"] - 1):
         raise ValueError(f"TUNE: COPIES must be a power of two, got {c['COPIES']}")
     takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED", "TRACE",
-             "PREFETCHERS", "AHEAD", "num_warps"}
+             "PREFETCHERS", "AHEAD", "WARP_SUMS", "num_warps"}
     unknown = sorted(set(tune) - takes)
     if unknown:
         raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes {', '.join(sorted(takes))})")
     return c
+
+
+def _warp_layout_holds() -> bool:
+    """Whether this Triton lays _layers_in_warps' tiles out as that path needs (warps on the first axis): Triton 3.6
+    orders equally contiguous axes first to last, and 3.8 last to first, which puts the warps on the d_model chunks
+    and the sums back across warps. The interpreter has no layouts."""
+    import triton
+
+    return interpreting() or tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 7)
+
+
+def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: dict[str, int]) -> dict[str, int]:
+    """The split kernel's settings that hang on the real grid: ONE_PASS (every working program has at most one
+    channel block, whose conv output and gate then stay in registers) and, at batch 1 with one pass and at least a
+    channel a warp, the warp layout of _layers_in_warps: WARP_CH channels a warp, d_model in chunks of KCH, dt_low,
+    B, C and the SSM state over VW lanes (tune's WARP_SUMS=0, FIXED without WARP_SUMS=1, or a Triton that lays it
+    out otherwise leaves it off: WARP_CH=0)."""
+    c = constexprs
+    one_pass = -(-Di // c["PER_C"]) <= working
+    warps = int(tune.get("num_warps", _NUM_WARPS))
+    # FIXED's int64 sums would be converted in every warp: off unless asked for (H200: 301 us a step)
+    in_warps = (one_pass and c["BLOCK_B"] == 1 and c["BLOCK_C"] >= warps and _warp_layout_holds()
+                and tune.get("WARP_SUMS", 0 if c["FIXED"] else 1))
+    return dict(ONE_PASS=one_pass, WARP_CH=c["BLOCK_C"] // warps if in_warps else 0, KCH=min(128, c["BLOCK_DM"]),
+                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]))
 
 
 def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
@@ -641,8 +668,7 @@ class FusedDecodeStep:
             self._constexprs = {**dtypes, **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, tune),
                                 "ASM": on_gpu}  # PTX clocks (TRACE) and prefetches only where there is a GPU
             prefetchers = self._constexprs["PREFETCHERS"]
-            # every working program has at most one channel block: its conv output and gate stay in registers
-            self._constexprs["ONE_PASS"] = -(-Di // self._constexprs["PER_C"]) <= self.grid - prefetchers
+            self._constexprs.update(plan_split_passes(self._constexprs, Di, self.grid - prefetchers, tune))
             copies = self._constexprs["COPIES"]
             acc = dict(f32, dtype=torch.int64) if self._constexprs["FIXED"] else f32
             self._xacc = torch.zeros(len(mixers), copies, batch, X, **acc)

@@ -210,31 +210,19 @@ def _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_o
     return wout, wdt, dtb, -tl.exp(alog.to(tl.float32)), Dv, h
 
 
-@triton.jit(do_not_specialize=["batch"])
-def _decode_split_kernel(
-    tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
-    norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab,
-    conv_tab, ssm_tab,
-    xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr,
-    batch, n_layer, Dm: tl.constexpr, Di, N, R, W, V, eps,
-    ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
-    CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr,
-    ROWS_HEAD: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr = 0,
-    ARRIVE_FIRST: tl.constexpr = False, FIXED: tl.constexpr = False, ONE_PASS: tl.constexpr = False,
-    TRACE: tl.constexpr = False, ASM: tl.constexpr = False, PREFETCHERS: tl.constexpr = 0, AHEAD: tl.constexpr = 1,
-):
-    # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
-    # atomics
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0) - PREFETCHERS  # the programs that work and meet at the barriers
-    if PREFETCHERS > 0 and pid >= nprog:
-        _prefetch_layers(bar_ptr, pid - nprog, PREFETCHERS, nprog, head_ptr, norm_tab, in_tab, convw_tab, convb_tab,
-                         xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm,
-                         Di, N, R, W, V, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, 2, AHEAD,
-                         NO_WAIT, 256, 4096, ASM)
-        return
+@triton.jit
+def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab,
+            out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr, ticket, trace_base,
+            n_slots, pid, nprog, batch, n_layer, Dm: tl.constexpr, Di, N, R, W, eps, ADT: tl.constexpr,
+            CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr, CB_DT: tl.constexpr,
+            HAS_CONV_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_N: tl.constexpr,
+            BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr,
+            PER_C: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr,
+            ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr, ONE_PASS: tl.constexpr, TRACE: tl.constexpr,
+            ASM: tl.constexpr):
+    """Every layer of the split kernel, any batch, on channel blocks that a program loops over (the phases drawn at
+    the top of the file): returns the residual stream entering the last layer's output, (BLOCK_B, BLOCK_DM) fp32,
+    and the ticket."""
     X = R + 2 * N
     offs_b = tl.arange(0, BLOCK_B)
     b_ok = offs_b < batch
@@ -256,20 +244,6 @@ def _decode_split_kernel(
                                               b_ok, offs_m, m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT, CONV_DT, CB_DT,
                                               HAS_CONV_BIAS)
     r = _embedded(tok_ptr, emb_ptr, offs_b, b_ok, offs_m, m_ok, Dm)  # the residual stream, (B, BLOCK_DM) fp32
-
-    # ARRIVE_FIRST (decode_triton._arrive): each barrier's arrival before the next phase's weight loads, its polls
-    # after them; `ticket` is the count the current barrier waits for
-    ticket = nprog.to(tl.int64) * 0
-    if ARRIVE_FIRST:
-        ticket = _barriers_done(bar_ptr, nprog) * nprog
-    # TRACE (with ARRIVE_FIRST): when each program started, arrived at and left each barrier, and ended (trace_ptr:
-    # (programs, n_slots, 4) int64, decode_triton's layout; slot 0 the start, 1 + i the launch's i-th barrier, the
-    # last slot the end)
-    n_slots = 2 * n_layer + 2
-    trace_base = ticket // nprog
-    if TRACE:
-        clk, ns = _timestamps(pid, ASM)
-        _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
     for layer in range(n_layer):
         # ---- A: norm, in_proj rows of the block, conv step, x_proj partial sums ---------------------------------
         norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_m, mask=m_ok, other=0.0).to(tl.float32)
@@ -364,6 +338,213 @@ def _decode_split_kernel(
                                                   tl.minimum(layer + 1, n_layer - 1), ch, c_ok, offs_b, b_ok, offs_m,
                                                   m_ok, offs_w, offs_x, x_ok, Dm, Di, W, ADT, CONV_DT, CB_DT,
                                                   HAS_CONV_BIAS)
+    return r, ticket
+
+
+# ---- batch 1, one channel block a program (WARP_CH > 0): every sum of a phase inside one warp -------------------------
+#
+# The layout the compiler gives a tile follows from its shape: in a (WARPS, WARP_CH, NK, KCH) tile of 4-element runs
+# it puts WARPS on the warps, WARP_CH and NK in each thread's registers and KCH on the lanes (4 a lane). So each warp
+# holds whole in_proj rows (WARP_CH channels of its own), and a vector over d_model kept as (WARPS, 1, NK, KCH), equal
+# in every warp, meets them without moving: the norm's and in_proj's sums are in-thread adds and shuffles, with no
+# block barrier. The per-channel values (conv, dt, the SSM state over VW-wide lanes) share the same parent layout;
+# only x_proj's and out_proj's sums across the block's channels, and the atomics, cross warps.
+#
+# Every warp reads the vectors it needs (the residual's sums, norm weights, dt_low, B, C) itself, through L1: the
+# barrier's acquire has made the sums visible, and the first warp's miss serves the other seven. Through L2 (.cg, as
+# the general tiles read them) the 8 warps of 96 programs would queue on the same few L2 lines (H200: 241 against
+# 232 us a step for the general tiles, 364 us with FIXED's int64 sums).
+
+
+@triton.jit
+def _widen(t):
+    """(WARPS, C) -> (WARPS, C, 1, 1), inserting the dims in the order that gives back the layout the two sums over
+    axis 2 took them from (t[:, :, None, None] would cost a layout conversion)."""
+    return tl.expand_dims(tl.expand_dims(t, 2), 2)
+
+
+@triton.jit
+def _acc_sum(acc_ptr, layer, batch, offs, ok, n, COPIES: tl.constexpr, FIXED: tl.constexpr):
+    """Batch row 0 of layer `layer`'s accumulated sums at `offs` (any shape), the copies added: fp32. Through L1
+    (after a barrier's acquire: the layout note above)."""
+    base = acc_ptr + layer * COPIES * batch * n
+    total = tl.load(base + offs, mask=ok, other=0)
+    for cp in tl.static_range(1, COPIES):
+        total += tl.load(base + cp * batch * n + offs, mask=ok, other=0)
+    if FIXED:
+        total = total.to(tl.float32) * (1.0 / _FIXED_ONE)
+    return total
+
+
+@triton.jit
+def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab,
+                     d_tab, out_tab, conv_tab, ssm_tab, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr, ticket, trace_base,
+                     n_slots, pid, nprog, batch, n_layer, Dm: tl.constexpr, Di, N, R, W, eps, ADT: tl.constexpr,
+                     CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
+                     CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_W: tl.constexpr,
+                     BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr, WARP_CH: tl.constexpr,
+                     KCH: tl.constexpr, VW: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr,
+                     SKIP_ATOMICS: tl.constexpr, ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr, TRACE: tl.constexpr,
+                     ASM: tl.constexpr):
+    """Every layer of the split kernel for batch 1 with one channel block a program (its loop, same results), in the
+    layout above: returns the residual stream entering the last layer's output, (1, BLOCK_DM) fp32, and the ticket."""
+    WARPS: tl.constexpr = BLOCK_C // WARP_CH
+    NK: tl.constexpr = BLOCK_DM // KCH
+    X = R + 2 * N
+    lane = tl.arange(0, WARPS)[:, None] * WARP_CH + tl.arange(0, WARP_CH)[None, :]  # (WARPS, WARP_CH)
+    ch = pid * PER_C + lane
+    c_ok = (lane < PER_C) & (ch < Di)
+    ch3, c_ok3 = ch[:, :, None], c_ok[:, :, None]
+    ch4, c_ok4 = ch3[:, :, :, None], c_ok3[:, :, :, None]
+    every_warp = tl.zeros([WARPS, 1, 1, 1], dtype=tl.int32)
+    # offsets said to run in groups of 4 from multiples of 4: bf16 loads of 8 bytes, so that bf16 and fp32 tiles of one
+    # shape get the same layout (16-byte bf16 loads would give a lane 8 elements); inline: a hint on a jit function's
+    # argument is lost
+    offs_m = tl.arange(0, NK)[None, None, :, None] * KCH + tl.arange(0, KCH)[None, None, None, :]
+    offs_m = tl.max_contiguous(tl.multiple_of(offs_m, [1, 1, 1, 4]), [1, 1, 1, 4])
+    vec_m = offs_m + every_warp  # (WARPS, 1, NK, KCH): a d_model vector in every warp
+    m_ok = vec_m < Dm
+    offs_v = tl.max_contiguous(tl.multiple_of(tl.arange(0, VW)[None, None, None, :], [1, 1, 1, 4]), [1, 1, 1, 4])
+    vec_v = offs_v + every_warp  # (WARPS, 1, 1, VW): dt_low, B or C in every warp
+    w3 = tl.arange(0, BLOCK_W)[None, None, :]
+    offs_x = tl.arange(0, BLOCK_X)
+    x_ok = offs_x < X
+    offs_d = tl.arange(0, BLOCK_DM)
+    d_ok = offs_d < Dm
+    lane_c = tl.arange(0, BLOCK_C)
+    ch_c = pid * PER_C + lane_c
+    cc_ok = (lane_c < PER_C) & (ch_c < Di)
+
+    tok = tl.load(tok_ptr).to(tl.int64)
+    r = tl.load(emb_ptr + tok * Dm + vec_m, mask=m_ok, other=0.0).to(tl.float32)
+    for layer in range(n_layer):
+        # ---- A's reads (before the wait) -------------------------------------------------------------------------
+        w_in = _layer_ptr(in_tab, layer, ADT)
+        row_ok = c_ok4 & (offs_m < Dm)
+        wu = tl.load(w_in + ch4.to(tl.int64) * Dm + offs_m, mask=row_ok, other=0.0)  # (WARPS, WARP_CH, NK, KCH)
+        wz = tl.load(w_in + (Di + ch4).to(tl.int64) * Dm + offs_m, mask=row_ok, other=0.0)
+        norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + vec_m, mask=m_ok, other=0.0).to(tl.float32)
+        taps = tl.load(_layer_ptr(convw_tab, layer, ADT) + ch3 * W + w3, mask=c_ok3 & (w3 < W),
+                       other=0.0).to(tl.float32)  # (WARPS, WARP_CH, BLOCK_W)
+        conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
+        older = tl.load(conv_st + ch3 * W + w3 + 1, mask=c_ok3 & (w3 + 1 < W), other=0.0)  # shifted to the front
+        if HAS_CONV_BIAS:
+            cbias = tl.load(_layer_ptr(convb_tab, layer, CB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+        else:
+            cbias = tl.zeros([WARPS, WARP_CH], dtype=tl.float32)
+        # x_proj's columns as loaded, (BLOCK_X, BLOCK_C): in the warp layout this tile would need a conversion, which
+        # the compiler puts before the barrier's polls, so that they wait for the load
+        wx = tl.load(_layer_ptr(xproj_tab, layer, ADT) + offs_x[:, None] * Di + ch_c[None, :],
+                     mask=x_ok[:, None] & cc_ok[None, :], other=0.0)
+        if layer > 0:
+            _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+            r += _round(_acc_sum(oacc_ptr, layer - 1, batch, vec_m, m_ok, Dm, COPIES, FIXED), ADT)
+        else:  # o_acc[L-1], read in the last launch's head phase
+            _zero_share(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, pid, nprog, BLOCK_DM)
+        # ---- A: norm, in_proj, conv step, x_proj's partial sums ---------------------------------------------------
+        ss = tl.sum(tl.sum(r * r, axis=2), axis=2)  # (WARPS, 1), the same in every warp
+        xn = _round(r * _widen(1.0 / tl.sqrt(ss / Dm + eps)) * norm_w, ADT)
+        u = _round(tl.sum(tl.sum(wu.to(tl.float32) * xn, axis=2), axis=2), ADT)  # (WARPS, WARP_CH)
+        z = _round(tl.sum(tl.sum(wz.to(tl.float32) * xn, axis=2), axis=2), ADT)
+        window = tl.where(w3 == W - 1, u.to(CONV_DT)[:, :, None], older)
+        tl.store(conv_st + ch3 * W + w3, window, mask=c_ok3 & (w3 < W))
+        out = tl.sum(window.to(tl.float32) * taps, axis=2) + cbias
+        xc = tl.where(c_ok, _round(out / (1.0 + tl.exp(-out)), ADT), 0.0)
+        part = tl.sum(wx.to(tl.float32) * tl.reshape(xc, (BLOCK_C,))[None, :], axis=1)  # (BLOCK_X,)
+        if SKIP_ATOMICS & 2 == 0:
+            _acc_add(xacc_ptr + (layer * COPIES + pid % COPIES) * batch * X + offs_x, part, x_ok, FIXED)
+        if ARRIVE_FIRST:
+            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+        # ---- B's reads (before the wait) -------------------------------------------------------------------------
+        wout = tl.load(_layer_ptr(out_tab, layer, ADT) + offs_d.to(tl.int64)[:, None] * Di + ch_c[None, :],
+                       mask=d_ok[:, None] & cc_ok[None, :], other=0.0)  # (BLOCK_DM, BLOCK_C)
+        wdt = tl.load(_layer_ptr(dtw_tab, layer, ADT) + ch4 * R + offs_v, mask=c_ok4 & (offs_v < R),
+                      other=0.0)  # (WARPS, WARP_CH, 1, VW)
+        dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+        n_ok4 = c_ok4 & (offs_v < N)
+        A = -tl.exp(tl.load(_layer_ptr(alog_tab, layer, ALOG_DT) + ch4 * N + offs_v, mask=n_ok4,
+                            other=0.0).to(tl.float32))
+        Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
+        h_ptrs = _layer_ptr(ssm_tab, layer, tl.float32) + ch4 * N + offs_v
+        h = tl.load(h_ptrs, mask=n_ok4, other=0.0)
+        _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+        # ---- B: dt, the SSM state, gate, out_proj's partial sums --------------------------------------------------
+        dt_low = _round(_acc_sum(xacc_ptr, layer, batch, vec_v, vec_v < R, X, COPIES, FIXED), ADT)
+        Bv = _round(_acc_sum(xacc_ptr + R, layer, batch, vec_v, vec_v < N, X, COPIES, FIXED), ADT)
+        Cv = _round(_acc_sum(xacc_ptr + R + N, layer, batch, vec_v, vec_v < N, X, COPIES, FIXED), ADT)
+        dt = _round(tl.sum(tl.sum(wdt.to(tl.float32) * dt_low, axis=2), axis=2), ADT) + dtb  # (WARPS, WARP_CH)
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        h = tl.exp(_widen(dt) * A) * h + _widen(dt * xc) * Bv
+        tl.store(h_ptrs, h, mask=n_ok4)
+        y = tl.sum(tl.sum(h * Cv, axis=2), axis=2) + Dv * xc
+        y = tl.where(c_ok, _round(y * (z / (1.0 + tl.exp(-z))), ADT), 0.0)
+        part = tl.sum(wout.to(tl.float32) * tl.reshape(y, (BLOCK_C,))[None, :], axis=1)  # (BLOCK_DM,)
+        if SKIP_ATOMICS & 1 == 0:
+            _acc_add(oacc_ptr + (layer * COPIES + pid % COPIES) * batch * Dm + offs_d, part, d_ok, FIXED)
+        if ARRIVE_FIRST:
+            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+    return tl.reshape(tl.max(r, axis=0), (1, BLOCK_DM)), ticket
+
+
+@triton.jit(do_not_specialize=["batch"])
+def _decode_split_kernel(
+    tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
+    norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab,
+    conv_tab, ssm_tab,
+    xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr,
+    batch, n_layer, Dm: tl.constexpr, Di, N, R, W, V, eps,
+    ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
+    CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr,
+    ROWS_HEAD: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr = 0,
+    ARRIVE_FIRST: tl.constexpr = False, FIXED: tl.constexpr = False, ONE_PASS: tl.constexpr = False,
+    TRACE: tl.constexpr = False, ASM: tl.constexpr = False, PREFETCHERS: tl.constexpr = 0, AHEAD: tl.constexpr = 1,
+    WARP_CH: tl.constexpr = 0, KCH: tl.constexpr = 128, VW: tl.constexpr = 128,
+):
+    # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
+    # atomics
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0) - PREFETCHERS  # the programs that work and meet at the barriers
+    if PREFETCHERS > 0 and pid >= nprog:
+        _prefetch_layers(bar_ptr, pid - nprog, PREFETCHERS, nprog, head_ptr, norm_tab, in_tab, convw_tab, convb_tab,
+                         xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm,
+                         Di, N, R, W, V, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, 2, AHEAD,
+                         NO_WAIT, 256, 4096, ASM)
+        return
+    X = R + 2 * N
+    offs_b = tl.arange(0, BLOCK_B)
+    b_ok = offs_b < batch
+    offs_m = tl.arange(0, BLOCK_DM)
+    m_ok = offs_m < Dm
+
+    # ARRIVE_FIRST (decode_triton._arrive): each barrier's arrival before the next phase's weight loads, its polls
+    # after them; `ticket` is the count the current barrier waits for
+    ticket = nprog.to(tl.int64) * 0
+    if ARRIVE_FIRST:
+        ticket = _barriers_done(bar_ptr, nprog) * nprog
+    # TRACE (with ARRIVE_FIRST): when each program started, arrived at and left each barrier, and ended (trace_ptr:
+    # (programs, n_slots, 4) int64, decode_triton's layout; slot 0 the start, 1 + i the launch's i-th barrier, the
+    # last slot the end)
+    n_slots = 2 * n_layer + 2
+    trace_base = ticket // nprog
+    if TRACE:
+        clk, ns = _timestamps(pid, ASM)
+        _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
+    if WARP_CH > 0:
+        r, ticket = _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab,
+                                     dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, xacc_ptr, oacc_ptr, bar_ptr,
+                                     trace_ptr, ticket, trace_base, n_slots, pid, nprog, batch, n_layer, Dm, Di, N, R,
+                                     W, eps, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_DM,
+                                     BLOCK_W, BLOCK_X, BLOCK_C, PER_C, WARP_CH, KCH, VW, COPIES, NO_WAIT,
+                                     SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM)
+    else:
+        r, ticket = _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab,
+                            alog_tab, d_tab, out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,
+                            trace_ptr, ticket, trace_base, n_slots, pid, nprog, batch, n_layer, Dm, Di, N, R, W, eps,
+                            ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_B, BLOCK_DM, BLOCK_N,
+                            BLOCK_R, BLOCK_W, BLOCK_X, BLOCK_C, PER_C, COPIES, NO_WAIT, SKIP_ATOMICS, ARRIVE_FIRST,
+                            FIXED, ONE_PASS, TRACE, ASM)
 
     # ---- final norm and head ---------------------------------------------------------------------------------
     norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)

@@ -318,12 +318,16 @@ def test_variant_plans_at_the_benchmark_size():
 @pytest.mark.parametrize(("batch", "programs", "copies", "arrive_first", "more"),
                          [(1, 1, 8, 0, {}), (3, 5, 2, 0, {}), (2, 7, 1, 0, {}), (3, 5, 4, 1, {}),
                           (3, 7, 4, 1, {"FIXED": 1}), (2, 1, 2, 1, {"FIXED": 1, "PER_C": 48}),
-                          (1, 1, 1, 0, {"PER_C": 48})])
+                          (1, 1, 1, 0, {"PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48}),
+                          (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48, "WARP_SUMS": 1}),
+                          (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48, "WARP_SUMS": 0})])
 def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies, arrive_first, more):
     """SPLIT=1 (kernels/decode_split_triton.py) against the layer-by-layer step over three steps from random states:
     programs=5 or 7 plans channel blocks of 10 or 7 (tiles of 16 and 8) that one interpreted program loops over, each
     adding into its copy of the accumulators; PER_C=48 makes one block, which the one program keeps in registers
-    (ONE_PASS). Between launches every accumulator is zero but the last layer's out_proj sums (zeroed at the start of
+    (ONE_PASS), at batch 1 in the warp layout (WARP_CH: 8 channels a warp of the 64-lane block) unless WARP_SUMS=0
+    (FIXED: only with WARP_SUMS=1).
+    Between launches every accumulator is zero but the last layer's out_proj sums (zeroed at the start of
     the next launch); FIXED (int64 fixed-point sums) changes neither."""
     monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies, "ARRIVE_FIRST": arrive_first, **more})
     n_layer = 3
@@ -336,6 +340,8 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
     per = more.get("PER_C", min(-(-48 // programs), 32))  # at most _SPLIT_MAX_C channels an item
     assert step.split and (c["PER_C"], c["BLOCK_C"], c["COPIES"]) == (per, max(2, 1 << (per - 1).bit_length()), copies)
     assert c["ONE_PASS"] == (per == 48) and c["FIXED"] == bool(more.get("FIXED"))
+    assert c["WARP_CH"] == (8 if per == 48 and batch == 1 and more.get("WARP_SUMS", 0 if more.get("FIXED") else 1)
+                            else 0)
     assert tuple(step._oacc.shape) == (n_layer, copies, batch, 24)
     assert step._oacc.dtype == (torch.int64 if more.get("FIXED") else torch.float32)
     gen = torch.Generator().manual_seed(batch)
@@ -343,6 +349,23 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
         _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
         assert not step._xacc.any() and not step._oacc[:-1].any() and step._oacc[-1].any()
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
+
+
+def test_split_kernel_warp_layout_over_chunks(forced, monkeypatch):
+    """The batch-1 warp layout with d_model 160: two chunks of 128 lanes, the second mostly masked, so the norm, the
+    in_proj sums and the residual stream handed to the head cross a chunk border; d_inner 320 in one block of 512
+    lanes (64 channels a warp), dt_rank 10."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PER_C": 320})
+    model = _lm("mamba_dna_lm_tiny", seed=46, d_model=160, n_layer=2, d_state=6)
+    fused_cache, ref_cache = _random_caches(model, 1, seed=56)
+    token = torch.zeros(1, dtype=torch.long, device=DEV)
+    step = FusedDecodeStep(model, token, [c.conv_state for c in fused_cache.layers],
+                           [c.ssm_state for c in fused_cache.layers], programs=1)
+    c = step._constexprs
+    assert (c["WARP_CH"], c["KCH"], c["BLOCK_DM"], c["VW"], c["BLOCK_C"]) == (64, 128, 256, 128, 512)
+    gen = torch.Generator().manual_seed(9)
+    for _ in range(2):
+        _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
 
 
 @pytest.mark.parametrize("arrive_first", [0, 1])
@@ -600,6 +623,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "FIXED": 1, "COPIES": 1}, 2),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 4}, 1),
     ({"SPLIT": 1, "PREFETCHERS": 36, "AHEAD": 2}, 2),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "WARP_SUMS": 0}, 1),
     ({"PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"PREFETCHERS": 4, "MERGE_IN_CONV": 0}, 8),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
