@@ -422,7 +422,6 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         w_in = _layer_ptr(in_tab, layer, ADT)
         row_ok = c_ok4 & (offs_m < Dm)
         wu = tl.load(w_in + ch4.to(tl.int64) * Dm + offs_m, mask=row_ok, other=0.0)  # (WARPS, WARP_CH, NK, KCH)
-        wz = tl.load(w_in + (Di + ch4).to(tl.int64) * Dm + offs_m, mask=row_ok, other=0.0)
         norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + vec_m, mask=m_ok, other=0.0).to(tl.float32)
         taps = tl.load(_layer_ptr(convw_tab, layer, ADT) + ch3 * W + w3, mask=c_ok3 & (w3 < W),
                        other=0.0).to(tl.float32)  # (WARPS, WARP_CH, BLOCK_W)
@@ -445,19 +444,22 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         ss = tl.sum(tl.sum(r * r, axis=2), axis=2)  # (WARPS, 1), the same in every warp
         xn = _round(r * _widen(1.0 / tl.sqrt(ss / Dm + eps)) * norm_w, ADT)
         u = _round(tl.sum(tl.sum(wu.to(tl.float32) * xn, axis=2), axis=2), ADT)  # (WARPS, WARP_CH)
-        z = _round(tl.sum(tl.sum(wz.to(tl.float32) * xn, axis=2), axis=2), ADT)
         window = tl.where(w3 == W - 1, u.to(CONV_DT)[:, :, None], older)
-        tl.store(conv_st + ch3 * W + w3, window, mask=c_ok3 & (w3 < W))
         out = tl.sum(window.to(tl.float32) * taps, axis=2) + cbias
         xc = tl.where(c_ok, _round(out / (1.0 + tl.exp(-out)), ADT), 0.0)
         part = tl.sum(wx.to(tl.float32) * tl.reshape(xc, (BLOCK_C,))[None, :], axis=1)  # (BLOCK_X,)
         if SKIP_ATOMICS & 2 == 0:
             _acc_add(xacc_ptr + (layer * COPIES + pid % COPIES) * batch * X + offs_x, part, x_ok, FIXED)
+        # after the atomics: the store's layout conversion is not on their way
+        tl.store(conv_st + ch3 * W + w3, window, mask=c_ok3 & (w3 < W))
         if ARRIVE_FIRST:
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         # ---- B's reads (before the wait) -------------------------------------------------------------------------
         wout = tl.load(_layer_ptr(out_tab, layer, ADT) + offs_d.to(tl.int64)[:, None] * Di + ch_c[None, :],
                        mask=d_ok[:, None] & cc_ok[None, :], other=0.0)  # (BLOCK_DM, BLOCK_C)
+        # in_proj's gate rows wait for phase B, which alone needs z: half of in_proj's loads leave the window
+        # before phase A's polls (H200: 197-199 against 210 us a step)
+        wz = tl.load(w_in + (Di + ch4).to(tl.int64) * Dm + offs_m, mask=row_ok, other=0.0)
         wdt = tl.load(_layer_ptr(dtw_tab, layer, ADT) + ch4 * R + offs_v, mask=c_ok4 & (offs_v < R),
                       other=0.0)  # (WARPS, WARP_CH, 1, VW)
         dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
@@ -477,6 +479,7 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         h = tl.exp(_widen(dt) * A) * h + _widen(dt * xc) * Bv
         tl.store(h_ptrs, h, mask=n_ok4)
         y = tl.sum(tl.sum(h * Cv, axis=2), axis=2) + Dv * xc
+        z = _round(tl.sum(tl.sum(wz.to(tl.float32) * xn, axis=2), axis=2), ADT)
         y = tl.where(c_ok, _round(y * (z / (1.0 + tl.exp(-z))), ADT), 0.0)
         part = tl.sum(wout.to(tl.float32) * tl.reshape(y, (BLOCK_C,))[None, :], axis=1)  # (BLOCK_DM,)
         if SKIP_ATOMICS & 1 == 0:
