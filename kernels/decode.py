@@ -98,12 +98,13 @@ _NUM_WARPS = 8
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
 #   (as below), FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical) and TRACE=1 (with
 #   ARRIVE_FIRST: its arrivals and departures timed, two barriers a layer), no other. With one
-#   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases, and at
-#   batch 1 the phases run in a layout with each channel's sums inside one warp (decode_split_triton's
-#   _layers_in_warps; WARP_SUMS=0 keeps the general tiles).
-#   H200, batch 1 (2026-11-29, BENCHMARKS.md): 251-258 us with ARRIVE_FIRST and 2 copies, 263 with FIXED too, against
-#   267 us for the default in the same runs: within a few percent, and not bit-identical without FIXED, so not the
-#   default.
+#   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
+#   H200, batch 1 (2026-11-29, BENCHMARKS.md): first 251-258 us with ARRIVE_FIRST and 2 copies (263 with FIXED)
+#   against 267 us for the default; then with 36 prefetchers (PREFETCHERS=36, AHEAD=2) and at batch 1 the phases in
+#   a layout with each channel's sums inside one warp (decode_split_triton's _layers_in_warps; WARP_SUMS=0 keeps the
+#   general tiles), 192-194 us against 229 us with the general tiles and 255 us for the default kernel in the same
+#   run. Not the default: its runs are not bit-identical, and FIXED, which makes them so, keeps the general tiles
+#   (its int64 sums, read and converted in every warp, cost more there: 275 against 249 us).
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and

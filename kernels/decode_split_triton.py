@@ -49,6 +49,9 @@ With prefetchers (decode.TUNE's PREFETCHERS, decode_triton._prefetch_layers) the
 loads them: 36 of them, leaving 96 working programs of 16 channels (aligned vector loads; 15 or 18 channels an item
 took 318 and 449 us), 225-230 us a step against 250-255 us without, two layers ahead; the arrivals' spread fell from
 ~4 to ~1.2 us. Kept as an opt-in variant (decode.TUNE's SPLIT=1), as its runs are not bit-identical without FIXED.
+
+At batch 1 with one channel block a program (_layers_in_warps, below) every sum over d_model stays in one warp:
+192-194 us a step with 36 prefetchers against 229 us with the general tiles (H200, 2026-11-29, BENCHMARKS.md).
 """
 
 from __future__ import annotations
