@@ -410,6 +410,32 @@ def test_fused_kernel_with_prefetchers(forced, monkeypatch, merge):
         assert step._bar_words[16:].tolist() == [i + 1, i + 1]
 
 
+def test_split_warp_layout_plan(monkeypatch):
+    """The warp layout's plan at the 90M LM's sizes on 132 programs with 36 prefetchers: at batch 1, one pass and
+    8 warps it holds 2 channels a warp of the 16-lane block; off for batch 2, for more blocks than working programs,
+    for WARP_SUMS=0, for FIXED unless WARP_SUMS=1, and on a GPU whose Triton orders equally contiguous axes last to
+    first (3.7 or newer; the interpreter has no layouts)."""
+    import triton
+
+    args = (768, 1536, 16, 48, 4, 256)
+    def plan(batch=1, working=96, **tune):
+        tune = {"SPLIT": 1, "PREFETCHERS": 36, **tune}
+        return decode.plan_split_passes(decode.plan_split_constexprs(*args, batch, 132, tune), 1536, working, tune)
+
+    monkeypatch.setattr(decode, "interpreting", lambda: True)
+    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128)
+    assert plan(num_warps=4)["WARP_CH"] == 4
+    assert plan(batch=2)["WARP_CH"] == 0 and plan(batch=2)["ONE_PASS"]
+    assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128)
+    assert plan(WARP_SUMS=0)["WARP_CH"] == 0
+    assert plan(FIXED=1)["WARP_CH"] == 0 and plan(FIXED=1, WARP_SUMS=1)["WARP_CH"] == 2
+    monkeypatch.setattr(decode, "interpreting", lambda: False)
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    assert plan()["WARP_CH"] == 2
+    monkeypatch.setattr(triton, "__version__", "3.8.0")
+    assert plan()["WARP_CH"] == 0
+
+
 def test_prefetcher_settings():
     """PREFETCHERS leaves at least one working program and both kernels plan their items over the working ones;
     AHEAD is a count of layers; the flag barriers refuse prefetchers."""
