@@ -103,8 +103,10 @@ _NUM_WARPS = 8
 #   against 267 us for the default; then with 36 prefetchers (PREFETCHERS=36, AHEAD=2) and at batch 1 the phases in
 #   a layout with each channel's sums inside one warp (decode_split_triton's _layers_in_warps; WARP_SUMS=0 keeps the
 #   general tiles), 192-194 us against 229 us with the general tiles and 255 us for the default kernel in the same
-#   run. Not the default: its runs are not bit-identical, and FIXED, which makes them so, keeps the general tiles
-#   (its int64 sums, read and converted in every warp, cost more there: 275 against 249 us).
+#   run; then with the residual stream and its sums read once a program, not once a warp (SUMS_1D, on in the warp
+#   layout; SUMS_1D=0 for the per-warp reads): 174.6 us against 197.0 us, and 214.2 us with FIXED (bit-identical
+#   runs) against 273.1 us with FIXED's int64 sums read and converted in every warp, 262.8 us for the default
+#   kernel in the same run.
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
@@ -518,7 +520,7 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
     if c["COPIES"] < 1 or c["COPIES"] & (c["COPIES"] - 1):
         raise ValueError(f"TUNE: COPIES must be a power of two, got {c['COPIES']}")
     takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED", "TRACE",
-             "PREFETCHERS", "AHEAD", "WARP_SUMS", "num_warps"}
+             "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "num_warps"}
     unknown = sorted(set(tune) - takes)
     if unknown:
         raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes {', '.join(sorted(takes))})")
@@ -539,16 +541,16 @@ def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: d
     """The split kernel's settings that hang on the real grid: ONE_PASS (every working program has at most one
     channel block, whose conv output and gate then stay in registers) and, at batch 1 with one pass and at least a
     channel a warp, the warp layout of _layers_in_warps: WARP_CH channels a warp, d_model in chunks of KCH, dt_low,
-    B, C and the SSM state over VW lanes (tune's WARP_SUMS=0, FIXED without WARP_SUMS=1, or a Triton that lays it
-    out otherwise leaves it off: WARP_CH=0)."""
+    B, C and the SSM state over VW lanes (tune's WARP_SUMS=0 or a Triton that lays it out otherwise leaves it off:
+    WARP_CH=0), there with the residual stream and its sums once a program (SUMS_1D; tune's SUMS_1D=0: in every
+    warp)."""
     c = constexprs
     one_pass = -(-Di // c["PER_C"]) <= working
     warps = int(tune.get("num_warps", _NUM_WARPS))
-    # FIXED's int64 sums would be read and converted in every warp: off unless asked for (H200: 275 against 249 us)
     in_warps = (one_pass and c["BLOCK_B"] == 1 and c["BLOCK_C"] >= warps and _warp_layout_holds()
-                and tune.get("WARP_SUMS", 0 if c["FIXED"] else 1))
+                and tune.get("WARP_SUMS", 1))
     return dict(ONE_PASS=one_pass, WARP_CH=c["BLOCK_C"] // warps if in_warps else 0, KCH=min(128, c["BLOCK_DM"]),
-                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]))
+                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=bool(in_warps and tune.get("SUMS_1D", 1)))
 
 
 def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,

@@ -51,7 +51,8 @@ took 318 and 449 us), 225-230 us a step against 250-255 us without, two layers a
 ~4 to ~1.2 us. Kept as an opt-in variant (decode.TUNE's SPLIT=1), as its runs are not bit-identical without FIXED.
 
 At batch 1 with one channel block a program (_layers_in_warps, below) every sum over d_model stays in one warp:
-192-194 us a step with 36 prefetchers against 229 us with the general tiles (H200, 2026-11-29, BENCHMARKS.md).
+192-194 us a step with 36 prefetchers against 229 us with the general tiles; with the residual stream read and kept
+once a program (SUMS_1D) 174.6 us, and 214.2 us with FIXED (H200, 2026-11-29, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -353,10 +354,17 @@ def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
 # block barrier. The per-channel values (conv, dt, the SSM state over VW-wide lanes) share the same parent layout;
 # only x_proj's and out_proj's sums across the block's channels, and the atomics, cross warps.
 #
-# Every warp reads the vectors it needs (the residual's sums, norm weights, dt_low, B, C) itself, through L1: the
-# barrier's acquire has made the sums visible, and the first warp's miss serves the other seven. Through L2 (.cg, as
-# the general tiles read them) the 8 warps of 96 programs would queue on the same few L2 lines (H200: 241 against
-# 232 us a step for the general tiles, 364 us with FIXED's int64 sums).
+# The residual stream and its out_proj sums are kept once a program (SUMS_1D, the default: (BLOCK_DM,) over all its
+# threads), and the normed vector goes to every warp by one layout conversion through shared memory. The compiler
+# converts that small vector, not the in_proj rows it meets, only if the rows' load comes after it in the program:
+# so they are loaded a layer ahead, at the end of the layer before (loaded at the top of the layer, the rows took
+# the vector's layout, their sums crossed warps, and 2 KB a thread spilled). H200, 90M LM, 36 prefetchers: 174.6
+# against 197.0 us a step, and with FIXED 214.2 against 273.1 us (2026-11-29, BENCHMARKS.md).
+#
+# With SUMS_1D=0 every warp reads the vectors it needs (the residual's sums, norm weights, dt_low, B, C) itself,
+# through L1: the barrier's acquire has made the sums visible, and the first warp's miss serves the other seven.
+# Through L2 (.cg, as the general tiles read them) the 8 warps of 96 programs would queue on the same few L2 lines
+# (H200: 241 against 232 us a step for the general tiles, 364 us with FIXED's int64 sums).
 
 
 @triton.jit
@@ -364,6 +372,13 @@ def _widen(t):
     """(WARPS, C) -> (WARPS, C, 1, 1), inserting the dims in the order that gives back the layout the two sums over
     axis 2 took them from (t[:, :, None, None] would cost a layout conversion)."""
     return tl.expand_dims(tl.expand_dims(t, 2), 2)
+
+
+@triton.jit
+def _every_warp(v, WARPS: tl.constexpr, C: tl.constexpr, NK: tl.constexpr, LANES: tl.constexpr):
+    """A vector over the program's threads, (NK * LANES,), as (WARPS, C, NK, LANES) with every warp holding all of it
+    (SUMS_1D: the one layout conversion, through shared memory, that hands a sum read once to every warp)."""
+    return tl.broadcast_to(tl.reshape(v, (1, 1, NK, LANES)), (WARPS, C, NK, LANES))
 
 
 @triton.jit
@@ -388,7 +403,7 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                      BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr, WARP_CH: tl.constexpr,
                      KCH: tl.constexpr, VW: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr,
                      SKIP_ATOMICS: tl.constexpr, ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr, TRACE: tl.constexpr,
-                     ASM: tl.constexpr):
+                     ASM: tl.constexpr, SUMS_1D: tl.constexpr):
     """Every layer of the split kernel for batch 1 with one channel block a program (its loop, same results), in the
     layout above: returns the residual stream entering the last layer's output, (1, BLOCK_DM) fp32, and the ticket."""
     WARPS: tl.constexpr = BLOCK_C // WARP_CH
@@ -419,13 +434,20 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
     cc_ok = (lane_c < PER_C) & (ch_c < Di)
 
     tok = tl.load(tok_ptr).to(tl.int64)
-    r = tl.load(emb_ptr + tok * Dm + vec_m, mask=m_ok, other=0.0).to(tl.float32)
+    row_ok = c_ok4 & (offs_m < Dm)
+    if SUMS_1D:
+        r = tl.load(emb_ptr + tok * Dm + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        wu = tl.load(_layer_ptr(in_tab, 0, ADT) + ch4.to(tl.int64) * Dm + offs_m, mask=row_ok, other=0.0)
+    else:
+        r = tl.load(emb_ptr + tok * Dm + vec_m, mask=m_ok, other=0.0).to(tl.float32)
     for layer in range(n_layer):
         # ---- A's reads (before the wait) -------------------------------------------------------------------------
         w_in = _layer_ptr(in_tab, layer, ADT)
-        row_ok = c_ok4 & (offs_m < Dm)
-        wu = tl.load(w_in + ch4.to(tl.int64) * Dm + offs_m, mask=row_ok, other=0.0)  # (WARPS, WARP_CH, NK, KCH)
-        norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + vec_m, mask=m_ok, other=0.0).to(tl.float32)
+        if SUMS_1D:
+            norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+        else:
+            wu = tl.load(w_in + ch4.to(tl.int64) * Dm + offs_m, mask=row_ok, other=0.0)  # (WARPS, WARP_CH, NK, KCH)
+            norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + vec_m, mask=m_ok, other=0.0).to(tl.float32)
         taps = tl.load(_layer_ptr(convw_tab, layer, ADT) + ch3 * W + w3, mask=c_ok3 & (w3 < W),
                        other=0.0).to(tl.float32)  # (WARPS, WARP_CH, BLOCK_W)
         conv_st = _layer_ptr(conv_tab, layer, CONV_DT)
@@ -440,12 +462,19 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                      mask=x_ok[:, None] & cc_ok[None, :], other=0.0)
         if layer > 0:
             _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
-            r += _round(_acc_sum(oacc_ptr, layer - 1, batch, vec_m, m_ok, Dm, COPIES, FIXED), ADT)
+            if SUMS_1D:
+                r += _round(_acc_sum(oacc_ptr, layer - 1, batch, offs_d, d_ok, Dm, COPIES, FIXED), ADT)
+            else:
+                r += _round(_acc_sum(oacc_ptr, layer - 1, batch, vec_m, m_ok, Dm, COPIES, FIXED), ADT)
         else:  # o_acc[L-1], read in the last launch's head phase
             _zero_share(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, pid, nprog, BLOCK_DM)
         # ---- A: norm, in_proj, conv step, x_proj's partial sums ---------------------------------------------------
-        ss = tl.sum(tl.sum(r * r, axis=2), axis=2)  # (WARPS, 1), the same in every warp
-        xn = _round(r * _widen(1.0 / tl.sqrt(ss / Dm + eps)) * norm_w, ADT)
+        if SUMS_1D:
+            xn = r * (1.0 / tl.sqrt(tl.sum(r * r) / Dm + eps)) * norm_w
+            xn = _round(_every_warp(xn, WARPS, 1, NK, KCH), ADT)
+        else:
+            ss = tl.sum(tl.sum(r * r, axis=2), axis=2)  # (WARPS, 1), the same in every warp
+            xn = _round(r * _widen(1.0 / tl.sqrt(ss / Dm + eps)) * norm_w, ADT)
         u = _round(tl.sum(tl.sum(wu.to(tl.float32) * xn, axis=2), axis=2), ADT)  # (WARPS, WARP_CH)
         window = tl.where(w3 == W - 1, u.to(CONV_DT)[:, :, None], older)
         out = tl.sum(window.to(tl.float32) * taps, axis=2) + cbias
@@ -474,9 +503,18 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         h = tl.load(h_ptrs, mask=n_ok4, other=0.0)
         _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         # ---- B: dt, the SSM state, gate, out_proj's partial sums --------------------------------------------------
-        dt_low = _round(_acc_sum(xacc_ptr, layer, batch, vec_v, vec_v < R, X, COPIES, FIXED), ADT)
-        Bv = _round(_acc_sum(xacc_ptr + R, layer, batch, vec_v, vec_v < N, X, COPIES, FIXED), ADT)
-        Cv = _round(_acc_sum(xacc_ptr + R + N, layer, batch, vec_v, vec_v < N, X, COPIES, FIXED), ADT)
+        if SUMS_1D:
+            lanes = tl.arange(0, VW)
+            dt_low = _round(_every_warp(_acc_sum(xacc_ptr, layer, batch, lanes, lanes < R, X, COPIES, FIXED),
+                                        WARPS, 1, 1, VW), ADT)
+            Bv = _round(_every_warp(_acc_sum(xacc_ptr + R, layer, batch, lanes, lanes < N, X, COPIES, FIXED),
+                                    WARPS, 1, 1, VW), ADT)
+            Cv = _round(_every_warp(_acc_sum(xacc_ptr + R + N, layer, batch, lanes, lanes < N, X, COPIES, FIXED),
+                                    WARPS, 1, 1, VW), ADT)
+        else:
+            dt_low = _round(_acc_sum(xacc_ptr, layer, batch, vec_v, vec_v < R, X, COPIES, FIXED), ADT)
+            Bv = _round(_acc_sum(xacc_ptr + R, layer, batch, vec_v, vec_v < N, X, COPIES, FIXED), ADT)
+            Cv = _round(_acc_sum(xacc_ptr + R + N, layer, batch, vec_v, vec_v < N, X, COPIES, FIXED), ADT)
         dt = _round(tl.sum(tl.sum(wdt.to(tl.float32) * dt_low, axis=2), axis=2), ADT) + dtb  # (WARPS, WARP_CH)
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
         h = tl.exp(_widen(dt) * A) * h + _widen(dt * xc) * Bv
@@ -489,7 +527,14 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
             _acc_add(oacc_ptr + (layer * COPIES + pid % COPIES) * batch * Dm + offs_d, part, d_ok, FIXED)
         if ARRIVE_FIRST:
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
-    return tl.reshape(tl.max(r, axis=0), (1, BLOCK_DM)), ticket
+        if SUMS_1D:  # the next layer's in_proj u rows (the layout note above)
+            wu = tl.load(_layer_ptr(in_tab, layer + 1, ADT) + ch4.to(tl.int64) * Dm + offs_m,
+                         mask=row_ok & (layer + 1 < n_layer), other=0.0)
+    if SUMS_1D:
+        r_out = tl.reshape(r, (1, BLOCK_DM))
+    else:
+        r_out = tl.reshape(tl.max(r, axis=0), (1, BLOCK_DM))
+    return r_out, ticket
 
 
 @triton.jit(do_not_specialize=["batch"])
@@ -506,7 +551,7 @@ def _decode_split_kernel(
     ROWS_HEAD: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr = 0,
     ARRIVE_FIRST: tl.constexpr = False, FIXED: tl.constexpr = False, ONE_PASS: tl.constexpr = False,
     TRACE: tl.constexpr = False, ASM: tl.constexpr = False, PREFETCHERS: tl.constexpr = 0, AHEAD: tl.constexpr = 1,
-    WARP_CH: tl.constexpr = 0, KCH: tl.constexpr = 128, VW: tl.constexpr = 128,
+    WARP_CH: tl.constexpr = 0, KCH: tl.constexpr = 128, VW: tl.constexpr = 128, SUMS_1D: tl.constexpr = False,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics
@@ -543,7 +588,7 @@ def _decode_split_kernel(
                                      trace_ptr, ticket, trace_base, n_slots, pid, nprog, batch, n_layer, Dm, Di, N, R,
                                      W, eps, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_DM,
                                      BLOCK_W, BLOCK_X, BLOCK_C, PER_C, WARP_CH, KCH, VW, COPIES, NO_WAIT,
-                                     SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM)
+                                     SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM, SUMS_1D)
     else:
         r, ticket = _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab,
                             alog_tab, d_tab, out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,

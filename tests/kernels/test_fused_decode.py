@@ -319,14 +319,16 @@ def test_variant_plans_at_the_benchmark_size():
                          [(1, 1, 8, 0, {}), (3, 5, 2, 0, {}), (2, 7, 1, 0, {}), (3, 5, 4, 1, {}),
                           (3, 7, 4, 1, {"FIXED": 1}), (2, 1, 2, 1, {"FIXED": 1, "PER_C": 48}),
                           (1, 1, 1, 0, {"PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48}),
-                          (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48, "WARP_SUMS": 1}),
-                          (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48, "WARP_SUMS": 0})])
+                          (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48, "SUMS_1D": 0}),
+                          (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48, "SUMS_1D": 0}),
+                          (1, 1, 2, 1, {"PER_C": 48, "WARP_SUMS": 0}), (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48,
+                                                                                    "WARP_SUMS": 0})])
 def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies, arrive_first, more):
     """SPLIT=1 (kernels/decode_split_triton.py) against the layer-by-layer step over three steps from random states:
     programs=5 or 7 plans channel blocks of 10 or 7 (tiles of 16 and 8) that one interpreted program loops over, each
     adding into its copy of the accumulators; PER_C=48 makes one block, which the one program keeps in registers
-    (ONE_PASS), at batch 1 in the warp layout (WARP_CH: 8 channels a warp of the 64-lane block) unless WARP_SUMS=0
-    (FIXED: only with WARP_SUMS=1).
+    (ONE_PASS), at batch 1 in the warp layout (WARP_CH: 8 channels a warp of the 64-lane block) unless WARP_SUMS=0,
+    there with the sums read once a program (SUMS_1D) unless SUMS_1D=0.
     Between launches every accumulator is zero but the last layer's out_proj sums (zeroed at the start of
     the next launch); FIXED (int64 fixed-point sums) changes neither."""
     monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies, "ARRIVE_FIRST": arrive_first, **more})
@@ -340,8 +342,8 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
     per = more.get("PER_C", min(-(-48 // programs), 32))  # at most _SPLIT_MAX_C channels an item
     assert step.split and (c["PER_C"], c["BLOCK_C"], c["COPIES"]) == (per, max(2, 1 << (per - 1).bit_length()), copies)
     assert c["ONE_PASS"] == (per == 48) and c["FIXED"] == bool(more.get("FIXED"))
-    assert c["WARP_CH"] == (8 if per == 48 and batch == 1 and more.get("WARP_SUMS", 0 if more.get("FIXED") else 1)
-                            else 0)
+    assert c["WARP_CH"] == (8 if per == 48 and batch == 1 and more.get("WARP_SUMS", 1) else 0)
+    assert c["SUMS_1D"] == bool(c["WARP_CH"] and more.get("SUMS_1D", 1))
     assert tuple(step._oacc.shape) == (n_layer, copies, batch, 24)
     assert step._oacc.dtype == (torch.int64 if more.get("FIXED") else torch.float32)
     gen = torch.Generator().manual_seed(batch)
@@ -351,11 +353,12 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
 
 
-def test_split_kernel_warp_layout_over_chunks(forced, monkeypatch):
+@pytest.mark.parametrize("sums_1d", [0, 1])
+def test_split_kernel_warp_layout_over_chunks(forced, monkeypatch, sums_1d):
     """The batch-1 warp layout with d_model 160: two chunks of 128 lanes, the second mostly masked, so the norm, the
     in_proj sums and the residual stream handed to the head cross a chunk border; d_inner 320 in one block of 512
-    lanes (64 channels a warp), dt_rank 10."""
-    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PER_C": 320})
+    lanes (64 channels a warp), dt_rank 10; the residual stream in every warp or (SUMS_1D) once a program."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PER_C": 320, "SUMS_1D": sums_1d})
     model = _lm("mamba_dna_lm_tiny", seed=46, d_model=160, n_layer=2, d_state=6)
     fused_cache, ref_cache = _random_caches(model, 1, seed=56)
     token = torch.zeros(1, dtype=torch.long, device=DEV)
@@ -363,6 +366,7 @@ def test_split_kernel_warp_layout_over_chunks(forced, monkeypatch):
                            [c.ssm_state for c in fused_cache.layers], programs=1)
     c = step._constexprs
     assert (c["WARP_CH"], c["KCH"], c["BLOCK_DM"], c["VW"], c["BLOCK_C"]) == (64, 128, 256, 128, 512)
+    assert c["SUMS_1D"] == bool(sums_1d)
     gen = torch.Generator().manual_seed(9)
     for _ in range(2):
         _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
@@ -412,9 +416,9 @@ def test_fused_kernel_with_prefetchers(forced, monkeypatch, merge):
 
 def test_split_warp_layout_plan(monkeypatch):
     """The warp layout's plan at the 90M LM's sizes on 132 programs with 36 prefetchers: at batch 1, one pass and
-    8 warps it holds 2 channels a warp of the 16-lane block; off for batch 2, for more blocks than working programs,
-    for WARP_SUMS=0, for FIXED unless WARP_SUMS=1, and on a GPU with a Triton other than 3.6, whose layouts it was
-    checked with (the interpreter has no layouts)."""
+    8 warps it holds 2 channels a warp of the 16-lane block, the sums read once a program (SUMS_1D) unless
+    SUMS_1D=0; off for batch 2, for more blocks than working programs, for WARP_SUMS=0, and on a GPU with a Triton
+    other than 3.6, whose layouts it was checked with (the interpreter has no layouts)."""
     import triton
 
     args = (768, 1536, 16, 48, 4, 256)
@@ -423,12 +427,13 @@ def test_split_warp_layout_plan(monkeypatch):
         return decode.plan_split_passes(decode.plan_split_constexprs(*args, batch, 132, tune), 1536, working, tune)
 
     monkeypatch.setattr(decode, "interpreting", lambda: True)
-    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128)
+    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True)
     assert plan(num_warps=4)["WARP_CH"] == 4
     assert plan(batch=2)["WARP_CH"] == 0 and plan(batch=2)["ONE_PASS"]
-    assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128)
+    assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128, SUMS_1D=False)
     assert plan(WARP_SUMS=0)["WARP_CH"] == 0
-    assert plan(FIXED=1)["WARP_CH"] == 0 and plan(FIXED=1, WARP_SUMS=1)["WARP_CH"] == 2
+    assert plan(FIXED=1)["WARP_CH"] == 2 and plan(FIXED=1)["SUMS_1D"] and not plan(SUMS_1D=0)["SUMS_1D"]
+    assert not plan(FIXED=1, SUMS_1D=0)["SUMS_1D"] and not plan(WARP_SUMS=0)["SUMS_1D"]
     monkeypatch.setattr(decode, "interpreting", lambda: False)
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     assert plan()["WARP_CH"] == 2
@@ -652,6 +657,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "PREFETCHERS": 36, "AHEAD": 2}, 2),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "WARP_SUMS": 0}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "SUMS_1D": 0, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"PREFETCHERS": 4, "MERGE_IN_CONV": 0}, 8),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
