@@ -133,6 +133,13 @@ TUNE: dict[str, int] = {}
 # ahead: 254 us.
 DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS": 1, "ONE_ITEM": 1, "JOINT_READS": 1,
                                 "MERGE_IN_CONV": 1, "PREFETCHERS": 4, "AHEAD": 2}
+# With decode.TUNE empty, at batch 1 on sm_90 or newer, on a grid of at least _SPLIT_DEFAULT_MIN_PROGRAMS programs and
+# where the split kernel's batch-1 warp layout holds (plan_split_passes: one channel block a working program, Triton
+# 3.6), the step is the split kernel with FIXED sums, whose runs are bit-identical like the default kernel's: H200,
+# 90M LM, 214.1 us a step against 254.8 us for DEFAULT_TUNE's kernel (2026-11-29, BENCHMARKS.md). Elsewhere
+# DEFAULT_TUNE's kernel.
+SPLIT_DEFAULT_TUNE: dict[str, int] = {"SPLIT": 1, "FIXED": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2}
+_SPLIT_DEFAULT_MIN_PROGRAMS = 128
 # DEFAULT_TUNE's PREFETCHERS holds on grids of at least this many programs (it was measured on 132; a small grid,
 # e.g. under an MPS share or the interpreter's one program, keeps every program working) and on sm_90 or newer
 # (cp.async.bulk.prefetch); an explicit PREFETCHERS is refused below sm_90
@@ -160,6 +167,8 @@ _SPLIT_MAX_C = 32
 # program's atomics at the same addresses, many make every reader add more (H200, batch 1, ARRIVE_FIRST: 258 us with
 # 1 or 2 copies, 282 with 8, 373 with 32)
 _SPLIT_COPIES = 2
+# FIXED's int64 words hold at most this many contributions each (decode_split_triton._FIXED_POISON)
+_FIXED_MAX_ADDS = 256
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
 # 1024 tile)
 _ONE_ITEM_TILE = 2 * _TILE
@@ -519,6 +528,9 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
                          f"ARRIVE_FIRST=1 and no NO_WAIT, got {dict(tune)}")
     if c["COPIES"] < 1 or c["COPIES"] & (c["COPIES"] - 1):
         raise ValueError(f"TUNE: COPIES must be a power of two, got {c['COPIES']}")
+    if c["FIXED"] and -(-working // c["COPIES"]) > _FIXED_MAX_ADDS:
+        raise ValueError(f"TUNE: FIXED's sums take at most {_FIXED_MAX_ADDS} contributions a word: {working} working "
+                         f"programs need COPIES >= {-(-working // _FIXED_MAX_ADDS)}")
     takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED", "TRACE",
              "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "num_warps"}
     unknown = sorted(set(tune) - takes)
@@ -551,6 +563,17 @@ def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: d
                 and tune.get("WARP_SUMS", 1))
     return dict(ONE_PASS=one_pass, WARP_CH=c["BLOCK_C"] // warps if in_warps else 0, KCH=min(128, c["BLOCK_DM"]),
                 VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=bool(in_warps and tune.get("SUMS_1D", 1)))
+
+
+def default_tune(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int) -> dict[str, int]:
+    """The settings of a step on `programs` programs (the grid, on sm_90 or newer) when decode.TUNE is empty:
+    SPLIT_DEFAULT_TUNE where it holds (see there), else {} (DEFAULT_TUNE's kernel)."""
+    if batch != 1 or programs < _SPLIT_DEFAULT_MIN_PROGRAMS:
+        return {}
+    tune = dict(SPLIT_DEFAULT_TUNE)
+    c = plan_split_constexprs(Dm, Di, N, R, W, V, batch, programs, tune)
+    passes = plan_split_passes(c, Di, programs - c["PREFETCHERS"], tune)
+    return tune if passes["WARP_CH"] and passes["SUMS_1D"] else {}
 
 
 def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
@@ -644,6 +667,8 @@ class FusedDecodeStep:
         on_gpu = self.device.type == "cuda"
         self.grid = _sm_count(self.device.index) if on_gpu else 1
         tune = _device_tune(self.device)
+        if not tune and on_gpu and torch.cuda.get_device_capability(self.device) >= _PREFETCHERS_MIN_CAPABILITY:
+            tune = default_tune(Dm, Di, N, R, W, V, batch, self.grid)
         prefetch_only = tune.get("PREFETCHERS", 0)  # (checked by the plan)
         if not on_gpu and isinstance(prefetch_only, int):
             self.grid += prefetch_only  # the interpreter's one working program, then the prefetchers (idle there)

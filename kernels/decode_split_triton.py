@@ -30,7 +30,7 @@ H200, batch 1, 250.7-253.7 us against 254.8-257.4 us in the same run.)
 
 The roundings are the reference's (decode_triton.py). With fp32 accumulators only the order of the sums across channel
 blocks changes from run to run with the atomics, so two runs agree to fp32 rounding before the activation-dtype
-roundings, not bit for bit; FIXED=1 accumulates int64 multiples of 2^-32 instead, whose sums are exact in any order:
+roundings, not bit for bit; FIXED=1 accumulates int64 multiples of 2^-24 instead, whose sums are exact in any order:
 bit-identical runs. Each phase loads the weights of its first item before the barrier that guards its inputs. Under
 the interpreter the host launches one working program, which loops over every item (and any prefetchers, idle there).
 
@@ -76,7 +76,15 @@ from .decode_triton import (
     _traced_wait,
 )
 
-_FIXED_ONE: tl.constexpr = tl.constexpr(2.0 ** 32)  # FIXED's unit: an accumulator holds round(sum * 2^32)
+# FIXED: an accumulator holds the sum of its contributions in units of 2^-24, each truncated towards zero. A
+# contribution that is not finite or not below _FIXED_LIMIT in magnitude adds _FIXED_POISON instead, and a total at or
+# past _FIXED_BAD in magnitude reads as NaN: the good part of a total stays below 256 * 2^44 = 2^52 (at most 256
+# contributions a word, decode.plan_split_constexprs checks), every poisoned one adds 2^53 (256 of them stay below
+# 2^63), so a bad value shows as NaN, never as a finite sum
+_FIXED_ONE: tl.constexpr = tl.constexpr(2.0 ** 24)
+_FIXED_LIMIT: tl.constexpr = tl.constexpr(2.0 ** 20)
+_FIXED_POISON: tl.constexpr = tl.constexpr(2 ** 53)
+_FIXED_BAD: tl.constexpr = tl.constexpr(2 ** 52)
 
 
 @triton.jit
@@ -111,18 +119,26 @@ def _acc_total(parts, FIXED: tl.constexpr):
     (_FIXED_ONE units), added exactly before the one rounding to fp32."""
     total = tl.sum(parts, axis=0)
     if FIXED:
-        total = total.to(tl.float32) * (1.0 / _FIXED_ONE)
+        total = _fixed_value(total)
     return total
+
+
+@triton.jit
+def _fixed_value(total):
+    """A FIXED accumulator's int64 total as fp32: NaN where it holds a poisoned contribution or overflowed."""
+    return tl.where(tl.abs(total) < _FIXED_BAD, total.to(tl.float32) * (1.0 / _FIXED_ONE), float("nan"))
 
 
 @triton.jit
 def _acc_add(ptrs, part, mask, FIXED: tl.constexpr):
     """Adds the fp32 partial sums `part` into an accumulator with relaxed atomics: as fp32 (the order of the adds, which
-    varies from run to run, rounds the total), or under FIXED as int64 multiples of 2^-32 (truncated towards zero),
-    whose sum is exact and so the same in any order: bit-identical runs. Needs |sums| < 2^31; the conversion turns a
-    NaN into 0 and saturates an infinity, so FIXED stays opt-in."""
+    varies from run to run, rounds the total), or under FIXED as int64 multiples of 2^-24 (truncated towards zero),
+    whose sum is exact and so the same in any order: bit-identical runs. Under FIXED a contribution that is not
+    finite or reaches 2^20 in magnitude poisons the sum, which then reads as NaN (_fixed_value)."""
     if FIXED:
-        tl.atomic_add(ptrs, (part * _FIXED_ONE).to(tl.int64), mask=mask, sem="relaxed")
+        good = tl.abs(part) < _FIXED_LIMIT  # false for a NaN
+        fixed = tl.where(good, (tl.where(good, part, 0.0) * _FIXED_ONE).to(tl.int64), _FIXED_POISON)
+        tl.atomic_add(ptrs, fixed, mask=mask, sem="relaxed")
     else:
         tl.atomic_add(ptrs, part, mask=mask, sem="relaxed")
 
@@ -390,7 +406,7 @@ def _acc_sum(acc_ptr, layer, batch, offs, ok, n, COPIES: tl.constexpr, FIXED: tl
     for cp in tl.static_range(1, COPIES):
         total += tl.load(base + cp * batch * n + offs, mask=ok, other=0)
     if FIXED:
-        total = total.to(tl.float32) * (1.0 / _FIXED_ONE)
+        total = _fixed_value(total)
     return total
 
 

@@ -372,6 +372,55 @@ def test_split_kernel_warp_layout_over_chunks(forced, monkeypatch, sums_1d):
         _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
 
 
+@pytest.mark.parametrize(("batch", "per_c"), [(1, 48), (2, 16)])
+def test_fixed_sums_show_bad_values_as_nan(forced, monkeypatch, batch, per_c):
+    """FIXED's int64 sums cannot hold a NaN, an infinity or a value past their range: such a contribution poisons its
+    sum, which reads as NaN. A NaN weight gives NaN logits, as in the reference; out_proj weights scaled so that its
+    partial sums reach 2^20 give NaN logits too, where the reference's are finite. At batch 1 in the warp layout, at
+    batch 2 in the general tiles."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "FIXED": 1, "ARRIVE_FIRST": 1, "PER_C": per_c})
+    for how in ("nan", "huge"):
+        model = _lm("mamba_dna_lm_tiny", seed=49, d_model=24, n_layer=2, d_state=6)
+        with torch.no_grad():
+            weight = model.backbone.layers[0].mixer.out_proj.weight
+            if how == "nan":
+                weight[3, 5] = float("nan")
+            else:
+                weight.mul_(2.0 ** 24)
+        cache, ref_cache = _random_caches(model, batch, seed=59)
+        token = torch.ones(batch, dtype=torch.long, device=DEV)
+        step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers],
+                               [c.ssm_state for c in cache.layers], programs=1)
+        assert step._constexprs["FIXED"] and bool(step._constexprs.get("WARP_CH")) == (batch == 1)
+        got = step()
+        monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
+        with torch.no_grad():
+            want = _reference_step(model, token, ref_cache)
+        monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
+        assert torch.isnan(got).all()
+        assert torch.isnan(want).all() if how == "nan" else torch.isfinite(want).all()
+
+
+def test_default_tune_picks_the_split_kernel_at_batch_1(monkeypatch):
+    """With decode.TUNE empty a step on sm_90 takes SPLIT_DEFAULT_TUNE (the split kernel with FIXED sums: bit-identical
+    runs) at batch 1 on a grid of at least 128 programs where the warp layout holds, and DEFAULT_TUNE's kernel
+    elsewhere: other batches, small grids (an MPS share), a Triton other than 3.6."""
+    import triton
+
+    args = (768, 1536, 16, 48, 4, 256)
+    monkeypatch.setattr(decode, "interpreting", lambda: False)
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    tune = decode.default_tune(*args, 1, 132)
+    assert tune == decode.SPLIT_DEFAULT_TUNE and tune["FIXED"] and tune["SPLIT"]
+    c = decode.plan_split_constexprs(*args, 1, 132, tune)
+    assert (c["PER_C"], c["PREFETCHERS"]) == (16, 36)
+    assert decode.plan_split_passes(c, 1536, 96, tune)["SUMS_1D"]
+    assert decode.default_tune(*args, 2, 132) == {}
+    assert decode.default_tune(*args, 1, 127) == {}
+    monkeypatch.setattr(triton, "__version__", "3.8.0")
+    assert decode.default_tune(*args, 1, 132) == {}
+
+
 @pytest.mark.parametrize("arrive_first", [0, 1])
 def test_split_kernel_with_prefetchers(forced, monkeypatch, arrive_first):
     """PREFETCHERS=2: the last two programs only ask L2 for weights (nothing under the interpreter) and never meet
