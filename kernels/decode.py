@@ -133,13 +133,6 @@ TUNE: dict[str, int] = {}
 # ahead: 254 us.
 DEFAULT_TUNE: dict[str, int] = {"BATCH_TILE": 1, "ARRIVE_FIRST": 1, "EARLY_LOADS": 1, "ONE_ITEM": 1, "JOINT_READS": 1,
                                 "MERGE_IN_CONV": 1, "PREFETCHERS": 4, "AHEAD": 2}
-# With decode.TUNE empty, at batch 1 on sm_90 or newer, on a grid of at least _SPLIT_DEFAULT_MIN_PROGRAMS programs and
-# where the split kernel's batch-1 warp layout holds (plan_split_passes: one channel block a working program, Triton
-# 3.6), the step is the split kernel with FIXED sums, whose runs are bit-identical like the default kernel's: H200,
-# 90M LM, 214.1 us a step against 254.8 us for DEFAULT_TUNE's kernel (2026-11-29, BENCHMARKS.md). Elsewhere
-# DEFAULT_TUNE's kernel.
-SPLIT_DEFAULT_TUNE: dict[str, int] = {"SPLIT": 1, "FIXED": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2}
-_SPLIT_DEFAULT_MIN_PROGRAMS = 128
 # DEFAULT_TUNE's PREFETCHERS holds on grids of at least this many programs (it was measured on 132; a small grid,
 # e.g. under an MPS share or the interpreter's one program, keeps every program working) and on sm_90 or newer
 # (cp.async.bulk.prefetch); an explicit PREFETCHERS is refused below sm_90
@@ -565,17 +558,6 @@ def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: d
                 VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=bool(in_warps and tune.get("SUMS_1D", 1)))
 
 
-def default_tune(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int) -> dict[str, int]:
-    """The settings of a step on `programs` programs (the grid, on sm_90 or newer) when decode.TUNE is empty:
-    SPLIT_DEFAULT_TUNE where it holds (see there), else {} (DEFAULT_TUNE's kernel)."""
-    if batch != 1 or programs < _SPLIT_DEFAULT_MIN_PROGRAMS:
-        return {}
-    tune = dict(SPLIT_DEFAULT_TUNE)
-    c = plan_split_constexprs(Dm, Di, N, R, W, V, batch, programs, tune)
-    passes = plan_split_passes(c, Di, programs - c["PREFETCHERS"], tune)
-    return tune if passes["WARP_CH"] and passes["SUMS_1D"] else {}
-
-
 def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
              tune: dict[str, int]) -> dict[str, int]:
     """The constexprs of whichever kernel `tune` (over DEFAULT_TUNE) selects: plan_split_constexprs under SPLIT=1,
@@ -667,8 +649,6 @@ class FusedDecodeStep:
         on_gpu = self.device.type == "cuda"
         self.grid = _sm_count(self.device.index) if on_gpu else 1
         tune = _device_tune(self.device)
-        if not tune and on_gpu and torch.cuda.get_device_capability(self.device) >= _PREFETCHERS_MIN_CAPABILITY:
-            tune = default_tune(Dm, Di, N, R, W, V, batch, self.grid)
         prefetch_only = tune.get("PREFETCHERS", 0)  # (checked by the plan)
         if not on_gpu and isinstance(prefetch_only, int):
             self.grid += prefetch_only  # the interpreter's one working program, then the prefetchers (idle there)

@@ -401,26 +401,6 @@ def test_fixed_sums_show_bad_values_as_nan(forced, monkeypatch, batch, per_c):
         assert torch.isnan(want).all() if how == "nan" else torch.isfinite(want).all()
 
 
-def test_default_tune_picks_the_split_kernel_at_batch_1(monkeypatch):
-    """With decode.TUNE empty a step on sm_90 takes SPLIT_DEFAULT_TUNE (the split kernel with FIXED sums: bit-identical
-    runs) at batch 1 on a grid of at least 128 programs where the warp layout holds, and DEFAULT_TUNE's kernel
-    elsewhere: other batches, small grids (an MPS share), a Triton other than 3.6."""
-    import triton
-
-    args = (768, 1536, 16, 48, 4, 256)
-    monkeypatch.setattr(decode, "interpreting", lambda: False)
-    monkeypatch.setattr(triton, "__version__", "3.6.0")
-    tune = decode.default_tune(*args, 1, 132)
-    assert tune == decode.SPLIT_DEFAULT_TUNE and tune["FIXED"] and tune["SPLIT"]
-    c = decode.plan_split_constexprs(*args, 1, 132, tune)
-    assert (c["PER_C"], c["PREFETCHERS"]) == (16, 36)
-    assert decode.plan_split_passes(c, 1536, 96, tune)["SUMS_1D"]
-    assert decode.default_tune(*args, 2, 132) == {}
-    assert decode.default_tune(*args, 1, 127) == {}
-    monkeypatch.setattr(triton, "__version__", "3.8.0")
-    assert decode.default_tune(*args, 1, 132) == {}
-
-
 @pytest.mark.parametrize("arrive_first", [0, 1])
 def test_split_kernel_with_prefetchers(forced, monkeypatch, arrive_first):
     """PREFETCHERS=2: the last two programs only ask L2 for weights (nothing under the interpreter) and never meet
