@@ -106,8 +106,10 @@ _NUM_WARPS = 8
 #   run; then with the residual stream and its sums read once a program, not once a warp (SUMS_1D, on in the warp
 #   layout; SUMS_1D=0 for the per-warp reads): 174.6 us against 197.0 us, and 214.2 us with FIXED (bit-identical
 #   runs) against 273.1 us with FIXED's int64 sums read and converted in every warp, 262.8 us for the default
-#   kernel in the same run. Not the default: without FIXED its runs are not bit-identical, and with FIXED it loses
-#   to the default kernel at other sizes (d_model 512 x 12 layers: 126 against 98 us; 1024 x 16: 338 against 244).
+#   kernel in the same run; then 4 copies of each accumulator there (_SPLIT_COPIES_1D): 164.4-165.0 us, 3.8x the
+#   floor, against 170.0-171.3 us with 2. Not the default: without FIXED its runs are not bit-identical, and with
+#   FIXED it loses to the default kernel at other sizes (d_model 512 x 12 layers: 126 against 98 us; 1024 x 16: 338
+#   against 244).
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
@@ -161,6 +163,10 @@ _SPLIT_MAX_C = 32
 # program's atomics at the same addresses, many make every reader add more (H200, batch 1, ARRIVE_FIRST: 258 us with
 # 1 or 2 copies, 282 with 8, 373 with 32)
 _SPLIT_COPIES = 2
+# ... and in the batch-1 warp layout with the sums read once a program (SUMS_1D), where a reader's extra copies cost
+# less, with float sums (H200, 90M LM, 36 prefetchers: 166.7 against 173.5-176.8 us with 2; FIXED's int64 sums keep
+# 2: 230.4 us with 4 against 214-217)
+_SPLIT_COPIES_1D = 4
 # FIXED's int64 words hold at most this many contributions each (decode_split_triton._FIXED_POISON)
 _FIXED_MAX_ADDS = 256
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
@@ -549,14 +555,16 @@ def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: d
     channel a warp, the warp layout of _layers_in_warps: WARP_CH channels a warp, d_model in chunks of KCH, dt_low,
     B, C and the SSM state over VW lanes (tune's WARP_SUMS=0 or a Triton that lays it out otherwise leaves it off:
     WARP_CH=0), there with the residual stream and its sums once a program (SUMS_1D; tune's SUMS_1D=0: in every
-    warp)."""
+    warp) and then, unless tune sets COPIES or FIXED, _SPLIT_COPIES_1D copies of each accumulator."""
     c = constexprs
     one_pass = -(-Di // c["PER_C"]) <= working
     warps = int(tune.get("num_warps", _NUM_WARPS))
     in_warps = (one_pass and c["BLOCK_B"] == 1 and c["BLOCK_C"] >= warps and _warp_layout_holds()
                 and tune.get("WARP_SUMS", 1))
+    sums_1d = bool(in_warps and tune.get("SUMS_1D", 1))
+    copies = c["COPIES"] if tune.get("COPIES") or c["FIXED"] or not sums_1d else _SPLIT_COPIES_1D
     return dict(ONE_PASS=one_pass, WARP_CH=c["BLOCK_C"] // warps if in_warps else 0, KCH=min(128, c["BLOCK_DM"]),
-                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=bool(in_warps and tune.get("SUMS_1D", 1)))
+                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=sums_1d, COPIES=copies)
 
 
 def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,

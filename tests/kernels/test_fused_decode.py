@@ -446,8 +446,9 @@ def test_fused_kernel_with_prefetchers(forced, monkeypatch, merge):
 def test_split_warp_layout_plan(monkeypatch):
     """The warp layout's plan at the 90M LM's sizes on 132 programs with 36 prefetchers: at batch 1, one pass and
     8 warps it holds 2 channels a warp of the 16-lane block, the sums read once a program (SUMS_1D) unless
-    SUMS_1D=0; off for batch 2, for more blocks than working programs, for WARP_SUMS=0, and on a GPU with a Triton
-    other than 3.6, whose layouts it was checked with (the interpreter has no layouts)."""
+    SUMS_1D=0, from 4 copies of each accumulator unless COPIES or FIXED is set; off for batch 2, for more blocks
+    than working programs, for WARP_SUMS=0, and on a GPU with a Triton other than 3.6, whose layouts it was checked
+    with (the interpreter has no layouts)."""
     import triton
 
     args = (768, 1536, 16, 48, 4, 256)
@@ -456,10 +457,11 @@ def test_split_warp_layout_plan(monkeypatch):
         return decode.plan_split_passes(decode.plan_split_constexprs(*args, batch, 132, tune), 1536, working, tune)
 
     monkeypatch.setattr(decode, "interpreting", lambda: True)
-    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True)
+    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True, COPIES=4)
+    assert plan(COPIES=2)["COPIES"] == 2 and plan(FIXED=1)["COPIES"] == 2 and plan(SUMS_1D=0)["COPIES"] == 2
     assert plan(num_warps=4)["WARP_CH"] == 4
     assert plan(batch=2)["WARP_CH"] == 0 and plan(batch=2)["ONE_PASS"]
-    assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128, SUMS_1D=False)
+    assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128, SUMS_1D=False, COPIES=2)
     assert plan(WARP_SUMS=0)["WARP_CH"] == 0
     assert plan(FIXED=1)["WARP_CH"] == 2 and plan(FIXED=1)["SUMS_1D"] and not plan(SUMS_1D=0)["SUMS_1D"]
     assert not plan(FIXED=1, SUMS_1D=0)["SUMS_1D"] and not plan(WARP_SUMS=0)["SUMS_1D"]
