@@ -52,7 +52,8 @@ took 318 and 449 us), 225-230 us a step against 250-255 us without, two layers a
 
 At batch 1 with one channel block a program (_layers_in_warps, below) every sum over d_model stays in one warp:
 192-194 us a step with 36 prefetchers against 229 us with the general tiles; with the residual stream read and kept
-once a program (SUMS_1D) 174.6 us, and 214.2 us with FIXED (H200, 2026-11-29, BENCHMARKS.md).
+once a program (SUMS_1D) 174.6 us, then 164.4-165.0 us with 4 copies of each accumulator, and 214.2 us with FIXED
+(H200, 2026-11-29, BENCHMARKS.md).
 """
 
 from __future__ import annotations
