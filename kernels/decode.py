@@ -97,8 +97,8 @@ _NUM_WARPS = 8
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
 #   (as below), FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical; a contribution that is
-#   not finite or reaches 2^20 makes its sum NaN) and TRACE=1 (with
-#   ARRIVE_FIRST: its arrivals and departures timed, two barriers a layer), no other. With one
+#   not finite or reaches 2^20 makes its sum NaN), TRACE=1 (with ARRIVE_FIRST: its arrivals and departures timed,
+#   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS and SUMS_1D (batch 1, below), no other. With one
 #   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
 #   H200, batch 1 (2026-11-29, BENCHMARKS.md): first 251-258 us with ARRIVE_FIRST and 2 copies (263 with FIXED)
 #   against 267 us for the default; then with 36 prefetchers (PREFETCHERS=36, AHEAD=2) and at batch 1 the phases in
