@@ -98,7 +98,8 @@ _NUM_WARPS = 8
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
 #   (as below), FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical; a contribution that is
 #   not finite or reaches 2^20 makes its sum NaN), TRACE=1 (with ARRIVE_FIRST: its arrivals and departures timed,
-#   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS and SUMS_1D (batch 1, below), no other. With one
+#   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS, SUMS_1D and TMA_SUMS (batch 1, below), no
+#   other. With one
 #   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
 #   H200, batch 1 (2026-11-29, BENCHMARKS.md): first 251-258 us with ARRIVE_FIRST and 2 copies (263 with FIXED)
 #   against 267 us for the default; then with 36 prefetchers (PREFETCHERS=36, AHEAD=2) and at batch 1 the phases in
@@ -110,7 +111,10 @@ _NUM_WARPS = 8
 #   kernel in the same run; then 4 copies of each accumulator there (_SPLIT_COPIES_1D): 164.4-165.0 us, 3.8x the
 #   floor, against 170.0-171.3 us with 2. Not the default: without FIXED its runs are not bit-identical, and with
 #   FIXED it loses to the default kernel at other sizes (d_model 512 x 12 layers: 126 against 98 us; 1024 x 16: 338
-#   against 244).
+#   against 244). TMA_SUMS=1 (there, on sm_90, d_model a multiple of 128): each program adds its out_proj sums by
+#   one TMA bulk reduction (cp.reduce.async.bulk) instead of 192 four-wide float atomics (768 int64 ones under
+#   FIXED), waited for before the barrier's arrival: with FIXED 197.8 against 214.4 us; with float sums slower
+#   (174.2-180.6 against 165.7 us), so opt-in.
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
@@ -522,7 +526,7 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         COPIES=int(tune.get("COPIES") or _SPLIT_COPIES), NO_WAIT=int(tune.get("NO_WAIT", 0)),
         SKIP_ATOMICS=int(tune.get("SKIP_ATOMICS", 0)), ARRIVE_FIRST=bool(tune.get("ARRIVE_FIRST", 0)),
         FIXED=bool(tune.get("FIXED", 0)), TRACE=bool(tune.get("TRACE", 0)), PREFETCHERS=prefetchers,
-        AHEAD=_ahead(tune),
+        AHEAD=_ahead(tune), TMA_SUMS=bool(tune.get("TMA_SUMS", 0)),
     )
     if c["TRACE"] and (not c["ARRIVE_FIRST"] or c["NO_WAIT"]):
         raise ValueError(f"TUNE: TRACE in the split kernel records ARRIVE_FIRST's arrivals and departures: it needs "
@@ -533,7 +537,7 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         raise ValueError(f"TUNE: FIXED's sums take at most {_FIXED_MAX_ADDS} contributions a word: {working} working "
                          f"programs need COPIES >= {-(-working // _FIXED_MAX_ADDS)}")
     takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED", "TRACE",
-             "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "num_warps"}
+             "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "TMA_SUMS", "num_warps"}
     unknown = sorted(set(tune) - takes)
     if unknown:
         raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes {', '.join(sorted(takes))})")
@@ -692,6 +696,8 @@ class FusedDecodeStep:
             acc = dict(f32, dtype=torch.int64) if self._constexprs["FIXED"] else f32
             self._xacc = torch.zeros(len(mixers), copies, batch, X, **acc)
             self._oacc = torch.zeros(len(mixers), copies, batch, Dm, **acc)
+            if self._constexprs["TMA_SUMS"]:
+                self._constexprs["oacc_desc"] = self._bulk_sums_descriptor(Dm, on_gpu)
             # the arrival counter, then (a cache line on) each prefetcher's count of the launches it served
             self._bar_words = torch.zeros(16 + prefetchers, dtype=torch.int64, device=self.device)
             self._barrier = self._bar_words[:1]
@@ -741,6 +747,21 @@ class FusedDecodeStep:
         )
         self._args = (*head_args, *self._tables, self._resid, self._xz, self._xc, self._part, self._y,
                       self._bar_words, self.trace if self.trace is not None else self._barrier, *sizes)
+
+    def _bulk_sums_descriptor(self, Dm: int, on_gpu: bool):
+        """TMA_SUMS: a TMA descriptor of the out_proj accumulators as (layers x copies, Dm / KCH, KCH) rows, for the
+        split kernel's bulk reductions (FIXED's int64 words as uint64: the same sums)."""
+        c = self._constexprs
+        if not (on_gpu and torch.cuda.get_device_capability(self.device) >= (9, 0)):
+            raise ValueError("TUNE: TMA_SUMS needs a GPU with TMA (sm_90 or newer)")
+        if not c["SUMS_1D"] or Dm % c["KCH"]:
+            raise ValueError(f"TUNE: TMA_SUMS runs in the batch-1 warp layout with SUMS_1D and d_model a multiple of "
+                             f"{c['KCH']}, got SUMS_1D={c['SUMS_1D']}, d_model {Dm}")
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        acc = self._oacc.view(torch.uint64) if c["FIXED"] else self._oacc
+        return TensorDescriptor(acc, shape=[acc.numel() // Dm, Dm // c["KCH"], c["KCH"]], strides=[Dm, c["KCH"], 1],
+                                block_shape=[1, c["BLOCK_DM"] // c["KCH"], c["KCH"]])
 
     def scratch(self) -> list[torch.Tensor]:
         """The buffers the kernel writes before it reads them (tests poison them): the logits and the scratch of

@@ -137,11 +137,24 @@ def _acc_add(ptrs, part, mask, FIXED: tl.constexpr):
     whose sum is exact and so the same in any order: bit-identical runs. Under FIXED a contribution that is not
     finite or reaches 2^20 in magnitude poisons the sum, which then reads as NaN (_fixed_value)."""
     if FIXED:
-        good = tl.abs(part) < _FIXED_LIMIT  # false for a NaN
-        fixed = tl.where(good, (tl.where(good, part, 0.0) * _FIXED_ONE).to(tl.int64), _FIXED_POISON)
-        tl.atomic_add(ptrs, fixed, mask=mask, sem="relaxed")
+        tl.atomic_add(ptrs, _fixed_words(part), mask=mask, sem="relaxed")
     else:
         tl.atomic_add(ptrs, part, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _fixed_words(part):
+    """FIXED's int64 contributions for the fp32 partial sums `part` (_acc_add)."""
+    good = tl.abs(part) < _FIXED_LIMIT  # false for a NaN
+    return tl.where(good, (tl.where(good, part, 0.0) * _FIXED_ONE).to(tl.int64), _FIXED_POISON)
+
+
+@triton.jit
+def _bulk_reduce_done(pid):
+    """Waits until this thread's bulk reductions (TMA_SUMS) have written global memory, and orders them before its
+    later accesses (the barrier's release), across the async proxy. `pid` only gives the asm an operand."""
+    tl.inline_asm_elementwise("cp.async.bulk.wait_group 0; fence.proxy.async.global; mov.u32 $0, 0;", "=r,r", [pid],
+                              dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -420,7 +433,7 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                      BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr, WARP_CH: tl.constexpr,
                      KCH: tl.constexpr, VW: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr,
                      SKIP_ATOMICS: tl.constexpr, ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr, TRACE: tl.constexpr,
-                     ASM: tl.constexpr, SUMS_1D: tl.constexpr):
+                     ASM: tl.constexpr, SUMS_1D: tl.constexpr, TMA_SUMS: tl.constexpr, oacc_desc):
     """Every layer of the split kernel for batch 1 with one channel block a program (its loop, same results), in the
     layout above: returns the residual stream entering the last layer's output, (1, BLOCK_DM) fp32, and the ticket."""
     WARPS: tl.constexpr = BLOCK_C // WARP_CH
@@ -540,7 +553,16 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         z = _round(tl.sum(tl.sum(wz.to(tl.float32) * xn, axis=2), axis=2), ADT)
         y = tl.where(c_ok, _round(y * (z / (1.0 + tl.exp(-z))), ADT), 0.0)
         part = tl.sum(wout.to(tl.float32) * tl.reshape(y, (BLOCK_C,))[None, :], axis=1)  # (BLOCK_DM,)
-        if SKIP_ATOMICS & 1 == 0:
+        if TMA_SUMS:
+            # one bulk reduction of the whole vector by the TMA unit (its rows of KCH lanes past d_model fall outside
+            # the descriptor's bounds and are dropped), waited for before the arrival
+            if FIXED:
+                words = tl.reshape(_fixed_words(part).to(tl.uint64, bitcast=True), (1, NK, KCH))
+            else:
+                words = tl.reshape(part, (1, NK, KCH))
+            oacc_desc.atomic_add([layer * COPIES + pid % COPIES, 0, 0], words)
+            _bulk_reduce_done(pid)
+        elif SKIP_ATOMICS & 1 == 0:
             _acc_add(oacc_ptr + (layer * COPIES + pid % COPIES) * batch * Dm + offs_d, part, d_ok, FIXED)
         if ARRIVE_FIRST:
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
@@ -569,6 +591,7 @@ def _decode_split_kernel(
     ARRIVE_FIRST: tl.constexpr = False, FIXED: tl.constexpr = False, ONE_PASS: tl.constexpr = False,
     TRACE: tl.constexpr = False, ASM: tl.constexpr = False, PREFETCHERS: tl.constexpr = 0, AHEAD: tl.constexpr = 1,
     WARP_CH: tl.constexpr = 0, KCH: tl.constexpr = 128, VW: tl.constexpr = 128, SUMS_1D: tl.constexpr = False,
+    TMA_SUMS: tl.constexpr = False, oacc_desc=None,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics
@@ -605,7 +628,7 @@ def _decode_split_kernel(
                                      trace_ptr, ticket, trace_base, n_slots, pid, nprog, batch, n_layer, Dm, Di, N, R,
                                      W, eps, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_DM,
                                      BLOCK_W, BLOCK_X, BLOCK_C, PER_C, WARP_CH, KCH, VW, COPIES, NO_WAIT,
-                                     SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM, SUMS_1D)
+                                     SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM, SUMS_1D, TMA_SUMS, oacc_desc)
     else:
         r, ticket = _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab,
                             alog_tab, d_tab, out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,

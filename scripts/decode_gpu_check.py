@@ -359,9 +359,14 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                 fn = decode_triton._decode_step_kernel
                 consts.update(BLOCK_P=1 << (programs - 1).bit_length(), ASM=True)
             sig = {}
+            if "oacc_desc" in fn.arg_names and not consts.get("TMA_SUMS"):
+                consts["oacc_desc"] = None
             for name in fn.arg_names:
                 if name in consts:
                     sig[name] = "constexpr"
+                elif name == "oacc_desc":  # TMA_SUMS: the out_proj accumulators' descriptor
+                    nk = consts["BLOCK_DM"] // consts["KCH"]
+                    sig[name] = f"tensordesc<{'u64' if consts.get('FIXED') else 'fp32'}[1,{nk},{consts['KCH']}]>"
                 elif name.endswith("_tab"):
                     sig[name] = "*i64"
                 elif name.endswith("_ptr"):

@@ -401,6 +401,19 @@ def test_fixed_sums_show_bad_values_as_nan(forced, monkeypatch, batch, per_c):
         assert torch.isnan(want).all() if how == "nan" else torch.isfinite(want).all()
 
 
+def test_tma_sums_need_a_gpu_and_the_warp_layout(forced, monkeypatch):
+    """TMA_SUMS (out_proj's sums as one TMA bulk reduction a program) needs TMA, which the interpreter lacks, and the
+    batch-1 warp layout with SUMS_1D: both refused with the setting named."""
+    model = _lm("mamba_dna_lm_tiny", seed=43, d_model=24, n_layer=2, d_state=6)
+    cache, _ = _random_caches(model, 1, seed=53)
+    token = torch.zeros(1, dtype=torch.long, device=DEV)
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PER_C": 48, "TMA_SUMS": 1})
+    with pytest.raises(ValueError, match="TMA_SUMS needs a GPU with TMA"):
+        FusedDecodeStep(model, token, [c.conv_state for c in cache.layers], [c.ssm_state for c in cache.layers],
+                        programs=1)
+    assert decode.plan_split_constexprs(768, 1536, 16, 48, 4, 256, 1, 132, {"SPLIT": 1, "TMA_SUMS": 1})["TMA_SUMS"]
+
+
 @pytest.mark.parametrize("arrive_first", [0, 1])
 def test_split_kernel_with_prefetchers(forced, monkeypatch, arrive_first):
     """PREFETCHERS=2: the last two programs only ask L2 for weights (nothing under the interpreter) and never meet
@@ -690,6 +703,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "WARP_SUMS": 0}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "SUMS_1D": 0, "PREFETCHERS": 36, "AHEAD": 2}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"PREFETCHERS": 4, "MERGE_IN_CONV": 0}, 8),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
