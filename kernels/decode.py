@@ -642,7 +642,10 @@ class FusedDecodeStep:
                 if t.data_ptr() % 16:
                     raise ValueError(f"the fused decoding step needs 16-byte aligned parameters and states, got a "
                                      f"{tuple(t.shape)} {t.dtype} tensor at address {t.data_ptr():#x} (a view?)")
-            return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, device=self.device)
+            # one row past the last layer, a copy of it: a look-ahead load for the layer after the last (masked off)
+            # reads its table row in bounds
+            ptrs = [t.data_ptr() for t in tensors]
+            return torch.tensor(ptrs + ptrs[-1:], dtype=torch.int64, device=self.device)
 
         self._tables = [
             table([b.norm.weight for b in backbone.layers]),

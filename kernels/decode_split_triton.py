@@ -412,10 +412,10 @@ def _every_warp(v, WARPS: tl.constexpr, C: tl.constexpr, NK: tl.constexpr, LANES
 
 
 @triton.jit
-def _in_rows(in_tab, layer, first, ch4, offs_m, ok, Dm, ADT: tl.constexpr):
-    """Rows first + ch4 of layer `layer`'s in_proj weight in the warp layout, (WARPS, WARP_CH, NK, KCH): first 0 for
-    the u rows, d_inner for the gate's."""
-    return tl.load(_layer_ptr(in_tab, layer, ADT) + (first + ch4).to(tl.int64) * Dm + offs_m, mask=ok, other=0.0)
+def _in_rows(w_in, first, ch4, offs_m, ok, Dm):
+    """Rows first + ch4 of the in_proj weight at w_in in the warp layout, (WARPS, WARP_CH, NK, KCH): first 0 for the
+    u rows, d_inner for the gate's."""
+    return tl.load(w_in + (first + ch4).to(tl.int64) * Dm + offs_m, mask=ok, other=0.0)
 
 
 @triton.jit
@@ -474,15 +474,16 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
     row_ok = c_ok4 & (offs_m < Dm)
     if SUMS_1D:
         r = tl.load(emb_ptr + tok * Dm + offs_d, mask=d_ok, other=0.0).to(tl.float32)
-        wu = _in_rows(in_tab, 0, 0, ch4, offs_m, row_ok, Dm, ADT)
+        wu = _in_rows(_layer_ptr(in_tab, 0, ADT), 0, ch4, offs_m, row_ok, Dm)
     else:
         r = tl.load(emb_ptr + tok * Dm + vec_m, mask=m_ok, other=0.0).to(tl.float32)
     for layer in range(n_layer):
         # ---- A's reads (before the wait) -------------------------------------------------------------------------
+        w_in = _layer_ptr(in_tab, layer, ADT)
         if SUMS_1D:
             norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + offs_d, mask=d_ok, other=0.0).to(tl.float32)
         else:
-            wu = _in_rows(in_tab, layer, 0, ch4, offs_m, row_ok, Dm, ADT)
+            wu = _in_rows(w_in, 0, ch4, offs_m, row_ok, Dm)
             norm_w = tl.load(_layer_ptr(norm_tab, layer, ADT) + vec_m, mask=m_ok, other=0.0).to(tl.float32)
         taps = tl.load(_layer_ptr(convw_tab, layer, ADT) + ch3 * W + w3, mask=c_ok3 & (w3 < W),
                        other=0.0).to(tl.float32)  # (WARPS, WARP_CH, BLOCK_W)
@@ -527,7 +528,7 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                        mask=d_ok[:, None] & cc_ok[None, :], other=0.0)  # (BLOCK_DM, BLOCK_C)
         # in_proj's gate rows wait for phase B, which alone needs z: half of in_proj's loads leave the window
         # before phase A's polls (H200: 197-199 against 210 us a step)
-        wz = _in_rows(in_tab, layer, Di, ch4, offs_m, row_ok, Dm, ADT)
+        wz = _in_rows(w_in, Di, ch4, offs_m, row_ok, Dm)
         wdt = tl.load(_layer_ptr(dtw_tab, layer, ADT) + ch4 * R + offs_v, mask=c_ok4 & (offs_v < R),
                       other=0.0)  # (WARPS, WARP_CH, 1, VW)
         dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
@@ -576,9 +577,8 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         if ARRIVE_FIRST:
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         if SUMS_1D:  # the next layer's in_proj u rows (the layout note above)
-            # (after the last layer, none: the table has no row n_layer to point at)
-            wu = _in_rows(in_tab, tl.minimum(layer + 1, n_layer - 1), 0, ch4, offs_m, row_ok & (layer + 1 < n_layer),
-                          Dm, ADT)
+            # (after the last layer none, from the tables' spare row: FusedDecodeStep)
+            wu = _in_rows(_layer_ptr(in_tab, layer + 1, ADT), 0, ch4, offs_m, row_ok & (layer + 1 < n_layer), Dm)
     if SUMS_1D:
         r_out = tl.reshape(r, (1, BLOCK_DM))
     else:
