@@ -115,7 +115,8 @@ _NUM_WARPS = 8
 #   one TMA bulk reduction (cp.reduce.async.bulk) instead of 192 four-wide float atomics (768 int64 ones under
 #   FIXED), waited for before the barrier's arrival: with FIXED 197.8 against 214.4 us; with float sums slower
 #   (174.2-180.6 against 165.7 us), so opt-in. Then the gate's in_proj products taken before phase B's polls:
-#   FIXED with TMA_SUMS 182.7 against 197.6 us, float sums unchanged (165.3-165.5 against 165.2-165.4).
+#   FIXED with TMA_SUMS 182.7 against 197.6 us, float sums unchanged (165.3-165.5 against 165.2-165.4); on a
+#   slower GPU draw 194.2-197.5 against 212.8 us, float 172.3-173.9 against 174.3.
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
