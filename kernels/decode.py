@@ -30,6 +30,7 @@ import os
 import torch
 from torch import nn
 
+from .decode_blocks import ColumnBlocks
 from .dispatch import backend, forced_backend, interpreting, triton_available
 
 MAX_BATCH = 8
@@ -98,8 +99,8 @@ _NUM_WARPS = 8
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
 #   (as below), FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical; a contribution that is
 #   not finite or reaches 2^20 makes its sum NaN), TRACE=1 (with ARRIVE_FIRST: its arrivals and departures timed,
-#   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS, SUMS_1D and TMA_SUMS (batch 1, below), no
-#   other. With one
+#   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS, SUMS_1D, TMA_SUMS, SPIN and BLOCKS (batch 1,
+#   below), no other. With one
 #   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
 #   H200, batch 1 (2026-11-29, BENCHMARKS.md): first 251-258 us with ARRIVE_FIRST and 2 copies (263 with FIXED)
 #   against 267 us for the default; then with 36 prefetchers (PREFETCHERS=36, AHEAD=2) and at batch 1 the phases in
@@ -117,6 +118,14 @@ _NUM_WARPS = 8
 #   (174.2-180.6 against 165.7 us), so opt-in. Then the gate's in_proj products taken before phase B's polls:
 #   FIXED with TMA_SUMS 182.7 against 197.6 us, float sums unchanged (165.3-165.5 against 165.2-165.4); on a
 #   slower GPU draw 194.2-197.5 against 212.8 us, float 172.3-173.9 against 174.3.
+#   In the warp layout two more settings. BLOCKS (bits: 1 out_proj's, 2 x_proj's columns; default 3) reads a
+#   program's weight columns from FusedDecodeStep's copies of them in per-program blocks (decode_blocks.ColumnBlocks:
+#   whole 128-byte lines instead of a 32-byte piece of every row; out_proj's copy is as large as the weight, and
+#   StepDecoder refreshes the copies before every prompt): 157.0-159.2 us against 168.7-171.1 with BLOCKS=0, 159.6
+#   with out_proj's alone. SPIN=1 (opt-in) polls each barrier from the first warp in one PTX loop
+#   (decode_split_triton._spin_wait) instead of a scalar poll with two block barriers a round: slower with float
+#   sums (161.2-163.6 us), faster with FIXED and TMA_SUMS (187.8-188.0 against 192.8-192.9; 209.0 with neither
+#   setting).
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
@@ -530,6 +539,9 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         FIXED=bool(tune.get("FIXED", 0)), TRACE=bool(tune.get("TRACE", 0)), PREFETCHERS=prefetchers,
         AHEAD=_ahead(tune), TMA_SUMS=bool(tune.get("TMA_SUMS", 0)),
     )
+    if int(tune.get("BLOCKS", 0)) not in (0, 1, 2, 3):
+        raise ValueError(f"TUNE: BLOCKS is a bit mask (1: out_proj's columns, 2: x_proj's), 0..3, got "
+                         f"{tune['BLOCKS']!r}")
     if c["TRACE"] and (not c["ARRIVE_FIRST"] or c["NO_WAIT"]):
         raise ValueError(f"TUNE: TRACE in the split kernel records ARRIVE_FIRST's arrivals and departures: it needs "
                          f"ARRIVE_FIRST=1 and no NO_WAIT, got {dict(tune)}")
@@ -539,7 +551,7 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         raise ValueError(f"TUNE: FIXED's sums take at most {_FIXED_MAX_ADDS} contributions a word: {working} working "
                          f"programs need COPIES >= {-(-working // _FIXED_MAX_ADDS)}")
     takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED", "TRACE",
-             "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "TMA_SUMS", "num_warps"}
+             "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "TMA_SUMS", "SPIN", "BLOCKS", "num_warps"}
     unknown = sorted(set(tune) - takes)
     if unknown:
         raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes {', '.join(sorted(takes))})")
@@ -562,7 +574,9 @@ def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: d
     channel a warp, the warp layout of _layers_in_warps: WARP_CH channels a warp, d_model in chunks of KCH, dt_low,
     B, C and the SSM state over VW lanes (tune's WARP_SUMS=0 or a Triton that lays it out otherwise leaves it off:
     WARP_CH=0), there with the residual stream and its sums once a program (SUMS_1D; tune's SUMS_1D=0: in every
-    warp) and then, unless tune sets COPIES or FIXED, _SPLIT_COPIES_1D copies of each accumulator."""
+    warp) and then, unless tune sets COPIES or FIXED, _SPLIT_COPIES_1D copies of each accumulator; there too BLOCKS
+    (tune's, default 3: both weights' columns in blocks) and SPIN (tune's, default off), both off outside the warp
+    layout."""
     c = constexprs
     one_pass = -(-Di // c["PER_C"]) <= working
     warps = int(tune.get("num_warps", _NUM_WARPS))
@@ -571,7 +585,8 @@ def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: d
     sums_1d = bool(in_warps and tune.get("SUMS_1D", 1))
     copies = c["COPIES"] if tune.get("COPIES") or c["FIXED"] or not sums_1d else _SPLIT_COPIES_1D
     return dict(ONE_PASS=one_pass, WARP_CH=c["BLOCK_C"] // warps if in_warps else 0, KCH=min(128, c["BLOCK_DM"]),
-                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=sums_1d, COPIES=copies)
+                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=sums_1d, COPIES=copies,
+                BLOCKS=int(tune.get("BLOCKS", 3)) if in_warps else 0, SPIN=bool(in_warps and tune.get("SPIN", 0)))
 
 
 def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
@@ -664,6 +679,7 @@ class FusedDecodeStep:
         ]
         # keep every tensor the tables point to alive for as long as the step exists
         self._params = list(model.parameters())
+        self._blocks: list[ColumnBlocks] = []  # BLOCKS' weight copies (refresh_weights)
 
         on_gpu = self.device.type == "cuda"
         self.grid = _sm_count(self.device.index) if on_gpu else 1
@@ -697,6 +713,13 @@ class FusedDecodeStep:
                                 "ASM": on_gpu}  # PTX clocks (TRACE) and prefetches only where there is a GPU
             prefetchers = self._constexprs["PREFETCHERS"]
             self._constexprs.update(plan_split_passes(self._constexprs, Di, self.grid - prefetchers, tune))
+            # BLOCKS: out_proj's and x_proj's columns from copies in per-program blocks (refresh_weights)
+            for bit, index, weights in ((1, 9, [m.out_proj.weight for m in mixers]),
+                                        (2, 4, [m.x_proj.weight for m in mixers])):
+                if self._constexprs["BLOCKS"] & bit:
+                    blocks = ColumnBlocks([w.detach() for w in weights], self._constexprs["PER_C"])
+                    self._tables[index] = table([blocks.layer(i) for i in range(len(mixers))])
+                    self._blocks.append(blocks)
             copies = self._constexprs["COPIES"]
             acc = dict(f32, dtype=torch.int64) if self._constexprs["FIXED"] else f32
             self._xacc = torch.zeros(len(mixers), copies, batch, X, **acc)
@@ -767,6 +790,13 @@ class FusedDecodeStep:
         acc = self._oacc.view(torch.uint64) if c["FIXED"] else self._oacc
         return TensorDescriptor(acc, shape=[acc.numel() // Dm, Dm // c["KCH"], c["KCH"]], strides=[Dm, c["KCH"], 1],
                                 block_shape=[1, c["BLOCK_DM"] // c["KCH"], c["KCH"]])
+
+    def refresh_weights(self) -> None:
+        """Copies the weights the step reads through copies of its own (the split kernel's column blocks, BLOCKS)
+        again: call after changing the model's weights in place (StepDecoder does before every prompt). The copies
+        keep their addresses, so a captured graph stays valid."""
+        for blocks in self._blocks:
+            blocks.refresh()
 
     def scratch(self) -> list[torch.Tensor]:
         """The buffers the kernel writes before it reads them (tests poison them): the logits and the scratch of

@@ -53,7 +53,9 @@ took 318 and 449 us), 225-230 us a step against 250-255 us without, two layers a
 At batch 1 with one channel block a program (_layers_in_warps, below) every sum over d_model stays in one warp:
 192-194 us a step with 36 prefetchers against 229 us with the general tiles; with the residual stream read and kept
 once a program (SUMS_1D) 174.6 us, then 164.4-165.0 us with 4 copies of each accumulator, and 214.2 us with FIXED
-(H200, 2026-11-29, BENCHMARKS.md).
+(H200, 2026-11-29, BENCHMARKS.md). There a program's out_proj and x_proj columns (16 channels: a 32-byte piece of
+every row) come from copies in per-program blocks (BLOCKS, decode_blocks.ColumnBlocks), so that a warp's load takes
+whole lines instead of touching 16: 157.0-159.2 against 168.7-171.1 us (H200, 2026-11-29).
 """
 
 from __future__ import annotations
@@ -166,12 +168,32 @@ def _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, AD
 
 
 @triton.jit
+def _spin_wait(bar_ptr, target):
+    """Polls the barrier counter until it reaches `target`: the first warp spins in one PTX loop of acquire loads
+    (no block barrier and no shared-memory broadcast a round, as the scalar poll of decode_triton._wait has), then
+    the block waits for it. Only on a GPU (PTX)."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p, q; .reg .b64 v; .reg .u32 t; mov.u32 t, %tid.x; setp.ge.u32 q, t, 32; @q bra done_${:uid}; "
+        "spin_${:uid}: ld.acquire.gpu.global.b64 v, [$1]; setp.lt.s64 p, v, $2; @p bra spin_${:uid}; "
+        "done_${:uid}: mov.u32 $0, 0; }", "=r,l,l", [bar_ptr, target], dtype=tl.int32, is_pure=False, pack=1)
+    tl.debug_barrier()
+
+
+@triton.jit
 def _meet(bar_ptr, ticket, nprog, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.constexpr, pid, trace_ptr, trace_base, n_slots,
-          TRACE: tl.constexpr, ASM: tl.constexpr):
+          TRACE: tl.constexpr, ASM: tl.constexpr, SPIN: tl.constexpr = False):
     """The grid barrier: its polls alone under ARRIVE_FIRST (the arrival came before the weight loads; TRACE records
-    when this program left), else whole."""
+    when this program left), else whole. SPIN (on a GPU): the polls by _spin_wait."""
     if ARRIVE_FIRST:
-        _traced_wait(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+        if SPIN and ASM and not NO_WAIT:
+            _spin_wait(bar_ptr, ticket)
+            if TRACE:
+                clk, ns = _timestamps(pid, ASM)
+                row = trace_ptr + (pid * n_slots + ticket // nprog - trace_base) * 4
+                tl.store(row + 1, clk)
+                tl.store(row + 3, ns)
+        else:
+            _traced_wait(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
     else:
         _grid_barrier(bar_ptr, nprog, NO_WAIT)
 
@@ -179,9 +201,10 @@ def _meet(bar_ptr, ticket, nprog, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.conste
 @triton.jit
 def _after_phase_b(r, layer, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm,
                    ADT: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.constexpr,
-                   FIXED: tl.constexpr, pid, trace_ptr, trace_base, n_slots, TRACE: tl.constexpr, ASM: tl.constexpr):
+                   FIXED: tl.constexpr, pid, trace_ptr, trace_base, n_slots, TRACE: tl.constexpr, ASM: tl.constexpr,
+                   SPIN: tl.constexpr = False):
     """Waits until every program has added its out_proj sums of `layer`, returns r + that layer's output."""
-    _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+    _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
     return _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT, COPIES, FIXED)
 
 
@@ -253,7 +276,7 @@ def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
             BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr,
             PER_C: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr,
             ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr, ONE_PASS: tl.constexpr, TRACE: tl.constexpr,
-            ASM: tl.constexpr):
+            ASM: tl.constexpr, SPIN: tl.constexpr = False):
     """Every layer of the split kernel, any batch, on channel blocks that a program loops over (the phases drawn at
     the top of the file): returns the residual stream entering the last layer's output, (BLOCK_B, BLOCK_DM) fp32,
     and the ticket."""
@@ -285,7 +308,7 @@ def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
         if layer > 0:
             r = _after_phase_b(r, layer - 1, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm,
                                ADT, COPIES, NO_WAIT, ARRIVE_FIRST, FIXED, pid, trace_ptr, trace_base, n_slots, TRACE,
-                               ASM)
+                               ASM, SPIN)
         else:  # o_acc[L-1], read in the last launch's head phase
             _zero_share(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, pid, nprog, BLOCK_DM)
         xn = _normed(r, norm_w, Dm, eps, ADT)
@@ -328,7 +351,7 @@ def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
                                             offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT,
                                             ALOG_DT, D_DT, DTB_DT)
         # phase A filled x_acc[layer]
-        _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+        _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
         # x_dbl's three parts requested together, then added
         parts_r = _acc_load(xacc_ptr, layer, batch, offs_b, b_ok, offs_r, r_ok, X, COPIES)
         parts_b = _acc_load(xacc_ptr + R, layer, batch, offs_b, b_ok, offs_n, n_ok, X, COPIES)
@@ -412,6 +435,17 @@ def _every_warp(v, WARPS: tl.constexpr, C: tl.constexpr, NK: tl.constexpr, LANES
 
 
 @triton.jit
+def _columns(rows, lanes, pid, n_rows, n_cols, PER_C: tl.constexpr, BLOCKED: tl.constexpr):
+    """Offsets of program pid's PER_C columns (`lanes`) in `rows` (int64 where the weight may pass 2^31 elements)
+    of a (n_rows, n_cols) row-major weight, or under
+    BLOCKED in its copy (ceil(n_cols / PER_C), n_rows, PER_C) of column blocks (decode_blocks.ColumnBlocks), where
+    they lie together: whole 128-byte lines instead of a 32-byte piece of a line a row."""
+    if BLOCKED:
+        return pid * (n_rows * PER_C) + rows * PER_C + lanes
+    return rows * n_cols + (pid * PER_C + lanes)
+
+
+@triton.jit
 def _in_rows(w_in, first, ch4, offs_m, ok, Dm):
     """Rows first + ch4 of the in_proj weight at w_in in the warp layout, (WARPS, WARP_CH, NK, KCH): first 0 for the
     u rows, d_inner for the gate's."""
@@ -440,7 +474,8 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                      BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr, WARP_CH: tl.constexpr,
                      KCH: tl.constexpr, VW: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr,
                      SKIP_ATOMICS: tl.constexpr, ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr, TRACE: tl.constexpr,
-                     ASM: tl.constexpr, SUMS_1D: tl.constexpr, TMA_SUMS: tl.constexpr, oacc_desc):
+                     ASM: tl.constexpr, SUMS_1D: tl.constexpr, TMA_SUMS: tl.constexpr, oacc_desc,
+                     SPIN: tl.constexpr, BLOCKS: tl.constexpr):
     """Every layer of the split kernel for batch 1 with one channel block a program (its loop, same results), in the
     layout above: returns the residual stream entering the last layer's output, (1, BLOCK_DM) fp32, and the ticket."""
     WARPS: tl.constexpr = BLOCK_C // WARP_CH
@@ -495,10 +530,11 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
             cbias = tl.zeros([WARPS, WARP_CH], dtype=tl.float32)
         # x_proj's columns as loaded, (BLOCK_X, BLOCK_C): in the warp layout this tile would need a conversion, which
         # the compiler puts before the barrier's polls, so that they wait for the load
-        wx = tl.load(_layer_ptr(xproj_tab, layer, ADT) + offs_x[:, None] * Di + ch_c[None, :],
+        wx = tl.load(_layer_ptr(xproj_tab, layer, ADT) + _columns(offs_x[:, None], lane_c[None, :], pid, X, Di,
+                                                                  PER_C, BLOCKS & 2 != 0),
                      mask=x_ok[:, None] & cc_ok[None, :], other=0.0)
         if layer > 0:
-            _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+            _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
             if SUMS_1D:
                 r += _round(_acc_sum(oacc_ptr, layer - 1, batch, offs_d, d_ok, Dm, COPIES, FIXED), ADT)
             else:
@@ -524,7 +560,8 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         if ARRIVE_FIRST:
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         # ---- B's reads (before the wait) -------------------------------------------------------------------------
-        wout = tl.load(_layer_ptr(out_tab, layer, ADT) + offs_d.to(tl.int64)[:, None] * Di + ch_c[None, :],
+        wout = tl.load(_layer_ptr(out_tab, layer, ADT) + _columns(offs_d.to(tl.int64)[:, None], lane_c[None, :], pid, Dm, Di,
+                                                                  PER_C, BLOCKS & 1 != 0),
                        mask=d_ok[:, None] & cc_ok[None, :], other=0.0)  # (BLOCK_DM, BLOCK_C)
         # in_proj's gate rows wait for phase B, which alone needs z: half of in_proj's loads leave the window
         # before phase A's polls (H200: 197-199 against 210 us a step)
@@ -542,7 +579,7 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         # for the rest of the phase (sm_90a: 185 against 225 registers; H200, FIXED with TMA_SUMS: 182.7 against
         # 197.6 us a step; float sums unchanged)
         z = _round(tl.sum(tl.sum(wz.to(tl.float32) * xn, axis=2), axis=2), ADT)
-        _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+        _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
         # ---- B: dt, the SSM state, gate, out_proj's partial sums --------------------------------------------------
         if SUMS_1D:
             lanes = tl.arange(0, VW)
@@ -601,7 +638,7 @@ def _decode_split_kernel(
     ARRIVE_FIRST: tl.constexpr = False, FIXED: tl.constexpr = False, ONE_PASS: tl.constexpr = False,
     TRACE: tl.constexpr = False, ASM: tl.constexpr = False, PREFETCHERS: tl.constexpr = 0, AHEAD: tl.constexpr = 1,
     WARP_CH: tl.constexpr = 0, KCH: tl.constexpr = 128, VW: tl.constexpr = 128, SUMS_1D: tl.constexpr = False,
-    TMA_SUMS: tl.constexpr = False, oacc_desc=None,
+    TMA_SUMS: tl.constexpr = False, oacc_desc=None, SPIN: tl.constexpr = False, BLOCKS: tl.constexpr = 0,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics
@@ -638,14 +675,15 @@ def _decode_split_kernel(
                                      trace_ptr, ticket, trace_base, n_slots, pid, nprog, batch, n_layer, Dm, Di, N, R,
                                      W, eps, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_DM,
                                      BLOCK_W, BLOCK_X, BLOCK_C, PER_C, WARP_CH, KCH, VW, COPIES, NO_WAIT,
-                                     SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM, SUMS_1D, TMA_SUMS, oacc_desc)
+                                     SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM, SUMS_1D, TMA_SUMS, oacc_desc,
+                                     SPIN, BLOCKS)
     else:
         r, ticket = _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab,
                             alog_tab, d_tab, out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,
                             trace_ptr, ticket, trace_base, n_slots, pid, nprog, batch, n_layer, Dm, Di, N, R, W, eps,
                             ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_B, BLOCK_DM, BLOCK_N,
                             BLOCK_R, BLOCK_W, BLOCK_X, BLOCK_C, PER_C, COPIES, NO_WAIT, SKIP_ATOMICS, ARRIVE_FIRST,
-                            FIXED, ONE_PASS, TRACE, ASM)
+                            FIXED, ONE_PASS, TRACE, ASM, SPIN)
 
     # ---- final norm and head ---------------------------------------------------------------------------------
     norm_f = tl.load(norm_f_ptr + offs_m, mask=m_ok, other=0.0).to(tl.float32)
@@ -654,7 +692,7 @@ def _decode_split_kernel(
     tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                    mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
     r = _after_phase_b(r, n_layer - 1, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT,
-                       COPIES, NO_WAIT, ARRIVE_FIRST, FIXED, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+                       COPIES, NO_WAIT, ARRIVE_FIRST, FIXED, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
     # every program has read every accumulator but o_acc[L-1] (cleared at the next launch's start)
     _zero_share(xacc_ptr, n_layer * COPIES * batch * X, pid, nprog, BLOCK_DM)
     _zero_share(oacc_ptr, (n_layer - 1) * COPIES * batch * Dm, pid, nprog, BLOCK_DM)

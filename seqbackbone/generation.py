@@ -246,6 +246,8 @@ class StepDecoder:
         if codes.shape[0] != self.batch_size:
             raise ValueError(f"prompt batch must be {self.batch_size} for this decoder, got {codes.shape[0]}")
         before = self._buffers()
+        if self.fused is not None:
+            self.fused.refresh_weights()  # weights changed in place since (training) reach its weight copies
         self.cache.reset()
         hidden = self.parts.backbone(self.parts.embed(codes), cache=self.cache)  # (B, L, d_model)
         if self._buffers() != before:

@@ -459,9 +459,10 @@ def test_fused_kernel_with_prefetchers(forced, monkeypatch, merge):
 def test_split_warp_layout_plan(monkeypatch):
     """The warp layout's plan at the 90M LM's sizes on 132 programs with 36 prefetchers: at batch 1, one pass and
     8 warps it holds 2 channels a warp of the 16-lane block, the sums read once a program (SUMS_1D) unless
-    SUMS_1D=0, from 4 copies of each accumulator unless COPIES or FIXED is set; off for batch 2, for more blocks
-    than working programs, for WARP_SUMS=0, and on a GPU with a Triton other than 3.6, whose layouts it was checked
-    with (the interpreter has no layouts)."""
+    SUMS_1D=0, from 4 copies of each accumulator unless COPIES or FIXED is set, with both weights' columns in blocks
+    (BLOCKS=3) unless set otherwise and SPIN if set; off for batch 2, for more blocks than working programs, for
+    WARP_SUMS=0, and on a GPU with a Triton other than 3.6, whose layouts it was checked with (the interpreter has
+    no layouts)."""
     import triton
 
     args = (768, 1536, 16, 48, 4, 256)
@@ -470,11 +471,16 @@ def test_split_warp_layout_plan(monkeypatch):
         return decode.plan_split_passes(decode.plan_split_constexprs(*args, batch, 132, tune), 1536, working, tune)
 
     monkeypatch.setattr(decode, "interpreting", lambda: True)
-    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True, COPIES=4)
+    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True, COPIES=4, BLOCKS=3, SPIN=False)
+    assert plan(BLOCKS=1)["BLOCKS"] == 1 and plan(BLOCKS=0)["BLOCKS"] == 0 and plan(SPIN=1)["SPIN"]
+    with pytest.raises(ValueError, match="BLOCKS is a bit mask"):
+        plan(BLOCKS=4)
     assert plan(COPIES=2)["COPIES"] == 2 and plan(FIXED=1)["COPIES"] == 2 and plan(SUMS_1D=0)["COPIES"] == 2
     assert plan(num_warps=4)["WARP_CH"] == 4
     assert plan(batch=2)["WARP_CH"] == 0 and plan(batch=2)["ONE_PASS"]
-    assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128, SUMS_1D=False, COPIES=2)
+    assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128, SUMS_1D=False, COPIES=2, BLOCKS=0,
+                                    SPIN=False)
+    assert plan(batch=2, BLOCKS=3, SPIN=1)["BLOCKS"] == 0 and not plan(batch=2, SPIN=1)["SPIN"]
     assert plan(WARP_SUMS=0)["WARP_CH"] == 0
     assert plan(FIXED=1)["WARP_CH"] == 2 and plan(FIXED=1)["SUMS_1D"] and not plan(SUMS_1D=0)["SUMS_1D"]
     assert not plan(FIXED=1, SUMS_1D=0)["SUMS_1D"] and not plan(WARP_SUMS=0)["SUMS_1D"]
@@ -615,6 +621,33 @@ def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
         torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=2e-5)
 
 
+def test_split_decoder_reads_weights_changed_in_place(triton_path, monkeypatch):
+    """The split kernel's warp layout reads out_proj's and x_proj's columns from copies (BLOCKS=3): after an in-place
+    change of the weights, the decoder's next prefill refreshes them, so its steps match the reference again."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PER_C": 64})
+    model = _lm("mamba_wave_lm_tiny", seed=8, d_model=32, n_layer=2)
+    decoder = StepDecoder(model, 1)
+    assert decoder.fused is not None and decoder.fused._constexprs["BLOCKS"] == 3
+    assert len(decoder.fused._blocks) == 2
+    monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
+    monkeypatch.setenv("SEQBACKBONE_FUSED_DECODE", "0")
+    reference = StepDecoder(model, 1)
+    prompt = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(1)).to(DEV)
+    for scale in (1.0, -0.5):
+        with torch.no_grad():
+            for layer in model.backbone.layers:
+                layer.mixer.out_proj.weight.mul_(scale)
+                layer.mixer.x_proj.weight.mul_(scale)
+        ref_logits = reference.prefill(prompt)
+        decoder.prefill(prompt)
+        tok = ref_logits.argmax(-1)
+        ref_logits = reference.step(tok).clone()
+        monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
+        logits = decoder.step(tok)
+        monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
+        torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=2e-5)
+
+
 def test_unsupported_models_fall_back(triton_path, monkeypatch):
     model = _lm("mamba_dna_lm_tiny", seed=3, d_model=16, n_layer=1)
     # unset: batch 1 only; forced: up to 8; off: never
@@ -705,18 +738,25 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "SUMS_1D": 0, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 0}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 2, "SPIN": 1, "TRACE": 1}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2, "SPIN": 1}, 1),
     ({"PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"PREFETCHERS": 4, "MERGE_IN_CONV": 0}, 8),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     """decode.TUNE's variants on the real grid (one program per SM: flags and ready flags raced for real) at the 90M
-    LM's layer size in bf16, two layers, against the reference; every program's flag ends at the same epoch."""
+    LM's layer size in bf16, two layers, against the reference; every program's flag ends at the same epoch; a
+    traced step left every barrier after arriving at it."""
     monkeypatch.delenv("SEQBACKBONE_KERNELS", raising=False)
     monkeypatch.setattr(decode, "TUNE", dict(variant))
     step = _gpu_steps_match_reference(batch)
     if variant.get("BARRIER"):
         per_step = (3 if step._constexprs["MERGE_IN_CONV"] or variant.get("LOCAL_P2") else 4) * 2
         assert step._barrier[:step.grid].tolist() == [8 * per_step] * step.grid
+    if variant.get("TRACE"):  # every working program's every barrier: left (global time) after it arrived
+        trace = step.trace[:step.grid - step._constexprs["PREFETCHERS"], 1:-1].cpu()
+        assert (trace[..., 2] > 0).all() and (trace[..., 3] >= trace[..., 2]).all()
 
 
 @pytest.mark.gpu

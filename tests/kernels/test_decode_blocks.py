@@ -1,0 +1,45 @@
+"""ColumnBlocks: the split decoding step's copy of out_proj's and x_proj's weights in per-program column blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from seqbackbone.kernels.decode_blocks import ColumnBlocks
+
+
+@pytest.mark.parametrize(("rows", "cols", "per"), [(5, 48, 16), (3, 37, 16), (4, 7, 8), (2, 9, 1)])
+def test_blocks_hold_each_programs_columns_together(rows, cols, per):
+    """Element (p, row, lane) of layer l's blocks, at flat offset p * rows * per + row * per + lane (the kernel's
+    address), is column p * per + lane of that row, and zero past the last column."""
+    gen = torch.Generator().manual_seed(rows * 100 + cols)
+    weights = [torch.randn(rows, cols, generator=gen) for _ in range(3)]
+    blocks = ColumnBlocks(weights, per)
+    n_blocks = -(-cols // per)
+    assert blocks.blocks.shape == (3, n_blocks, rows, per) and blocks.n_blocks == n_blocks
+    for layer, w in enumerate(weights):
+        flat = blocks.layer(layer).reshape(-1)
+        padded = torch.cat([w, torch.zeros(rows, n_blocks * per - cols)], dim=1)
+        p, row, lane = torch.meshgrid(torch.arange(n_blocks), torch.arange(rows), torch.arange(per), indexing="ij")
+        assert torch.equal(flat[p * rows * per + row * per + lane], padded[row, p * per + lane])
+
+
+def test_refresh_copies_weights_changed_in_place():
+    weights = [torch.randn(4, 20) for _ in range(2)]
+    blocks = ColumnBlocks(weights, 8)
+    address = blocks.blocks.data_ptr()
+    with torch.no_grad():
+        weights[1].mul_(-3.0)
+    assert not torch.equal(blocks.layer(1)[0, :, 0], weights[1][:, 0])  # a copy: stale until refreshed
+    blocks.refresh()
+    assert torch.equal(blocks.layer(1)[2, :, 3], weights[1][:, 19])
+    assert torch.equal(blocks.layer(1)[2, :, 4:], torch.zeros(4, 4))  # the padding stays zero
+    assert blocks.blocks.data_ptr() == address  # same buffer: a captured graph keeps reading it
+
+
+def test_bad_weights_are_refused():
+    with pytest.raises(ValueError, match="at least one"):
+        ColumnBlocks([], 4)
+    with pytest.raises(ValueError, match=r"every weight must be \(4, 20\)"):
+        ColumnBlocks([torch.zeros(4, 20), torch.zeros(4, 21)], 4)
+    with pytest.raises(ValueError, match="per must be >= 1"):
+        ColumnBlocks([torch.zeros(4, 20)], 0)
