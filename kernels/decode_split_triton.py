@@ -560,9 +560,9 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         if ARRIVE_FIRST:
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         # ---- B's reads (before the wait) -------------------------------------------------------------------------
-        wout = tl.load(_layer_ptr(out_tab, layer, ADT) + _columns(offs_d.to(tl.int64)[:, None], lane_c[None, :], pid, Dm, Di,
-                                                                  PER_C, BLOCKS & 1 != 0),
-                       mask=d_ok[:, None] & cc_ok[None, :], other=0.0)  # (BLOCK_DM, BLOCK_C)
+        wout_cols = _columns(offs_d.to(tl.int64)[:, None], lane_c[None, :], pid, Dm, Di, PER_C, BLOCKS & 1 != 0)
+        wout = tl.load(_layer_ptr(out_tab, layer, ADT) + wout_cols, mask=d_ok[:, None] & cc_ok[None, :],
+                       other=0.0)  # (BLOCK_DM, BLOCK_C)
         # in_proj's gate rows wait for phase B, which alone needs z: half of in_proj's loads leave the window
         # before phase A's polls (H200: 197-199 against 210 us a step)
         wz = _in_rows(w_in, Di, ch4, offs_m, row_ok, Dm)
