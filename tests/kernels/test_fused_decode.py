@@ -613,12 +613,20 @@ def test_decoder_uses_fused_step_after_prefill(triton_path, monkeypatch):
     logits = decoder.prefill(prompt)
     torch.testing.assert_close(logits, ref_logits)
     for _ in range(3):
-        tok = ref_logits.argmax(-1)
-        ref_logits = reference.step(tok).clone()
-        monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
-        logits = decoder.step(tok)
-        monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
-        torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=2e-5)
+        ref_logits = _greedy_steps_agree(decoder, reference, ref_logits, monkeypatch)
+
+
+def _greedy_steps_agree(decoder: StepDecoder, reference: StepDecoder, ref_logits: torch.Tensor,
+                        monkeypatch) -> torch.Tensor:
+    """One greedy step of both decoders (the decoder on the Triton path, the reference's on the torch one) from the
+    argmax of `ref_logits`: their logits agree; returns the reference's."""
+    tok = ref_logits.argmax(-1)
+    ref_logits = reference.step(tok).clone()
+    monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
+    logits = decoder.step(tok)
+    monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
+    torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=2e-5)
+    return ref_logits
 
 
 def test_split_decoder_reads_weights_changed_in_place(triton_path, monkeypatch):
@@ -638,14 +646,8 @@ def test_split_decoder_reads_weights_changed_in_place(triton_path, monkeypatch):
             for layer in model.backbone.layers:
                 layer.mixer.out_proj.weight.mul_(scale)
                 layer.mixer.x_proj.weight.mul_(scale)
-        ref_logits = reference.prefill(prompt)
         decoder.prefill(prompt)
-        tok = ref_logits.argmax(-1)
-        ref_logits = reference.step(tok).clone()
-        monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
-        logits = decoder.step(tok)
-        monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
-        torch.testing.assert_close(logits, ref_logits, atol=2e-5, rtol=2e-5)
+        _greedy_steps_agree(decoder, reference, reference.prefill(prompt), monkeypatch)
 
 
 def test_unsupported_models_fall_back(triton_path, monkeypatch):
