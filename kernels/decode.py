@@ -173,6 +173,8 @@ _DEFAULT_YIELDS = (("ARRIVE_FIRST", "BARRIER", "truthy"), ("ARRIVE_FIRST", "LOCA
 BREAKDOWN_FLAGS = ("NO_WAIT", "SKIP_P1", "SKIP_P2", "SKIP_P3", "SKIP_P4", "SKIP_HEAD")
 VARIANT_FLAGS = ("BARRIER", "ONE_ITEM", "BATCH_TILE", "LOCAL_P2", "SPLIT", "ARRIVE_FIRST", "EARLY_LOADS",
                  "PREFETCH", "FLAGGED", "JOINT_READS", "L2_TILES")
+# the per-layer pointer tables FusedDecodeStep passes the kernels (norm_tab, in_tab, ..., ssm_tab), in order
+_TABLES = ("norm", "in", "convw", "convb", "xproj", "dtw", "dtb", "alog", "d", "out", "conv", "ssm")
 # SPLIT's channels per item: at most this many (a BLOCK_C x BLOCK_DM in_proj tile twice, and out_proj's transpose)
 _SPLIT_MAX_C = 32
 # SPLIT's copies of each accumulator (item i adds into copy i % COPIES; readers add the copies): one copy queues every
@@ -663,7 +665,7 @@ class FusedDecodeStep:
             ptrs = [t.data_ptr() for t in tensors]
             return torch.tensor(ptrs + ptrs[-1:], dtype=torch.int64, device=self.device)
 
-        self._tables = [
+        self._tables = [  # in _TABLES' order, the kernels' *_tab arguments
             table([b.norm.weight for b in backbone.layers]),
             table([m.in_proj.weight for m in mixers]),
             table([m.conv1d.weight for m in mixers]),
@@ -714,11 +716,11 @@ class FusedDecodeStep:
             prefetchers = self._constexprs["PREFETCHERS"]
             self._constexprs.update(plan_split_passes(self._constexprs, Di, self.grid - prefetchers, tune))
             # BLOCKS: out_proj's and x_proj's columns from copies in per-program blocks (refresh_weights)
-            for bit, index, weights in ((1, 9, [m.out_proj.weight for m in mixers]),
-                                        (2, 4, [m.x_proj.weight for m in mixers])):
+            for bit, name, weights in ((1, "out", [m.out_proj.weight for m in mixers]),
+                                       (2, "xproj", [m.x_proj.weight for m in mixers])):
                 if self._constexprs["BLOCKS"] & bit:
                     blocks = ColumnBlocks([w.detach() for w in weights], self._constexprs["PER_C"])
-                    self._tables[index] = table([blocks.layer(i) for i in range(len(mixers))])
+                    self._tables[_TABLES.index(name)] = table([blocks.layer(i) for i in range(len(mixers))])
                     self._blocks.append(blocks)
             copies = self._constexprs["COPIES"]
             acc = dict(f32, dtype=torch.int64) if self._constexprs["FIXED"] else f32

@@ -3,7 +3,7 @@
 The split kernel (decode_split_triton.py, batch 1) gives program p the channels p * per .. p * per + per - 1, and
 with them the same columns of out_proj's (d_model, d_inner) and x_proj's (X, d_inner) weights. In the row-major
 weight those columns are a 32-byte piece of every 3 KB row (16 bf16 channels of 1536): one line a row, so a warp's
-load touches 16 lines and the SM's load unit spends four times the cycles a whole-line load of the same bytes costs.
+load touches 16 lines and the SM's load unit spends four times the passes a whole-line load of the same bytes costs.
 In the copy the piece of every row lies together: (ceil(d_inner / per), rows, per), zero past d_inner.
 """
 
@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import torch
 
+# every layer's blocks start on this boundary (bytes): the kernels load table entries as 16-byte aligned pointers
+_ALIGN = 16
+
 
 class ColumnBlocks:
-    """Per layer, `weights[l]` (rows, cols) re-laid as blocks[l]: (ceil(cols / per), rows, per), zero-padded.
+    """Per layer, `weights[l]` (rows, cols) re-laid as `layer(l)`: (ceil(cols / per), rows, per), zero-padded, each
+    layer's blocks 16-byte aligned in one buffer.
 
     A copy: `refresh()` copies the weights again (the decoder does before every prompt), so that weights changed in
     place since (training, a loaded state dict) are the ones decoded with.
@@ -22,18 +26,25 @@ class ColumnBlocks:
     def __init__(self, weights: list[torch.Tensor], per: int) -> None:
         if not weights:
             raise ValueError("need at least one weight")
-        rows, cols = weights[0].shape
+        first = weights[0]
+        if first.dim() != 2:
+            raise ValueError(f"weights must be 2-d (rows, cols), got shape {tuple(first.shape)}")
+        rows, cols = first.shape
         for w in weights:
-            if w.shape != (rows, cols) or w.dtype != weights[0].dtype or w.device != weights[0].device:
-                raise ValueError(f"every weight must be {(rows, cols)} {weights[0].dtype} on {weights[0].device}, "
+            if w.shape != first.shape or w.dtype != first.dtype or w.device != first.device:
+                raise ValueError(f"every weight must be {(rows, cols)} {first.dtype} on {first.device}, "
                                  f"got {tuple(w.shape)} {w.dtype} on {w.device}")
         if per < 1:
             raise ValueError(f"per must be >= 1, got {per}")
         self.weights = weights
         self.per = per
         self.n_blocks = -(-cols // per)
-        self.blocks = torch.zeros(len(weights), self.n_blocks, rows, per, dtype=weights[0].dtype,
-                                  device=weights[0].device)
+        size = self.n_blocks * rows * per
+        align = max(1, _ALIGN // first.element_size())
+        stride = -(-size // align) * align
+        self._flat = torch.zeros(len(weights) * stride, dtype=first.dtype, device=first.device)
+        self._layers = [self._flat[i * stride: i * stride + size].view(self.n_blocks, rows, per)
+                        for i in range(len(weights))]
         self.refresh()
 
     def refresh(self) -> None:
@@ -41,12 +52,12 @@ class ColumnBlocks:
         cols = self.weights[0].shape[1]
         full = cols // self.per  # blocks without padding
         with torch.no_grad():
-            for w, blocks in zip(self.weights, self.blocks, strict=True):
+            for w, blocks in zip(self.weights, self._layers, strict=True):
                 if full:
                     blocks[:full].copy_(w[:, : full * self.per].unflatten(1, (full, self.per)).transpose(0, 1))
                 if full < self.n_blocks:
                     blocks[full, :, : cols - full * self.per].copy_(w[:, full * self.per:])
 
     def layer(self, index: int) -> torch.Tensor:
-        """Layer `index`'s blocks, (n_blocks, rows, per)."""
-        return self.blocks[index]
+        """Layer `index`'s blocks, (n_blocks, rows, per), contiguous."""
+        return self._layers[index]

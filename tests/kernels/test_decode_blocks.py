@@ -7,18 +7,23 @@ import torch
 from seqbackbone.kernels.decode_blocks import ColumnBlocks
 
 
-@pytest.mark.parametrize(("rows", "cols", "per"), [(5, 48, 16), (3, 37, 16), (4, 7, 8), (2, 9, 1)])
-def test_blocks_hold_each_programs_columns_together(rows, cols, per):
-    """Element (p, row, lane) of layer l's blocks, at flat offset p * rows * per + row * per + lane (the kernel's
-    address), is column p * per + lane of that row, and zero past the last column."""
+@pytest.mark.parametrize(("rows", "cols", "per", "dtype"), [(5, 48, 16, torch.bfloat16), (3, 37, 16, torch.float32),
+                                                         (4, 7, 8, torch.bfloat16), (5, 9, 7, torch.float16),
+                                                         (2, 9, 1, torch.float32)])
+def test_blocks_hold_each_programs_columns_together(rows, cols, per, dtype):
+    """Element (p, row, lane) of layer l's blocks, at flat offset p * rows * per + row * per + lane from the layer's
+    start (the kernel's address), is column p * per + lane of that row, and zero past the last column; every layer
+    starts 16-byte aligned (the kernels' table entries), whatever the sizes."""
     gen = torch.Generator().manual_seed(rows * 100 + cols)
-    weights = [torch.randn(rows, cols, generator=gen) for _ in range(3)]
+    weights = [torch.randn(rows, cols, generator=gen).to(dtype) for _ in range(3)]
     blocks = ColumnBlocks(weights, per)
     n_blocks = -(-cols // per)
-    assert blocks.blocks.shape == (3, n_blocks, rows, per) and blocks.n_blocks == n_blocks
+    assert blocks.n_blocks == n_blocks
     for layer, w in enumerate(weights):
+        assert blocks.layer(layer).shape == (n_blocks, rows, per) and blocks.layer(layer).is_contiguous()
+        assert blocks.layer(layer).data_ptr() % 16 == 0
         flat = blocks.layer(layer).reshape(-1)
-        padded = torch.cat([w, torch.zeros(rows, n_blocks * per - cols)], dim=1)
+        padded = torch.cat([w, torch.zeros(rows, n_blocks * per - cols, dtype=dtype)], dim=1)
         p, row, lane = torch.meshgrid(torch.arange(n_blocks), torch.arange(rows), torch.arange(per), indexing="ij")
         assert torch.equal(flat[p * rows * per + row * per + lane], padded[row, p * per + lane])
 
@@ -26,14 +31,14 @@ def test_blocks_hold_each_programs_columns_together(rows, cols, per):
 def test_refresh_copies_weights_changed_in_place():
     weights = [torch.randn(4, 20) for _ in range(2)]
     blocks = ColumnBlocks(weights, 8)
-    address = blocks.blocks.data_ptr()
+    address = blocks.layer(1).data_ptr()
     with torch.no_grad():
         weights[1].mul_(-3.0)
     assert not torch.equal(blocks.layer(1)[0, :, 0], weights[1][:, 0])  # a copy: stale until refreshed
     blocks.refresh()
     assert torch.equal(blocks.layer(1)[2, :, 3], weights[1][:, 19])
     assert torch.equal(blocks.layer(1)[2, :, 4:], torch.zeros(4, 4))  # the padding stays zero
-    assert blocks.blocks.data_ptr() == address  # same buffer: a captured graph keeps reading it
+    assert blocks.layer(1).data_ptr() == address  # same buffer: a captured graph keeps reading it
 
 
 def test_bad_weights_are_refused():
@@ -41,5 +46,7 @@ def test_bad_weights_are_refused():
         ColumnBlocks([], 4)
     with pytest.raises(ValueError, match=r"every weight must be \(4, 20\)"):
         ColumnBlocks([torch.zeros(4, 20), torch.zeros(4, 21)], 4)
+    with pytest.raises(ValueError, match="must be 2-d"):
+        ColumnBlocks([torch.zeros(4)], 4)
     with pytest.raises(ValueError, match="per must be >= 1"):
         ColumnBlocks([torch.zeros(4, 20)], 0)
