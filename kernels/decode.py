@@ -719,7 +719,8 @@ class FusedDecodeStep:
             for bit, name, weights in ((1, "out", [m.out_proj.weight for m in mixers]),
                                        (2, "xproj", [m.x_proj.weight for m in mixers])):
                 if self._constexprs["BLOCKS"] & bit:
-                    blocks = ColumnBlocks([w.detach() for w in weights], self._constexprs["PER_C"])
+                    blocks = ColumnBlocks([w.detach() for w in weights], self._constexprs["PER_C"],
+                                          self._constexprs["BLOCK_C"])
                     self._tables[_TABLES.index(name)] = table([blocks.layer(i) for i in range(len(mixers))])
                     self._blocks.append(blocks)
             copies = self._constexprs["COPIES"]

@@ -4,7 +4,9 @@ The split kernel (decode_split_triton.py, batch 1) gives program p the channels 
 with them the same columns of out_proj's (d_model, d_inner) and x_proj's (X, d_inner) weights. In the row-major
 weight those columns are a 32-byte piece of every 3 KB row (16 bf16 channels of 1536): one line a row, so a warp's
 load touches 16 lines and the SM's load unit spends four times the passes a whole-line load of the same bytes costs.
-In the copy the piece of every row lies together: (ceil(d_inner / per), rows, per), zero past d_inner.
+In the copy the piece of every row lies together: (ceil(d_inner / per), rows, width), zero past d_inner and in the
+lanes from per to width (the kernel's power-of-two channel tile), so that every row of a block starts aligned for
+vector loads whatever per is.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ _ALIGN = 16
 
 
 class ColumnBlocks:
-    """Per layer, `weights[l]` (rows, cols) re-laid as `layer(l)`: (ceil(cols / per), rows, per), zero-padded, each
-    layer's blocks 16-byte aligned in one buffer.
+    """Per layer, `weights[l]` (rows, cols) re-laid as `layer(l)`: (ceil(cols / per), rows, width), columns
+    p * per .. p * per + per - 1 in block p's first per lanes, zero elsewhere; each layer's blocks 16-byte aligned in
+    one buffer. `width` defaults to per.
 
     A copy: `refresh()` copies the weights again (the decoder does before every prompt), so that weights changed in
     place since (training, a loaded state dict) are the ones decoded with.
     """
 
-    def __init__(self, weights: list[torch.Tensor], per: int) -> None:
+    def __init__(self, weights: list[torch.Tensor], per: int, width: int | None = None) -> None:
         if not weights:
             raise ValueError("need at least one weight")
         first = weights[0]
@@ -34,30 +37,33 @@ class ColumnBlocks:
             if w.shape != first.shape or w.dtype != first.dtype or w.device != first.device:
                 raise ValueError(f"every weight must be {(rows, cols)} {first.dtype} on {first.device}, "
                                  f"got {tuple(w.shape)} {w.dtype} on {w.device}")
-        if per < 1:
-            raise ValueError(f"per must be >= 1, got {per}")
+        width = per if width is None else width
+        if not 1 <= per <= width:
+            raise ValueError(f"need 1 <= per <= width, got per {per}, width {width}")
         self.weights = weights
         self.per = per
+        self.width = width
         self.n_blocks = -(-cols // per)
-        size = self.n_blocks * rows * per
+        size = self.n_blocks * rows * width
         align = max(1, _ALIGN // first.element_size())
         stride = -(-size // align) * align
         self._flat = torch.zeros(len(weights) * stride, dtype=first.dtype, device=first.device)
-        self._layers = [self._flat[i * stride: i * stride + size].view(self.n_blocks, rows, per)
+        self._layers = [self._flat[i * stride: i * stride + size].view(self.n_blocks, rows, width)
                         for i in range(len(weights))]
         self.refresh()
 
     def refresh(self) -> None:
         """Copies every weight into its blocks (the padding stays zero)."""
         cols = self.weights[0].shape[1]
-        full = cols // self.per  # blocks without padding
+        per = self.per
+        full = cols // per  # blocks without padding
         with torch.no_grad():
             for w, blocks in zip(self.weights, self._layers, strict=True):
                 if full:
-                    blocks[:full].copy_(w[:, : full * self.per].unflatten(1, (full, self.per)).transpose(0, 1))
+                    blocks[:full, :, :per].copy_(w[:, : full * per].unflatten(1, (full, per)).transpose(0, 1))
                 if full < self.n_blocks:
-                    blocks[full, :, : cols - full * self.per].copy_(w[:, full * self.per:])
+                    blocks[full, :, : cols - full * per].copy_(w[:, full * per:])
 
     def layer(self, index: int) -> torch.Tensor:
-        """Layer `index`'s blocks, (n_blocks, rows, per), contiguous."""
+        """Layer `index`'s blocks, (n_blocks, rows, width), contiguous."""
         return self._layers[index]

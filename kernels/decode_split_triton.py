@@ -435,13 +435,13 @@ def _every_warp(v, WARPS: tl.constexpr, C: tl.constexpr, NK: tl.constexpr, LANES
 
 
 @triton.jit
-def _columns(rows, lanes, pid, n_rows, n_cols, PER_C: tl.constexpr, BLOCKED: tl.constexpr):
+def _columns(rows, lanes, pid, n_rows, n_cols, PER_C: tl.constexpr, BLOCK_C: tl.constexpr, BLOCKED: tl.constexpr):
     """Offsets of program pid's PER_C columns (`lanes`) in `rows` (int64 where the weight may pass 2^31 elements)
-    of a (n_rows, n_cols) row-major weight, or under
-    BLOCKED in its copy (ceil(n_cols / PER_C), n_rows, PER_C) of column blocks (decode_blocks.ColumnBlocks), where
-    they lie together: whole 128-byte lines instead of a 32-byte piece of a line a row."""
+    of a (n_rows, n_cols) row-major weight, or under BLOCKED in its copy (ceil(n_cols / PER_C), n_rows, BLOCK_C) of
+    column blocks (decode_blocks.ColumnBlocks), where they lie together: whole 128-byte lines instead of a 32-byte
+    piece of a line a row, and every row of a block starts aligned for vector loads."""
     if BLOCKED:
-        return pid * (n_rows * PER_C) + rows * PER_C + lanes
+        return pid * (n_rows * BLOCK_C) + rows * BLOCK_C + lanes
     return rows * n_cols + (pid * PER_C + lanes)
 
 
@@ -531,7 +531,7 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         # x_proj's columns as loaded, (BLOCK_X, BLOCK_C): in the warp layout this tile would need a conversion, which
         # the compiler puts before the barrier's polls, so that they wait for the load
         wx = tl.load(_layer_ptr(xproj_tab, layer, ADT) + _columns(offs_x[:, None], lane_c[None, :], pid, X, Di,
-                                                                  PER_C, BLOCKS & 2 != 0),
+                                                                  PER_C, BLOCK_C, BLOCKS & 2 != 0),
                      mask=x_ok[:, None] & cc_ok[None, :], other=0.0)
         if layer > 0:
             _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
@@ -560,7 +560,8 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         if ARRIVE_FIRST:
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         # ---- B's reads (before the wait) -------------------------------------------------------------------------
-        wout_cols = _columns(offs_d.to(tl.int64)[:, None], lane_c[None, :], pid, Dm, Di, PER_C, BLOCKS & 1 != 0)
+        wout_cols = _columns(offs_d.to(tl.int64)[:, None], lane_c[None, :], pid, Dm, Di, PER_C, BLOCK_C,
+                             BLOCKS & 1 != 0)
         wout = tl.load(_layer_ptr(out_tab, layer, ADT) + wout_cols, mask=d_ok[:, None] & cc_ok[None, :],
                        other=0.0)  # (BLOCK_DM, BLOCK_C)
         # in_proj's gate rows wait for phase B, which alone needs z: half of in_proj's loads leave the window

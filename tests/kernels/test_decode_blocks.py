@@ -7,25 +7,30 @@ import torch
 from seqbackbone.kernels.decode_blocks import ColumnBlocks
 
 
-@pytest.mark.parametrize(("rows", "cols", "per", "dtype"), [(5, 48, 16, torch.bfloat16), (3, 37, 16, torch.float32),
-                                                         (4, 7, 8, torch.bfloat16), (5, 9, 7, torch.float16),
-                                                         (2, 9, 1, torch.float32)])
-def test_blocks_hold_each_programs_columns_together(rows, cols, per, dtype):
-    """Element (p, row, lane) of layer l's blocks, at flat offset p * rows * per + row * per + lane from the layer's
-    start (the kernel's address), is column p * per + lane of that row, and zero past the last column; every layer
-    starts 16-byte aligned (the kernels' table entries), whatever the sizes."""
+@pytest.mark.parametrize(("rows", "cols", "per", "width", "dtype"), [
+    (5, 48, 16, 16, torch.bfloat16), (3, 37, 16, 16, torch.float32), (4, 7, 8, 8, torch.bfloat16),
+    (5, 9, 7, 7, torch.float16), (2, 9, 1, 1, torch.float32), (3, 44, 14, 16, torch.bfloat16),
+    (2, 10, 3, 4, torch.float32)])
+def test_blocks_hold_each_programs_columns_together(rows, cols, per, width, dtype):
+    """Element (p, row, lane) of layer l's blocks, at flat offset p * rows * width + row * width + lane from the
+    layer's start (the kernel's address), is column p * per + lane of that row for lane < per, and zero past the last
+    column and in the lanes from per to width; every layer starts 16-byte aligned (the kernels' table entries),
+    whatever the sizes."""
     gen = torch.Generator().manual_seed(rows * 100 + cols)
     weights = [torch.randn(rows, cols, generator=gen).to(dtype) for _ in range(3)]
-    blocks = ColumnBlocks(weights, per)
+    blocks = ColumnBlocks(weights, per, width)
     n_blocks = -(-cols // per)
     assert blocks.n_blocks == n_blocks
     for layer, w in enumerate(weights):
-        assert blocks.layer(layer).shape == (n_blocks, rows, per) and blocks.layer(layer).is_contiguous()
+        assert blocks.layer(layer).shape == (n_blocks, rows, width) and blocks.layer(layer).is_contiguous()
         assert blocks.layer(layer).data_ptr() % 16 == 0
         flat = blocks.layer(layer).reshape(-1)
         padded = torch.cat([w, torch.zeros(rows, n_blocks * per - cols, dtype=dtype)], dim=1)
-        p, row, lane = torch.meshgrid(torch.arange(n_blocks), torch.arange(rows), torch.arange(per), indexing="ij")
-        assert torch.equal(flat[p * rows * per + row * per + lane], padded[row, p * per + lane])
+        p, row, lane = torch.meshgrid(torch.arange(n_blocks), torch.arange(rows), torch.arange(width), indexing="ij")
+        got = flat[p * rows * width + row * width + lane]
+        inside = lane < per
+        assert torch.equal(got[inside], padded[row, p * per + lane.clamp(max=per - 1)][inside])
+        assert not got[~inside].any()
 
 
 def test_refresh_copies_weights_changed_in_place():
@@ -48,5 +53,7 @@ def test_bad_weights_are_refused():
         ColumnBlocks([torch.zeros(4, 20), torch.zeros(4, 21)], 4)
     with pytest.raises(ValueError, match="must be 2-d"):
         ColumnBlocks([torch.zeros(4)], 4)
-    with pytest.raises(ValueError, match="per must be >= 1"):
+    with pytest.raises(ValueError, match="need 1 <= per <= width"):
         ColumnBlocks([torch.zeros(4, 20)], 0)
+    with pytest.raises(ValueError, match="need 1 <= per <= width"):
+        ColumnBlocks([torch.zeros(4, 20)], 8, 4)

@@ -741,6 +741,7 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 0}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 20, "AHEAD": 2}, 1),  # 14 channels in 16-lane blocks
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 2, "SPIN": 1, "TRACE": 1}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2, "SPIN": 1}, 1),
     ({"PREFETCHERS": 36, "AHEAD": 2}, 1),
