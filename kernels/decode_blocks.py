@@ -53,11 +53,12 @@ class ColumnBlocks:
         self.refresh()
 
     def refresh(self) -> None:
-        """Copies every weight into its blocks (the padding stays zero)."""
+        """Copies every weight into its blocks (the padding stays zero). Inside or outside inference mode, whichever
+        the blocks were made in."""
         cols = self.weights[0].shape[1]
         per = self.per
         full = cols // per  # blocks without padding
-        with torch.no_grad():
+        with torch.inference_mode():  # an inference-mode buffer (the decoder's) takes in-place copies only there
             for w, blocks in zip(self.weights, self._layers, strict=True):
                 if full:
                     blocks[:full, :, :per].copy_(w[:, : full * per].unflatten(1, (full, per)).transpose(0, 1))

@@ -46,6 +46,25 @@ def test_refresh_copies_weights_changed_in_place():
     assert blocks.layer(1).data_ptr() == address  # same buffer: a captured graph keeps reading it
 
 
+@pytest.mark.parametrize("made_in_inference_mode", [False, True])
+def test_refresh_inside_and_outside_inference_mode(made_in_inference_mode):
+    """The decoder makes its blocks in inference mode and refreshes them there; a refresh outside it works too."""
+    weight = torch.randn(3, 10, requires_grad=True)
+    if made_in_inference_mode:
+        with torch.inference_mode():
+            blocks = ColumnBlocks([weight.detach()], 4)
+    else:
+        blocks = ColumnBlocks([weight.detach()], 4)
+    with torch.no_grad():
+        weight.add_(1.0)
+    blocks.refresh()
+    assert torch.equal(blocks.layer(0)[2, :, :2], weight.detach()[:, 8:])
+    with torch.inference_mode():
+        weight_copy = weight.detach().clone()
+        blocks.refresh()
+    assert torch.equal(blocks.layer(0)[0, :, :4], weight_copy[:, :4])
+
+
 def test_bad_weights_are_refused():
     with pytest.raises(ValueError, match="at least one"):
         ColumnBlocks([], 4)
