@@ -168,32 +168,12 @@ def _add_mixer_out(r, oacc_ptr, layer, batch, offs_b, b_ok, offs_m, m_ok, Dm, AD
 
 
 @triton.jit
-def _spin_wait(bar_ptr, target):
-    """Polls the barrier counter until it reaches `target`: the first warp spins in one PTX loop of acquire loads
-    (no block barrier and no shared-memory broadcast a round, as the scalar poll of decode_triton._wait has), then
-    the block waits for it. Only on a GPU (PTX)."""
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p, q; .reg .b64 v; .reg .u32 t; mov.u32 t, %tid.x; setp.ge.u32 q, t, 32; @q bra done_${:uid}; "
-        "spin_${:uid}: ld.acquire.gpu.global.b64 v, [$1]; setp.lt.s64 p, v, $2; @p bra spin_${:uid}; "
-        "done_${:uid}: mov.u32 $0, 0; }", "=r,l,l", [bar_ptr, target], dtype=tl.int32, is_pure=False, pack=1)
-    tl.debug_barrier()
-
-
-@triton.jit
 def _meet(bar_ptr, ticket, nprog, NO_WAIT: tl.constexpr, ARRIVE_FIRST: tl.constexpr, pid, trace_ptr, trace_base, n_slots,
           TRACE: tl.constexpr, ASM: tl.constexpr, SPIN: tl.constexpr = False):
     """The grid barrier: its polls alone under ARRIVE_FIRST (the arrival came before the weight loads; TRACE records
-    when this program left), else whole. SPIN (on a GPU): the polls by _spin_wait."""
+    when this program left), else whole. SPIN (on a GPU): the polls by decode_triton._spin_wait."""
     if ARRIVE_FIRST:
-        if SPIN and ASM and not NO_WAIT:
-            _spin_wait(bar_ptr, ticket)
-            if TRACE:
-                clk, ns = _timestamps(pid, ASM)
-                row = trace_ptr + (pid * n_slots + ticket // nprog - trace_base) * 4
-                tl.store(row + 1, clk)
-                tl.store(row + 3, ns)
-        else:
-            _traced_wait(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+        _traced_wait(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
     else:
         _grid_barrier(bar_ptr, nprog, NO_WAIT)
 

@@ -130,12 +130,28 @@ def _arrive(bar_ptr, target, nprog, NO_WAIT: tl.constexpr):
 
 
 @triton.jit
-def _wait(bar_ptr, target, NO_WAIT: tl.constexpr):
-    """The second half of _grid_barrier: polls until the count reaches `target` (from _arrive)."""
+def _wait(bar_ptr, target, NO_WAIT: tl.constexpr, SPIN: tl.constexpr = False, ASM: tl.constexpr = False):
+    """The second half of _grid_barrier: polls until the count reaches `target` (from _arrive); with SPIN and ASM
+    (a GPU) by _spin_wait."""
     if not NO_WAIT:
-        while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
-            pass
-        tl.debug_barrier()
+        if SPIN and ASM:
+            _spin_wait(bar_ptr, target)
+        else:
+            while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
+                pass
+            tl.debug_barrier()
+
+
+@triton.jit
+def _spin_wait(bar_ptr, target):
+    """Polls the barrier counter until it reaches `target`: the first warp spins in one PTX loop of acquire loads
+    (no block barrier and no shared-memory broadcast a round, as the scalar poll of _wait has), then the block waits
+    for it. Only on a GPU (PTX)."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p, q; .reg .b64 v; .reg .u32 t; mov.u32 t, %tid.x; setp.ge.u32 q, t, 32; @q bra done_${:uid}; "
+        "spin_${:uid}: ld.acquire.gpu.global.b64 v, [$1]; setp.lt.s64 p, v, $2; @p bra spin_${:uid}; "
+        "done_${:uid}: mov.u32 $0, 0; }", "=r,l,l", [bar_ptr, target], dtype=tl.int32, is_pure=False, pack=1)
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -189,9 +205,10 @@ def _traced_arrive(bar_ptr, target, nprog, NO_WAIT: tl.constexpr, pid, trace_ptr
 
 @triton.jit
 def _traced_wait(bar_ptr, target, nprog, NO_WAIT: tl.constexpr, pid, trace_ptr, base, n_slots,
-                 TRACE: tl.constexpr, ASM: tl.constexpr):
-    """_wait; under TRACE it then records when this program left (the row's other two entries)."""
-    _wait(bar_ptr, target, NO_WAIT)
+                 TRACE: tl.constexpr, ASM: tl.constexpr, SPIN: tl.constexpr = False):
+    """_wait (SPIN: its PTX poll); under TRACE it then records when this program left (the row's other two
+    entries)."""
+    _wait(bar_ptr, target, NO_WAIT, SPIN, ASM)
     if TRACE:
         clk, ns = _timestamps(pid, ASM)
         row = trace_ptr + (pid * n_slots + target // nprog - base) * 4
