@@ -390,7 +390,7 @@ def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
 # The residual stream and its out_proj sums are kept once a program (SUMS_1D, the default: (BLOCK_DM,) over all its
 # threads), and the normed vector goes to every warp by one layout conversion through shared memory. The compiler
 # converts that small vector, not the in_proj rows it meets, only if the rows' load comes after it in the program:
-# so they are loaded a layer ahead, at the end of the layer before (loaded at the top of the layer, the rows took
+# so they are loaded a layer ahead, in phase B of the layer before (loaded at the top of the layer, the rows took
 # the vector's layout, their sums crossed warps, and 2 KB a thread spilled). H200, 90M LM, 36 prefetchers: 174.6
 # against 197.0 us a step, and with FIXED 214.2 against 273.1 us (2026-11-29, BENCHMARKS.md).
 #
@@ -561,6 +561,11 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         # 197.6 us a step; float sums unchanged)
         z = _round(tl.sum(tl.sum(wz.to(tl.float32) * xn, axis=2), axis=2), ADT)
         _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
+        if SUMS_1D:  # the next layer's in_proj u rows (the layout note above)
+            # here, not after phase B's arrival: they arrive during phase B's work instead of in front of the next
+            # phase A's polls and sums (H200: 154.8-157.5 against 157.0-159.5 us a step, alternating runs), and
+            # after the last layer none, from the tables' spare row (FusedDecodeStep)
+            wu = _in_rows(_layer_ptr(in_tab, layer + 1, ADT), 0, ch4, offs_m, row_ok & (layer + 1 < n_layer), Dm)
         # ---- B: dt, the SSM state, gate, out_proj's partial sums --------------------------------------------------
         if SUMS_1D:
             lanes = tl.arange(0, VW)
@@ -594,9 +599,6 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
             _acc_add(oacc_ptr + (layer * COPIES + pid % COPIES) * batch * Dm + offs_d, part, d_ok, FIXED)
         if ARRIVE_FIRST:
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
-        if SUMS_1D:  # the next layer's in_proj u rows (the layout note above)
-            # (after the last layer none, from the tables' spare row: FusedDecodeStep)
-            wu = _in_rows(_layer_ptr(in_tab, layer + 1, ADT), 0, ch4, offs_m, row_ok & (layer + 1 < n_layer), Dm)
     if SUMS_1D:
         r_out = tl.reshape(r, (1, BLOCK_DM))
     else:
