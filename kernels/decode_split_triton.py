@@ -563,8 +563,9 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
         if SUMS_1D:  # the next layer's in_proj u rows (the layout note above)
             # here, not after phase B's arrival: they arrive during phase B's work instead of in front of the next
-            # phase A's polls and sums (H200: 154.8-157.5 against 157.0-159.5 us a step, alternating runs), and
-            # after the last layer none, from the tables' spare row (FusedDecodeStep)
+            # phase A's polls and sums (H200, alternating measurements: 0.8-3.4 us a step less in each of three runs,
+            # 152.4 against 154.6 us in the last; with FIXED, TMA_SUMS and SPIN 178.5 against 184.6 us); after the last
+            # layer none, from the tables' spare row (FusedDecodeStep)
             wu = _in_rows(_layer_ptr(in_tab, layer + 1, ADT), 0, ch4, offs_m, row_ok & (layer + 1 < n_layer), Dm)
         # ---- B: dt, the SSM state, gate, out_proj's partial sums --------------------------------------------------
         if SUMS_1D:
