@@ -123,7 +123,7 @@ _NUM_WARPS = 8
 #   whole 128-byte lines instead of a 32-byte piece of every row; out_proj's copy is as large as the weight, and
 #   StepDecoder refreshes the copies before every prompt): 157.0-159.2 us against 168.7-171.1 with BLOCKS=0, 159.6
 #   with out_proj's alone. SPIN=1 (opt-in) polls each barrier from the first warp in one PTX loop
-#   (decode_split_triton._spin_wait) instead of a scalar poll with two block barriers a round: slower with float
+#   (decode_triton._spin_wait) instead of a scalar poll with two block barriers a round: slower with float
 #   sums (161.2-163.6 us), faster with FIXED and TMA_SUMS (187.8-188.0 against 192.8-192.9; 209.0 with neither
 #   setting).
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
