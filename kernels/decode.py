@@ -711,7 +711,15 @@ class FusedDecodeStep:
             # between launches: the kernel zeroes each once it is read)
             self._xc = torch.empty(batch, Di, **f32)
             self._z = torch.empty(batch, Di, **f32)
-            self._constexprs = {**dtypes, **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, tune),
+            # A = -exp(A_log), fp32, in copies of its own: the kernel reads A, so no exp of it lies on its path
+            # (refresh_weights)
+            self._a_logs = [m.A_log for m in mixers]
+            self._a = [torch.empty(a.shape, dtype=torch.float32, device=self.device) for a in self._a_logs]
+            self._refresh_a()
+            self._tables[_TABLES.index("alog")] = table(self._a)
+            dtypes.pop("ALOG_DT")
+            self._constexprs = {**dtypes, "A_DT": tl.float32,
+                                **plan_split_constexprs(Dm, Di, N, R, W, V, batch, plan, tune),
                                 "ASM": on_gpu}  # PTX clocks (TRACE) and prefetches only where there is a GPU
             prefetchers = self._constexprs["PREFETCHERS"]
             self._constexprs.update(plan_split_passes(self._constexprs, Di, self.grid - prefetchers, tune))
@@ -795,11 +803,19 @@ class FusedDecodeStep:
                                 block_shape=[1, c["BLOCK_DM"] // c["KCH"], c["KCH"]])
 
     def refresh_weights(self) -> None:
-        """Copies the weights the step reads through copies of its own (the split kernel's column blocks, BLOCKS)
-        again: call after changing the model's weights in place (StepDecoder does before every prompt). The copies
-        keep their addresses, so a captured graph stays valid."""
+        """Copies the weights the step reads through copies of its own (the split kernel's column blocks, BLOCKS, and
+        its A = -exp(A_log)) again: call after changing the model's weights in place (StepDecoder does before every
+        prompt). The copies keep their addresses, so a captured graph stays valid."""
         for blocks in self._blocks:
             blocks.refresh()
+        if self.split:
+            self._refresh_a()
+
+    def _refresh_a(self) -> None:
+        """The split kernel's A = -exp(A_log) from the model's A_log, fp32, into the same tensors."""
+        with torch.inference_mode():  # like ColumnBlocks.refresh: the decoder's buffers may be inference tensors
+            for a, a_log in zip(self._a, self._a_logs, strict=True):
+                torch.neg(torch.exp(a_log.detach().float()), out=a)
 
     def scratch(self) -> list[torch.Tensor]:
         """The buffers the kernel writes before it reads them (tests poison them): the logits and the scratch of

@@ -56,6 +56,12 @@ once a program (SUMS_1D) 174.6 us, then 164.4-165.0 us with 4 copies of each acc
 (H200, 2026-11-29, BENCHMARKS.md). There a program's out_proj and x_proj columns (16 channels: a 32-byte piece of
 every row) come from copies in per-program blocks (BLOCKS, decode_blocks.ColumnBlocks), so that a warp's load takes
 whole lines instead of touching 16: 157.0-159.2 against 168.7-171.1 us (H200, 2026-11-29).
+
+The transcendental functions lie on each phase's critical path, so they take the short way: A = -exp(A_log) comes
+from FusedDecodeStep's fp32 copy (no exp in the kernel), and on a GPU softplus, silu and e^x go through PTX's
+ex2.approx.ftz and lg2.approx (decode_triton._softplus, _silu, _fast_exp; tl.log alone is a 25-instruction polynomial),
+relative error ~1e-7 against the bf16 roundings around them. H200, batch 1, alternating runs (2026-11-30,
+BENCHMARKS.md): 147.4-150.2 against 156.9-158.1 us a step; with FIXED, TMA_SUMS and SPIN 160.3 against 184.2-184.5.
 """
 
 from __future__ import annotations
@@ -67,11 +73,14 @@ from .decode_triton import (
     _barriers_done,
     _cols_dot,
     _conv_window_tail,
+    _fast_exp,
     _grid_barrier,
     _layer_ptr,
     _prefetch_layers,
     _round,
     _rows_dot,
+    _silu,
+    _softplus,
     _ssm_state_ptrs,
     _stamp,
     _timestamps,
@@ -191,7 +200,7 @@ def _after_phase_b(r, layer, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_
 @triton.jit
 def _normed(r, norm_w, Dm, eps, ADT: tl.constexpr):
     """rmsnorm of every row of r (BLOCK_B, BLOCK_DM), rounded to the activation dtype."""
-    rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=1) / Dm + eps)
+    rstd = tl.math.rsqrt(tl.sum(r * r, axis=1) / Dm + eps)
     return _round(r * rstd[:, None] * norm_w[None, :], ADT)
 
 
@@ -229,29 +238,30 @@ def _a_tiles(in_tab, convw_tab, convb_tab, conv_tab, xproj_tab, layer, ch, c_ok,
 
 
 @triton.jit
-def _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_n,
-             n_ok, offs_r, r_ok, Di, N, R, ADT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr,
+def _b_tiles(out_tab, dtw_tab, dtb_tab, a_tab, d_tab, ssm_tab, layer, ch, c_ok, offs_b, b_ok, offs_m, m_ok, offs_n,
+             n_ok, offs_r, r_ok, Di, N, R, ADT: tl.constexpr, A_DT: tl.constexpr, D_DT: tl.constexpr,
              DTB_DT: tl.constexpr):
     """What phase B of `layer` reads for channels `ch`: out_proj's columns (BLOCK_DM, C), dt_proj's rows (C, BLOCK_R)
-    and bias (C,) fp32, A = -exp(A_log) (C, BLOCK_N) fp32, D (C,) fp32 and the SSM states (B, C, BLOCK_N) fp32."""
+    and bias (C,) fp32, A = -exp(A_log) (C, BLOCK_N) fp32 (from FusedDecodeStep's copy), D (C,) fp32 and the SSM states
+    (B, C, BLOCK_N) fp32."""
     wout = tl.load(_layer_ptr(out_tab, layer, ADT) + offs_m.to(tl.int64)[:, None] * Di + ch[None, :],
                    mask=m_ok[:, None] & c_ok[None, :], other=0.0)
     wdt = tl.load(_layer_ptr(dtw_tab, layer, ADT) + ch[:, None] * R + offs_r[None, :],
                   mask=c_ok[:, None] & r_ok[None, :], other=0.0)
-    alog = tl.load(_layer_ptr(alog_tab, layer, ALOG_DT) + ch[:, None] * N + offs_n[None, :],
-                   mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+    A = tl.load(_layer_ptr(a_tab, layer, A_DT) + ch[:, None] * N + offs_n[None, :],
+                mask=c_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32)
     h_ptrs, h_ok = _ssm_state_ptrs(_layer_ptr(ssm_tab, layer, tl.float32), ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
     h = tl.load(h_ptrs, mask=h_ok, other=0.0)
     dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
     Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
-    return wout, wdt, dtb, -tl.exp(alog.to(tl.float32)), Dv, h
+    return wout, wdt, dtb, A, Dv, h
 
 
 @triton.jit
-def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab,
+def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, a_tab, d_tab,
             out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr, ticket, trace_base,
             n_slots, pid, nprog, batch, n_layer, Dm: tl.constexpr, Di, N, R, W, eps, ADT: tl.constexpr,
-            CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr, CB_DT: tl.constexpr,
+            CONV_DT: tl.constexpr, A_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr, CB_DT: tl.constexpr,
             HAS_CONV_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_N: tl.constexpr,
             BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr,
             PER_C: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr, SKIP_ATOMICS: tl.constexpr,
@@ -305,7 +315,7 @@ def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
             out = tl.sum(window.to(tl.float32) * taps[None, :, :], axis=2)
             if HAS_CONV_BIAS:
                 out += cbias[None, :]
-            xc = tl.where(bc_ok, _round(out / (1.0 + tl.exp(-out)), ADT), 0.0)
+            xc = tl.where(bc_ok, _round(_silu(out, ASM), ADT), 0.0)
             if ONE_PASS:
                 x_kept = xc
                 z_kept = z
@@ -327,9 +337,9 @@ def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
         item = pid
         ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
-        wout, wdt, dtb, A, Dv, h = _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_ok,
+        wout, wdt, dtb, A, Dv, h = _b_tiles(out_tab, dtw_tab, dtb_tab, a_tab, d_tab, ssm_tab, layer, ch, c_ok,
                                             offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT,
-                                            ALOG_DT, D_DT, DTB_DT)
+                                            A_DT, D_DT, DTB_DT)
         # phase A filled x_acc[layer]
         _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
         # x_dbl's three parts requested together, then added
@@ -349,21 +359,21 @@ def _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab,
                 x = tl.load(xc_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
                 z = tl.load(z_ptr + offs_b[:, None] * Di + ch[None, :], mask=bc_ok, other=0.0, cache_modifier=".cg")
             dt = _round(_rows_dot(wdt, dt_low), ADT) + dtb[None, :]  # (B, C)
-            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-            h = tl.exp(dt[:, :, None] * A[None, :, :]) * h + (dt * x)[:, :, None] * Bv[:, None, :]
+            dt = _softplus(dt, ASM)
+            h = _fast_exp(dt[:, :, None] * A[None, :, :], ASM) * h + (dt * x)[:, :, None] * Bv[:, None, :]
             h_ptrs, h_ok = _ssm_state_ptrs(ssm, ch, c_ok, offs_b, b_ok, offs_n, n_ok, Di, N)
             tl.store(h_ptrs, h, mask=h_ok)
             y = tl.sum(h * Cv[:, None, :], axis=2) + Dv[None, :] * x
-            y = tl.where(bc_ok, _round(y * (z / (1.0 + tl.exp(-z))), ADT), 0.0)
+            y = tl.where(bc_ok, _round(y * _silu(z, ASM), ADT), 0.0)
             part = _rows_dot(wout, y)  # (B, BLOCK_DM)
             if SKIP_ATOMICS & 1 == 0:
                 _acc_add(oacc_ptr + ((layer * COPIES + item % COPIES) * batch + offs_b[:, None]) * Dm
                          + offs_m[None, :], part, b_ok[:, None] & m_ok[None, :], FIXED)
             item += nprog
             ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
-            wout, wdt, dtb, A, Dv, h = _b_tiles(out_tab, dtw_tab, dtb_tab, alog_tab, d_tab, ssm_tab, layer, ch, c_ok,
+            wout, wdt, dtb, A, Dv, h = _b_tiles(out_tab, dtw_tab, dtb_tab, a_tab, d_tab, ssm_tab, layer, ch, c_ok,
                                                 offs_b, b_ok, offs_m, m_ok, offs_n, n_ok, offs_r, r_ok, Di, N, R, ADT,
-                                                ALOG_DT, D_DT, DTB_DT)
+                                                A_DT, D_DT, DTB_DT)
 
         item = pid
         ch, c_ok = _channels(item, BLOCK_C, PER_C, Di)
@@ -446,10 +456,10 @@ def _acc_sum(acc_ptr, layer, batch, offs, ok, n, COPIES: tl.constexpr, FIXED: tl
 
 
 @triton.jit
-def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab,
+def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, a_tab,
                      d_tab, out_tab, conv_tab, ssm_tab, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr, ticket, trace_base,
                      n_slots, pid, nprog, batch, n_layer, Dm: tl.constexpr, Di, N, R, W, eps, ADT: tl.constexpr,
-                     CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
+                     CONV_DT: tl.constexpr, A_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
                      CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_W: tl.constexpr,
                      BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr, WARP_CH: tl.constexpr,
                      KCH: tl.constexpr, VW: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr,
@@ -523,15 +533,15 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
             _zero_share(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, pid, nprog, BLOCK_DM)
         # ---- A: norm, in_proj, conv step, x_proj's partial sums ---------------------------------------------------
         if SUMS_1D:
-            xn = r * (1.0 / tl.sqrt(tl.sum(r * r) / Dm + eps)) * norm_w
+            xn = r * tl.math.rsqrt(tl.sum(r * r) / Dm + eps) * norm_w
             xn = _round(_every_warp(xn, WARPS, 1, NK, KCH), ADT)
         else:
             ss = tl.sum(tl.sum(r * r, axis=2), axis=2)  # (WARPS, 1), the same in every warp
-            xn = _round(r * _widen(1.0 / tl.sqrt(ss / Dm + eps)) * norm_w, ADT)
+            xn = _round(r * _widen(tl.math.rsqrt(ss / Dm + eps)) * norm_w, ADT)
         u = _round(tl.sum(tl.sum(wu.to(tl.float32) * xn, axis=2), axis=2), ADT)  # (WARPS, WARP_CH)
         window = tl.where(w3 == W - 1, u.to(CONV_DT)[:, :, None], older)
         out = tl.sum(window.to(tl.float32) * taps, axis=2) + cbias
-        xc = tl.where(c_ok, _round(out / (1.0 + tl.exp(-out)), ADT), 0.0)
+        xc = tl.where(c_ok, _round(_silu(out, ASM), ADT), 0.0)
         part = tl.sum(wx.to(tl.float32) * tl.reshape(xc, (BLOCK_C,))[None, :], axis=1)  # (BLOCK_X,)
         if SKIP_ATOMICS & 2 == 0:
             _acc_add(xacc_ptr + (layer * COPIES + pid % COPIES) * batch * X + offs_x, part, x_ok, FIXED)
@@ -551,8 +561,7 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                       other=0.0)  # (WARPS, WARP_CH, 1, VW)
         dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
         n_ok4 = c_ok4 & (offs_v < N)
-        A = -tl.exp(tl.load(_layer_ptr(alog_tab, layer, ALOG_DT) + ch4 * N + offs_v, mask=n_ok4,
-                            other=0.0).to(tl.float32))
+        A = tl.load(_layer_ptr(a_tab, layer, A_DT) + ch4 * N + offs_v, mask=n_ok4, other=0.0).to(tl.float32)
         Dv = tl.load(_layer_ptr(d_tab, layer, D_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
         h_ptrs = _layer_ptr(ssm_tab, layer, tl.float32) + ch4 * N + offs_v
         h = tl.load(h_ptrs, mask=n_ok4, other=0.0)
@@ -581,11 +590,11 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
             Bv = _round(_acc_sum(xacc_ptr + R, layer, batch, vec_v, vec_v < N, X, COPIES, FIXED), ADT)
             Cv = _round(_acc_sum(xacc_ptr + R + N, layer, batch, vec_v, vec_v < N, X, COPIES, FIXED), ADT)
         dt = _round(tl.sum(tl.sum(wdt.to(tl.float32) * dt_low, axis=2), axis=2), ADT) + dtb  # (WARPS, WARP_CH)
-        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-        h = tl.exp(_widen(dt) * A) * h + _widen(dt * xc) * Bv
+        dt = _softplus(dt, ASM)
+        h = _fast_exp(_widen(dt) * A, ASM) * h + _widen(dt * xc) * Bv
         tl.store(h_ptrs, h, mask=n_ok4)
         y = tl.sum(tl.sum(h * Cv, axis=2), axis=2) + Dv * xc
-        y = tl.where(c_ok, _round(y * (z / (1.0 + tl.exp(-z))), ADT), 0.0)
+        y = tl.where(c_ok, _round(y * _silu(z, ASM), ADT), 0.0)
         part = tl.sum(wout.to(tl.float32) * tl.reshape(y, (BLOCK_C,))[None, :], axis=1)  # (BLOCK_DM,)
         if TMA_SUMS:
             # one bulk reduction of the whole vector by the TMA unit (its rows of KCH lanes past d_model fall outside
@@ -610,11 +619,11 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
 @triton.jit(do_not_specialize=["batch"])
 def _decode_split_kernel(
     tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
-    norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab,
+    norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, a_tab, d_tab, out_tab,
     conv_tab, ssm_tab,
     xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr,
     batch, n_layer, Dm: tl.constexpr, Di, N, R, W, V, eps,
-    ADT: tl.constexpr, CONV_DT: tl.constexpr, ALOG_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
+    ADT: tl.constexpr, CONV_DT: tl.constexpr, A_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
     CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr, PER_C: tl.constexpr,
@@ -630,8 +639,8 @@ def _decode_split_kernel(
     nprog = tl.num_programs(0) - PREFETCHERS  # the programs that work and meet at the barriers
     if PREFETCHERS > 0 and pid >= nprog:
         _prefetch_layers(bar_ptr, pid - nprog, PREFETCHERS, nprog, head_ptr, norm_tab, in_tab, convw_tab, convb_tab,
-                         xproj_tab, dtw_tab, dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm,
-                         Di, N, R, W, V, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, 2, AHEAD,
+                         xproj_tab, dtw_tab, dtb_tab, a_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm,
+                         Di, N, R, W, V, ADT, CONV_DT, A_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, 2, AHEAD,
                          NO_WAIT, 256, 4096, ASM)
         return
     X = R + 2 * N
@@ -655,17 +664,17 @@ def _decode_split_kernel(
         _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
     if WARP_CH > 0:
         r, ticket = _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab,
-                                     dtb_tab, alog_tab, d_tab, out_tab, conv_tab, ssm_tab, xacc_ptr, oacc_ptr, bar_ptr,
+                                     dtb_tab, a_tab, d_tab, out_tab, conv_tab, ssm_tab, xacc_ptr, oacc_ptr, bar_ptr,
                                      trace_ptr, ticket, trace_base, n_slots, pid, nprog, batch, n_layer, Dm, Di, N, R,
-                                     W, eps, ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_DM,
+                                     W, eps, ADT, CONV_DT, A_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_DM,
                                      BLOCK_W, BLOCK_X, BLOCK_C, PER_C, WARP_CH, KCH, VW, COPIES, NO_WAIT,
                                      SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM, SUMS_1D, TMA_SUMS, oacc_desc,
                                      SPIN, BLOCKS)
     else:
         r, ticket = _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab,
-                            alog_tab, d_tab, out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,
+                            a_tab, d_tab, out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,
                             trace_ptr, ticket, trace_base, n_slots, pid, nprog, batch, n_layer, Dm, Di, N, R, W, eps,
-                            ADT, CONV_DT, ALOG_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_B, BLOCK_DM, BLOCK_N,
+                            ADT, CONV_DT, A_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_B, BLOCK_DM, BLOCK_N,
                             BLOCK_R, BLOCK_W, BLOCK_X, BLOCK_C, PER_C, COPIES, NO_WAIT, SKIP_ATOMICS, ARRIVE_FIRST,
                             FIXED, ONE_PASS, TRACE, ASM, SPIN)
 

@@ -337,6 +337,40 @@ def _round(x, ADT: tl.constexpr):
 
 
 @triton.jit
+def _exp2_ftz(x, ASM: tl.constexpr):
+    """2^x (fp32): on a GPU one ex2.approx.ftz.f32, whose results below 2^-126 flush to zero (tl.exp2 spends three
+    more instructions a value keeping them); tl.exp2 under the interpreter, which cannot run PTX."""
+    if ASM:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    return tl.exp2(x)
+
+
+@triton.jit
+def _fast_exp(x, ASM: tl.constexpr):
+    """e^x (fp32) by _exp2_ftz."""
+    return _exp2_ftz(x * 1.4426950408889634, ASM)
+
+
+@triton.jit
+def _silu(x, ASM: tl.constexpr):
+    """x * sigmoid(x) (fp32), e^-x by _fast_exp."""
+    return x / (1.0 + _fast_exp(-x, ASM))
+
+
+@triton.jit
+def _softplus(x, ASM: tl.constexpr):
+    """log(1 + e^x) (fp32), x itself past 20 (torch's threshold). On a GPU by ex2.approx and lg2.approx, relative
+    error ~1e-7: tl.log is libdevice's 25-instruction polynomial, and the softplus of dt lies on the decoding step's
+    critical path."""
+    if ASM:
+        log2 = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + _fast_exp(x, ASM)],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+        return tl.where(x <= 20.0, log2 * 0.6931471805599453, x)
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
 def _put(ptrs, value, mask, tag, FLAGGED: tl.constexpr, ASM: tl.constexpr):
     """Stores the fp32 `value` for other programs to read with _get. Under FLAGGED (decode.TUNE) as 64-bit words, the
     value's bits below `tag` (the writing layer's tag, < 2^31), so that a reader takes a word as written once it

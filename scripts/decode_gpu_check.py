@@ -352,6 +352,8 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
             if decode.resolved_tune(tune).get("SPLIT"):
                 fn = decode_split_triton._decode_split_kernel
                 consts["Dm"] = sizes[0]  # a constexpr there
+                del consts["ALOG_DT"]
+                consts["A_DT"] = tl.float32  # FusedDecodeStep's A = -exp(A_log)
                 working = programs - consts["PREFETCHERS"]  # as FusedDecodeStep plans them:
                 consts.update(decode.plan_split_passes(consts, sizes[1], working, tune))
                 consts["ASM"] = True

@@ -630,8 +630,9 @@ def _greedy_steps_agree(decoder: StepDecoder, reference: StepDecoder, ref_logits
 
 
 def test_split_decoder_reads_weights_changed_in_place(triton_path, monkeypatch):
-    """The split kernel's warp layout reads out_proj's and x_proj's columns from copies (BLOCKS=3): after an in-place
-    change of the weights, the decoder's next prefill refreshes them, so its steps match the reference again."""
+    """The split kernel's warp layout reads out_proj's and x_proj's columns from copies (BLOCKS=3), and A = -exp(A_log)
+    from copies of its own: after an in-place change of the weights, the decoder's next prefill refreshes them, so its
+    steps match the reference again."""
     monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PER_C": 64})
     model = _lm("mamba_wave_lm_tiny", seed=8, d_model=32, n_layer=2)
     decoder = StepDecoder(model, 1)
@@ -646,6 +647,7 @@ def test_split_decoder_reads_weights_changed_in_place(triton_path, monkeypatch):
             for layer in model.backbone.layers:
                 layer.mixer.out_proj.weight.mul_(scale)
                 layer.mixer.x_proj.weight.mul_(scale)
+                layer.mixer.A_log.add_(0.5 * scale)
         decoder.prefill(prompt)
         _greedy_steps_agree(decoder, reference, reference.prefill(prompt), monkeypatch)
 
