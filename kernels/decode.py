@@ -102,30 +102,31 @@ _NUM_WARPS = 8
 #   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS, SUMS_1D, TMA_SUMS, SPIN and BLOCKS (batch 1,
 #   below), no other. With one
 #   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
-#   H200, batch 1 (2026-11-29, BENCHMARKS.md): first 251-258 us with ARRIVE_FIRST and 2 copies (263 with FIXED)
-#   against 267 us for the default; then with 36 prefetchers (PREFETCHERS=36, AHEAD=2) and at batch 1 the phases in
-#   a layout with each channel's sums inside one warp (decode_split_triton's _layers_in_warps; WARP_SUMS=0 keeps the
-#   general tiles), 192-194 us against 229 us with the general tiles and 255 us for the default kernel in the same
-#   run; then with the residual stream and its sums read once a program, not once a warp (SUMS_1D, on in the warp
-#   layout; SUMS_1D=0 for the per-warp reads): 174.6 us against 197.0 us, and 214.2 us with FIXED (bit-identical
-#   runs) against 273.1 us with FIXED's int64 sums read and converted in every warp, 262.8 us for the default
-#   kernel in the same run; then 4 copies of each accumulator there (_SPLIT_COPIES_1D): 164.4-165.0 us, 3.8x the
-#   floor, against 170.0-171.3 us with 2. Not the default: without FIXED its runs are not bit-identical, and with
-#   FIXED it loses to the default kernel at other sizes (d_model 512 x 12 layers: 126 against 98 us; 1024 x 16: 338
-#   against 244). TMA_SUMS=1 (there, on sm_90, d_model a multiple of 128): each program adds its out_proj sums by
-#   one TMA bulk reduction (cp.reduce.async.bulk) instead of 192 four-wide float atomics (768 int64 ones under
-#   FIXED), waited for before the barrier's arrival: with FIXED 197.8 against 214.4 us; with float sums slower
-#   (174.2-180.6 against 165.7 us), so opt-in. Then the gate's in_proj products taken before phase B's polls:
-#   FIXED with TMA_SUMS 182.7 against 197.6 us, float sums unchanged (165.3-165.5 against 165.2-165.4); on a
-#   slower GPU draw 194.2-197.5 against 212.8 us, float 172.3-173.9 against 174.3.
+#   H200, batch 1 (2026-11-29, BENCHMARKS.md): first 251-258 us with ARRIVE_FIRST and 2 copies (263 with FIXED) against
+#   267 us for the default; then with 36 prefetchers (PREFETCHERS=36, AHEAD=2) and at batch 1 the phases in a layout
+#   with each channel's sums inside one warp (decode_split_triton's _layers_in_warps; WARP_SUMS=0 keeps the general
+#   tiles), 192-194 us against 229 us with the general tiles and 255 us for the default kernel in the same run; then
+#   with the residual stream and its sums read once a program, not once a warp (SUMS_1D, on in the warp layout;
+#   SUMS_1D=0 for the per-warp reads): 174.6 us against 197.0 us, and 214.2 us with FIXED (bit-identical runs) against
+#   273.1 us with FIXED's int64 sums read and converted in every warp, 262.8 us for the default kernel in the same run;
+#   then 4 copies of each accumulator there: 164.4-165.0 us, 3.8x the floor, against 170.0-171.3 us with 2 (2 again
+#   since 2026-11-30, _SPLIT_COPIES). Not the default: without FIXED its runs are not bit-identical, and with FIXED it
+#   loses to the default kernel at other sizes (d_model 512 x 12 layers: 126 against 98 us; 1024 x 16: 338 against 244).
+#   TMA_SUMS=1 (there, on sm_90, d_model a multiple of 128): each program adds its out_proj sums by one TMA bulk
+#   reduction (cp.reduce.async.bulk) instead of 192 four-wide float atomics (768 int64 ones under FIXED), waited for
+#   before the barrier's arrival: with FIXED 197.8 against 214.4 us; with float sums slower (174.2-180.6 against 165.7
+#   us), so opt-in. Then the gate's in_proj products taken before phase B's polls: FIXED with TMA_SUMS 182.7 against
+#   197.6 us, float sums unchanged (165.3-165.5 against 165.2-165.4); on a slower GPU draw 194.2-197.5 against 212.8 us,
+#   float 172.3-173.9 against 174.3.
 #   In the warp layout two more settings. BLOCKS (bits: 1 out_proj's, 2 x_proj's columns; default 3) reads a
 #   program's weight columns from FusedDecodeStep's copies of them in per-program blocks (decode_blocks.ColumnBlocks:
 #   whole 128-byte lines instead of a 32-byte piece of every row; out_proj's copy is as large as the weight, and
 #   StepDecoder refreshes the copies before every prompt): 157.0-159.2 us against 168.7-171.1 with BLOCKS=0, 159.6
-#   with out_proj's alone. SPIN=1 (opt-in) polls each barrier from the first warp in one PTX loop
-#   (decode_triton._spin_wait) instead of a scalar poll with two block barriers a round: slower with float
-#   sums (161.2-163.6 us), faster with FIXED and TMA_SUMS (187.8-188.0 against 192.8-192.9; 209.0 with neither
-#   setting).
+#   with out_proj's alone. SPIN (default on; SPIN=0 for the scalar poll with two block barriers a round) polls each
+#   barrier from the first warp in one PTX loop (decode_triton._spin_wait): at first slower with float sums
+#   (161.2-163.6 us) and faster with FIXED and TMA_SUMS (187.8-188.0 against 192.8-192.9; 209.0 with neither
+#   setting); since the fast math of 2026-11-30 faster with float sums too (with 2 copies 140.6-142.5 against
+#   145.0 us).
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
@@ -179,12 +180,10 @@ _TABLES = ("norm", "in", "convw", "convb", "xproj", "dtw", "dtb", "alog", "d", "
 _SPLIT_MAX_C = 32
 # SPLIT's copies of each accumulator (item i adds into copy i % COPIES; readers add the copies): one copy queues every
 # program's atomics at the same addresses, many make every reader add more (H200, batch 1, ARRIVE_FIRST: 258 us with
-# 1 or 2 copies, 282 with 8, 373 with 32)
+# 1 or 2 copies, 282 with 8, 373 with 32). The batch-1 warp layout took 4 from 2026-11-29 (166.7 against 173.5-176.8
+# us with 2) until its fast math and spin poll made 2 the faster again (2026-11-30: 140.6-142.5 against 143.6-146.1
+# us with 4, 153.0-153.7 with 1)
 _SPLIT_COPIES = 2
-# ... and in the batch-1 warp layout with the sums read once a program (SUMS_1D), where a reader's extra copies cost
-# less, with float sums (H200, 90M LM, 36 prefetchers: 166.7 against 173.5-176.8 us with 2; FIXED's int64 sums keep
-# 2: 230.4 us with 4 against 214-217)
-_SPLIT_COPIES_1D = 4
 # FIXED's int64 words hold at most this many contributions each (decode_split_triton._FIXED_POISON)
 _FIXED_MAX_ADDS = 256
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
@@ -576,19 +575,17 @@ def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: d
     channel a warp, the warp layout of _layers_in_warps: WARP_CH channels a warp, d_model in chunks of KCH, dt_low,
     B, C and the SSM state over VW lanes (tune's WARP_SUMS=0 or a Triton that lays it out otherwise leaves it off:
     WARP_CH=0), there with the residual stream and its sums once a program (SUMS_1D; tune's SUMS_1D=0: in every
-    warp) and then, unless tune sets COPIES or FIXED, _SPLIT_COPIES_1D copies of each accumulator; there too BLOCKS
-    (tune's, default 3: both weights' columns in blocks) and SPIN (tune's, default off), both off outside the warp
-    layout."""
+    warp); there too BLOCKS (tune's, default 3: both weights' columns in blocks) and SPIN (tune's, default on), both
+    off outside the warp layout."""
     c = constexprs
     one_pass = -(-Di // c["PER_C"]) <= working
     warps = int(tune.get("num_warps", _NUM_WARPS))
     in_warps = (one_pass and c["BLOCK_B"] == 1 and c["BLOCK_C"] >= warps and _warp_layout_holds()
                 and tune.get("WARP_SUMS", 1))
     sums_1d = bool(in_warps and tune.get("SUMS_1D", 1))
-    copies = c["COPIES"] if tune.get("COPIES") or c["FIXED"] or not sums_1d else _SPLIT_COPIES_1D
     return dict(ONE_PASS=one_pass, WARP_CH=c["BLOCK_C"] // warps if in_warps else 0, KCH=min(128, c["BLOCK_DM"]),
-                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=sums_1d, COPIES=copies,
-                BLOCKS=int(tune.get("BLOCKS", 3)) if in_warps else 0, SPIN=bool(in_warps and tune.get("SPIN", 0)))
+                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=sums_1d, COPIES=c["COPIES"],
+                BLOCKS=int(tune.get("BLOCKS", 3)) if in_warps else 0, SPIN=bool(in_warps and tune.get("SPIN", 1)))
 
 
 def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,

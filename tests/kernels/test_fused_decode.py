@@ -459,8 +459,8 @@ def test_fused_kernel_with_prefetchers(forced, monkeypatch, merge):
 def test_split_warp_layout_plan(monkeypatch):
     """The warp layout's plan at the 90M LM's sizes on 132 programs with 36 prefetchers: at batch 1, one pass and
     8 warps it holds 2 channels a warp of the 16-lane block, the sums read once a program (SUMS_1D) unless
-    SUMS_1D=0, from 4 copies of each accumulator unless COPIES or FIXED is set, with both weights' columns in blocks
-    (BLOCKS=3) unless set otherwise and SPIN if set; off for batch 2, for more blocks than working programs, for
+    SUMS_1D=0, from COPIES copies of each accumulator (2 unless set), with both weights' columns in blocks (BLOCKS=3)
+    and the spin poll (SPIN) unless set otherwise; off for batch 2, for more blocks than working programs, for
     WARP_SUMS=0, and on a GPU with a Triton other than 3.6, whose layouts it was checked with (the interpreter has
     no layouts)."""
     import triton
@@ -471,11 +471,11 @@ def test_split_warp_layout_plan(monkeypatch):
         return decode.plan_split_passes(decode.plan_split_constexprs(*args, batch, 132, tune), 1536, working, tune)
 
     monkeypatch.setattr(decode, "interpreting", lambda: True)
-    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True, COPIES=4, BLOCKS=3, SPIN=False)
-    assert plan(BLOCKS=1)["BLOCKS"] == 1 and plan(BLOCKS=0)["BLOCKS"] == 0 and plan(SPIN=1)["SPIN"]
+    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True, COPIES=2, BLOCKS=3, SPIN=True)
+    assert plan(BLOCKS=1)["BLOCKS"] == 1 and plan(BLOCKS=0)["BLOCKS"] == 0 and not plan(SPIN=0)["SPIN"]
     with pytest.raises(ValueError, match="BLOCKS is a bit mask"):
         plan(BLOCKS=4)
-    assert plan(COPIES=2)["COPIES"] == 2 and plan(FIXED=1)["COPIES"] == 2 and plan(SUMS_1D=0)["COPIES"] == 2
+    assert plan(COPIES=4)["COPIES"] == 4 and plan(FIXED=1)["COPIES"] == 2 and plan(SUMS_1D=0)["COPIES"] == 2
     assert plan(num_warps=4)["WARP_CH"] == 4
     assert plan(batch=2)["WARP_CH"] == 0 and plan(batch=2)["ONE_PASS"]
     assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128, SUMS_1D=False, COPIES=2, BLOCKS=0,
@@ -742,7 +742,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "SUMS_1D": 0, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
-    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 0}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 0, "SPIN": 0}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "COPIES": 4}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 20, "AHEAD": 2}, 1),  # 14 channels in 16-lane blocks
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 2, "SPIN": 1, "TRACE": 1}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2, "SPIN": 1}, 1),
