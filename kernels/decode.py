@@ -184,6 +184,11 @@ _SPLIT_MAX_C = 32
 # us with 2) until its fast math and spin poll made 2 the faster again (2026-11-30: 140.6-142.5 against 143.6-146.1
 # us with 4, 153.0-153.7 with 1)
 _SPLIT_COPIES = 2
+# GATE_EARLY's default holds up to this many gate-row elements a warp (WARP_CH x BLOCK_DM): the rows then stay in
+# registers from phase A's sums to phase B's polls. H200, batch 1 (2026-11-30, BENCHMARKS.md): d_model 768 (2 x 1024)
+# 132.8-135.0 us against 136.6 with the rows loaded after phase A's arrival; d_model 1024 (4 x 1024, 56 bytes of
+# spills) 188.4 against 178.3
+_GATE_EARLY_MAX_ELEMS = 2048
 # FIXED's int64 words hold at most this many contributions each (decode_split_triton._FIXED_POISON)
 _FIXED_MAX_ADDS = 256
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
@@ -552,7 +557,7 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         raise ValueError(f"TUNE: FIXED's sums take at most {_FIXED_MAX_ADDS} contributions a word: {working} working "
                          f"programs need COPIES >= {-(-working // _FIXED_MAX_ADDS)}")
     takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED", "TRACE",
-             "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "TMA_SUMS", "SPIN", "BLOCKS", "num_warps"}
+             "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "TMA_SUMS", "SPIN", "BLOCKS", "GATE_EARLY", "num_warps"}
     unknown = sorted(set(tune) - takes)
     if unknown:
         raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes {', '.join(sorted(takes))})")
@@ -576,16 +581,20 @@ def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: d
     B, C and the SSM state over VW lanes (tune's WARP_SUMS=0 or a Triton that lays it out otherwise leaves it off:
     WARP_CH=0), there with the residual stream and its sums once a program (SUMS_1D; tune's SUMS_1D=0: in every
     warp); there too BLOCKS (tune's, default 3: both weights' columns in blocks) and SPIN (tune's, default on), both
-    off outside the warp layout."""
+    off outside the warp layout; and GATE_EARLY (tune's; by default on where a warp's gate rows take at most
+    _GATE_EARLY_MAX_ELEMS elements: its registers are held through phase A)."""
     c = constexprs
     one_pass = -(-Di // c["PER_C"]) <= working
     warps = int(tune.get("num_warps", _NUM_WARPS))
     in_warps = (one_pass and c["BLOCK_B"] == 1 and c["BLOCK_C"] >= warps and _warp_layout_holds()
                 and tune.get("WARP_SUMS", 1))
     sums_1d = bool(in_warps and tune.get("SUMS_1D", 1))
-    return dict(ONE_PASS=one_pass, WARP_CH=c["BLOCK_C"] // warps if in_warps else 0, KCH=min(128, c["BLOCK_DM"]),
+    warp_ch = c["BLOCK_C"] // warps if in_warps else 0
+    gate_early = tune.get("GATE_EARLY", int(warp_ch * c["BLOCK_DM"] <= _GATE_EARLY_MAX_ELEMS))
+    return dict(ONE_PASS=one_pass, WARP_CH=warp_ch, KCH=min(128, c["BLOCK_DM"]),
                 VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=sums_1d, COPIES=c["COPIES"],
-                BLOCKS=int(tune.get("BLOCKS", 3)) if in_warps else 0, SPIN=bool(in_warps and tune.get("SPIN", 1)))
+                BLOCKS=int(tune.get("BLOCKS", 3)) if in_warps else 0, SPIN=bool(in_warps and tune.get("SPIN", 1)),
+                GATE_EARLY=bool(in_warps and gate_early))
 
 
 def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,

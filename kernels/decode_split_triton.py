@@ -465,7 +465,7 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                      KCH: tl.constexpr, VW: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr,
                      SKIP_ATOMICS: tl.constexpr, ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr, TRACE: tl.constexpr,
                      ASM: tl.constexpr, SUMS_1D: tl.constexpr, TMA_SUMS: tl.constexpr, oacc_desc,
-                     SPIN: tl.constexpr, BLOCKS: tl.constexpr):
+                     SPIN: tl.constexpr, BLOCKS: tl.constexpr, GATE_EARLY: tl.constexpr):
     """Every layer of the split kernel for batch 1 with one channel block a program (its loop, same results), in the
     layout above: returns the residual stream entering the last layer's output, (1, BLOCK_DM) fp32, and the ticket."""
     WARPS: tl.constexpr = BLOCK_C // WARP_CH
@@ -531,6 +531,11 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                 r += _round(_acc_sum(oacc_ptr, layer - 1, batch, vec_m, m_ok, Dm, COPIES, FIXED), ADT)
         else:  # o_acc[L-1], read in the last launch's head phase
             _zero_share(oacc_ptr + (n_layer - 1) * COPIES * batch * Dm, COPIES * batch * Dm, pid, nprog, BLOCK_DM)
+        if GATE_EARLY:
+            # in_proj's gate rows, behind the sums: they arrive during phase A's work instead of in front of phase B's
+            # polls, where z would wait for them (H200, d_model 768: 132.8-135.0 against 136.6 us a step; phase A's
+            # barrier released in 0.99 against 1.62 us)
+            wz = _in_rows(w_in, Di, ch4, offs_m, row_ok, Dm)
         # ---- A: norm, in_proj, conv step, x_proj's partial sums ---------------------------------------------------
         if SUMS_1D:
             xn = r * tl.math.rsqrt(tl.sum(r * r) / Dm + eps) * norm_w
@@ -554,9 +559,10 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                              BLOCKS & 1 != 0)
         wout = tl.load(_layer_ptr(out_tab, layer, ADT) + wout_cols, mask=d_ok[:, None] & cc_ok[None, :],
                        other=0.0)  # (BLOCK_DM, BLOCK_C)
-        # in_proj's gate rows wait for phase B, which alone needs z: half of in_proj's loads leave the window
-        # before phase A's polls (H200: 197-199 against 210 us a step)
-        wz = _in_rows(w_in, Di, ch4, offs_m, row_ok, Dm)
+        # without GATE_EARLY in_proj's gate rows wait for phase B, which alone needs z: half of in_proj's loads leave
+        # the window before phase A's polls (H200: 197-199 against 210 us a step)
+        if not GATE_EARLY:
+            wz = _in_rows(w_in, Di, ch4, offs_m, row_ok, Dm)
         wdt = tl.load(_layer_ptr(dtw_tab, layer, ADT) + ch4 * R + offs_v, mask=c_ok4 & (offs_v < R),
                       other=0.0)  # (WARPS, WARP_CH, 1, VW)
         dtb = tl.load(_layer_ptr(dtb_tab, layer, DTB_DT) + ch, mask=c_ok, other=0.0).to(tl.float32)
@@ -632,6 +638,7 @@ def _decode_split_kernel(
     TRACE: tl.constexpr = False, ASM: tl.constexpr = False, PREFETCHERS: tl.constexpr = 0, AHEAD: tl.constexpr = 1,
     WARP_CH: tl.constexpr = 0, KCH: tl.constexpr = 128, VW: tl.constexpr = 128, SUMS_1D: tl.constexpr = False,
     TMA_SUMS: tl.constexpr = False, oacc_desc=None, SPIN: tl.constexpr = False, BLOCKS: tl.constexpr = 0,
+    GATE_EARLY: tl.constexpr = False,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics
@@ -669,7 +676,7 @@ def _decode_split_kernel(
                                      W, eps, ADT, CONV_DT, A_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_DM,
                                      BLOCK_W, BLOCK_X, BLOCK_C, PER_C, WARP_CH, KCH, VW, COPIES, NO_WAIT,
                                      SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM, SUMS_1D, TMA_SUMS, oacc_desc,
-                                     SPIN, BLOCKS)
+                                     SPIN, BLOCKS, GATE_EARLY)
     else:
         r, ticket = _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab,
                             a_tab, d_tab, out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,

@@ -321,6 +321,7 @@ def test_variant_plans_at_the_benchmark_size():
                           (1, 1, 1, 0, {"PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48}),
                           (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48, "SUMS_1D": 0}),
                           (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48, "SUMS_1D": 0}),
+                          (1, 1, 2, 1, {"PER_C": 48, "GATE_EARLY": 0}),
                           (1, 1, 2, 1, {"PER_C": 48, "WARP_SUMS": 0}), (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48,
                                                                                     "WARP_SUMS": 0})])
 def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies, arrive_first, more):
@@ -328,7 +329,8 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
     programs=5 or 7 plans channel blocks of 10 or 7 (tiles of 16 and 8) that one interpreted program loops over, each
     adding into its copy of the accumulators; PER_C=48 makes one block, which the one program keeps in registers
     (ONE_PASS), at batch 1 in the warp layout (WARP_CH: 8 channels a warp of the 64-lane block) unless WARP_SUMS=0,
-    there with the sums read once a program (SUMS_1D) unless SUMS_1D=0.
+    there with the sums read once a program (SUMS_1D) unless SUMS_1D=0 and the gate rows loaded in phase A
+    (GATE_EARLY) unless GATE_EARLY=0.
     Between launches every accumulator is zero but the last layer's out_proj sums (zeroed at the start of
     the next launch); FIXED (int64 fixed-point sums) changes neither."""
     monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies, "ARRIVE_FIRST": arrive_first, **more})
@@ -344,6 +346,7 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
     assert c["ONE_PASS"] == (per == 48) and c["FIXED"] == bool(more.get("FIXED"))
     assert c["WARP_CH"] == (8 if per == 48 and batch == 1 and more.get("WARP_SUMS", 1) else 0)
     assert c["SUMS_1D"] == bool(c["WARP_CH"] and more.get("SUMS_1D", 1))
+    assert c["GATE_EARLY"] == bool(c["WARP_CH"] and more.get("GATE_EARLY", 1))  # 8 x 32 elements a warp
     assert tuple(step._oacc.shape) == (n_layer, copies, batch, 24)
     assert step._oacc.dtype == (torch.int64 if more.get("FIXED") else torch.float32)
     gen = torch.Generator().manual_seed(batch)
@@ -471,7 +474,9 @@ def test_split_warp_layout_plan(monkeypatch):
         return decode.plan_split_passes(decode.plan_split_constexprs(*args, batch, 132, tune), 1536, working, tune)
 
     monkeypatch.setattr(decode, "interpreting", lambda: True)
-    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True, COPIES=2, BLOCKS=3, SPIN=True)
+    assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True, COPIES=2, BLOCKS=3, SPIN=True,
+                          GATE_EARLY=True)
+    assert not plan(GATE_EARLY=0)["GATE_EARLY"] and not plan(num_warps=4)["GATE_EARLY"]  # 4 x 1024 elements a warp
     assert plan(BLOCKS=1)["BLOCKS"] == 1 and plan(BLOCKS=0)["BLOCKS"] == 0 and not plan(SPIN=0)["SPIN"]
     with pytest.raises(ValueError, match="BLOCKS is a bit mask"):
         plan(BLOCKS=4)
@@ -479,7 +484,7 @@ def test_split_warp_layout_plan(monkeypatch):
     assert plan(num_warps=4)["WARP_CH"] == 4
     assert plan(batch=2)["WARP_CH"] == 0 and plan(batch=2)["ONE_PASS"]
     assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128, SUMS_1D=False, COPIES=2, BLOCKS=0,
-                                    SPIN=False)
+                                    SPIN=False, GATE_EARLY=False)
     assert plan(batch=2, BLOCKS=3, SPIN=1)["BLOCKS"] == 0 and not plan(batch=2, SPIN=1)["SPIN"]
     assert plan(WARP_SUMS=0)["WARP_CH"] == 0
     assert plan(FIXED=1)["WARP_CH"] == 2 and plan(FIXED=1)["SUMS_1D"] and not plan(SUMS_1D=0)["SUMS_1D"]
@@ -744,6 +749,7 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 0, "SPIN": 0}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "COPIES": 4}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "GATE_EARLY": 0}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 20, "AHEAD": 2}, 1),  # 14 channels in 16-lane blocks
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 2, "SPIN": 1, "TRACE": 1}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2, "SPIN": 1}, 1),
