@@ -364,12 +364,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="default: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip the rows with the step through torch.compile")
+    p.add_argument("--tune", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="settings of the one-kernel step (seqbackbone.kernels.decode.TUNE), e.g. SPLIT=1 ...")
     p.add_argument("--out", type=Path, default=None, help="markdown file for the table")
     return p.parse_args(argv)
 
 
+def parse_tune(items: list[str]) -> dict[str, int]:
+    """["KEY=VALUE", ...] (integer values) -> decode.TUNE's overrides."""
+    tune = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value.lstrip("-").isdigit():
+            raise ValueError(f"--tune takes KEY=VALUE with an integer value, got {item!r}")
+        tune[key] = int(value)
+    return tune
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune = parse_tune(args.tune)
+    from seqbackbone.kernels import decode
+
+    decode.TUNE.update(tune)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     model = build_model(args, device, dtype)
@@ -379,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{str(dtype).replace('torch.', '')}",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "one-kernel step settings": ", ".join(f"{k}={v}" for k, v in tune.items()) or "defaults",
         "timing": f"greedy generate, prompt {args.prompt_len}, per-step time = (time of {2 * args.steps} new tokens "
                   f"- time of {args.steps}) / {args.steps}, median of {args.repeats}",
     }
