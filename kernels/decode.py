@@ -184,6 +184,18 @@ _SPLIT_MAX_C = 32
 # us with 2) until its fast math and spin poll made 2 the faster again (2026-11-30: 140.6-142.5 against 143.6-146.1
 # us with 4, 153.0-153.7 with 1)
 _SPLIT_COPIES = 2
+# columns of FusedDecodeStep.history, the tokens of greedy steps (the caller copies them out at least this often)
+GREEDY_HISTORY = 1024
+# every setting the split kernel takes (plan_split_constexprs refuses others)
+SPLIT_SETTINGS = frozenset({"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED",
+                            "TRACE", "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "TMA_SUMS", "SPIN", "BLOCKS",
+                            "GATE_EARLY", "num_warps"})
+# the split kernel as the default step (split_default): batch 1 on sm_90 or newer in its warp layout, with this share
+# of the programs as prefetchers (36 of the H200's 132). H200, batch 1 (2026-11-30, BENCHMARKS.md), against the other
+# kernel: d_model 512 x 12 layers 67.6 against 95.9 us a step, 768 x 24 132.8-135.0 against 258.2, 1024 x 16 178.3
+# against 247.1; with FIXED and TMA_SUMS 74.8, 158.5 and 218.0
+SPLIT_DEFAULT_TUNE: dict[str, int] = {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2}
+_SPLIT_DEFAULT_PREFETCH_SHARE = 36 / 132
 # GATE_EARLY's default holds up to this many gate-row elements a warp (WARP_CH x BLOCK_DM): the rows then stay in
 # registers from phase A's sums to phase B's polls. H200, batch 1 (2026-11-30, BENCHMARKS.md): d_model 768 (2 x 1024)
 # 132.8-135.0 us against 136.6 with the rows loaded after phase A's arrival; d_model 1024 (4 x 1024, 56 bytes of
@@ -556,12 +568,36 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
     if c["FIXED"] and -(-working // c["COPIES"]) > _FIXED_MAX_ADDS:
         raise ValueError(f"TUNE: FIXED's sums take at most {_FIXED_MAX_ADDS} contributions a word: {working} working "
                          f"programs need COPIES >= {-(-working // _FIXED_MAX_ADDS)}")
-    takes = {"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED", "TRACE",
-             "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "TMA_SUMS", "SPIN", "BLOCKS", "GATE_EARLY", "num_warps"}
-    unknown = sorted(set(tune) - takes)
+    unknown = sorted(set(tune) - SPLIT_SETTINGS)
     if unknown:
-        raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes {', '.join(sorted(takes))})")
+        raise ValueError(f"TUNE: settings {unknown} do not apply with SPLIT=1 (it takes "
+                         f"{', '.join(sorted(SPLIT_SETTINGS))})")
     return c
+
+
+def split_default(tune: dict[str, int], device: torch.device, sizes: tuple[int, ...], batch: int,
+                  programs: int) -> dict[str, int] | None:
+    """The split kernel's settings where it is the default step, else None: on a GPU of sm_90 or newer (bulk L2
+    prefetch), at batch 1, where its warp layout holds (one channel block a program and at least a channel a warp;
+    plan_split_passes), unless `tune` (decode.TUNE) says SPLIT or holds a setting the split kernel does not take.
+    SPLIT_DEFAULT_TUNE with a share of the programs as prefetchers, over which `tune` applies; under
+    torch.use_deterministic_algorithms(True) with FIXED (integer sums: bit-identical runs) and TMA_SUMS where
+    d_model allows. sizes: (Dm, Di, N, R, W, V)."""
+    if "SPLIT" in tune or set(tune) - SPLIT_SETTINGS or batch != 1 or device.type != "cuda":
+        return None
+    if torch.cuda.get_device_capability(device) < _PREFETCHERS_MIN_CAPABILITY:
+        return None
+    Dm, Di = sizes[0], sizes[1]
+    settings = {**SPLIT_DEFAULT_TUNE, "PREFETCHERS": round(programs * _SPLIT_DEFAULT_PREFETCH_SHARE)}
+    if torch.are_deterministic_algorithms_enabled():
+        settings.update(FIXED=1, TMA_SUMS=int(Dm % 128 == 0))
+    settings.update(tune)
+    try:
+        c = plan_split_constexprs(*sizes, batch, programs, settings)
+        passes = plan_split_passes(c, Di, programs - c["PREFETCHERS"], settings)
+    except ValueError:
+        return None
+    return settings if passes["WARP_CH"] else None
 
 
 def _warp_layout_holds() -> bool:
@@ -692,6 +728,9 @@ class FusedDecodeStep:
         on_gpu = self.device.type == "cuda"
         self.grid = _sm_count(self.device.index) if on_gpu else 1
         tune = _device_tune(self.device)
+        if on_gpu:
+            tune = split_default(tune, self.device, (Dm, Di, N, R, W, V), batch, programs or self.grid) or tune
+        self.tune = tune  # the settings the step runs with
         prefetch_only = tune.get("PREFETCHERS", 0)  # (checked by the plan)
         if not on_gpu and isinstance(prefetch_only, int):
             self.grid += prefetch_only  # the interpreter's one working program, then the prefetchers (idle there)
@@ -750,8 +789,15 @@ class FusedDecodeStep:
             # end (two barriers a layer)
             self.trace = torch.zeros(self.grid, 2 * len(mixers) + 2, 4, dtype=torch.int64,
                                      device=self.device) if self._constexprs["TRACE"] else None
+            # greedy steps (__call__(greedy=True)): the launches counted in, the next history column and each row's
+            # best argmax key (reset by the kernel); the picked tokens by column; a bias added before the argmax
+            self._greedy_words = torch.zeros(2 + batch, dtype=torch.int64, device=self.device)
+            self._greedy_words[2:] = torch.iinfo(torch.int64).min
+            self.history = torch.zeros(batch, GREEDY_HISTORY, dtype=torch.long, device=self.device)
+            self.greedy_bias = torch.zeros(V, **f32)
             self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._bar_words,
-                          self.trace if self.trace is not None else self._barrier, *sizes)
+                          self.trace if self.trace is not None else self._barrier, self._greedy_words, self.history,
+                          self.greedy_bias, *sizes, GREEDY_HISTORY)
             return
         tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, tune)
         n_conv = -(-Di // tiles["PER_CONV"])
@@ -830,12 +876,38 @@ class FusedDecodeStep:
             return [self.logits, self._xc, self._z]
         return [self.logits, self._resid, self._xz, self._xc, self._part, self._y]
 
-    def __call__(self) -> torch.Tensor:
-        """Runs the step: logits (B, V) fp32 for the tokens in `token`; the states advance in place."""
+    @property
+    def greedy_supported(self) -> bool:
+        """Whether __call__(greedy=True) can run: the split kernel's."""
+        return self.split
+
+    def start_greedy(self, token: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Sets up greedy steps: `token` (B,) long is fed to the first, the history starts again at column 0 and
+        `bias` (V,) fp32 (None: zeros; -inf keeps a token from being picked) is added to the logits before each argmax.
+        Stream-ordered copies, so this may be followed by graph replays of greedy steps at once."""
+        if not self.greedy_supported:
+            raise RuntimeError("greedy steps run on the split kernel (decode.TUNE's SPLIT=1, the default at batch 1 "
+                               "on sm_90 or newer)")
+        self.token.copy_(token)
+        self._greedy_words[1] = 0
+        if bias is None:
+            self.greedy_bias.zero_()
+        else:
+            self.greedy_bias.copy_(bias)
+
+    def __call__(self, greedy: bool = False) -> torch.Tensor:
+        """Runs the step: logits (B, V) fp32 for the tokens in `token`; the states advance in place. With `greedy`
+        the kernel also picks each row's next token, torch.argmax of its logits plus `greedy_bias`, and writes it to
+        `token` (the next step's input) and to `history[:, c]`, c the launch's column: 0 after start_greedy, then
+        one more a launch, modulo GREEDY_HISTORY."""
         if self.split:
             from .decode_split_triton import launch
-        else:
-            from .decode_triton import launch
+
+            launch(self.grid, self._args, {**self._constexprs, "GREEDY": greedy}, self._num_warps)
+            return self.logits
+        if greedy:
+            raise RuntimeError("greedy steps run on the split kernel (decode.TUNE's SPLIT=1)")
+        from .decode_triton import launch
 
         launch(self.grid, self._args, self._constexprs, self._num_warps)
         return self.logits

@@ -622,13 +622,44 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
     return r_out, ticket
 
 
+@triton.jit
+def _argmax_keys(lg, rows, rows_ok, b_ok, V):
+    """Keys of the logits lg (BLOCK_B, ROWS) at vocabulary rows `rows` whose int64 maximum is torch.argmax's choice:
+    the value's order in the high 32 bits (-0.0 as 0.0, NaN above every number, as torch treats them), V - 1 - row
+    in the low ones (the first of equal values wins); rows out of range and padding batch rows the smallest key."""
+    bits = (lg + 0.0).to(tl.int32, bitcast=True)  # (+ 0.0: -0.0 becomes 0.0)
+    order = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # int32 order = float order
+    order = tl.where(lg != lg, 0x7FFFFFFF, order)
+    keys = (order.to(tl.int64) << 32) | (V - 1 - rows).to(tl.int64)[None, :]
+    return tl.where(b_ok[:, None] & rows_ok[None, :], keys, -0x7FFFFFFFFFFFFFFF - 1)
+
+
+@triton.jit
+def _greedy_pick(greedy_ptr, best, tok_ptr, hist_ptr, offs_b, b_ok, nprog, V, CAP):
+    """GREEDY: this program's best keys (BLOCK_B,) into the launch's (greedy_ptr[2 + b], atomic maximum); the last
+    program to count itself in (greedy_ptr[0], acquire-release) then takes each row's token (torch.argmax of its
+    logits plus the bias), writes it to tok_ptr for the next launch and to history column greedy_ptr[1] (hist_ptr:
+    (batch, CAP)), advances that column (mod CAP) and resets the keys. Every program has read tok_ptr at its start."""
+    tl.atomic_max(greedy_ptr + 2 + offs_b, best, mask=b_ok, sem="relaxed", scope="gpu")
+    tl.debug_barrier()
+    done = tl.atomic_add(greedy_ptr, 1, sem="acq_rel", scope="gpu")
+    if (done + 1) % nprog == 0:
+        key = tl.atomic_xchg(greedy_ptr + 2 + offs_b, tl.full(offs_b.shape, -0x7FFFFFFFFFFFFFFF - 1, tl.int64),
+                             mask=b_ok, sem="acquire", scope="gpu")
+        token = V - 1 - (key & 0xFFFFFFFF)
+        column = tl.load(greedy_ptr + 1, cache_modifier=".cg")
+        tl.store(tok_ptr + offs_b, token, mask=b_ok)
+        tl.store(hist_ptr + offs_b * CAP + column, token, mask=b_ok)
+        tl.store(greedy_ptr + 1, (column + 1) % CAP)
+
+
 @triton.jit(do_not_specialize=["batch"])
 def _decode_split_kernel(
     tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
     norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, a_tab, d_tab, out_tab,
     conv_tab, ssm_tab,
-    xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr,
-    batch, n_layer, Dm: tl.constexpr, Di, N, R, W, V, eps,
+    xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr, greedy_ptr, hist_ptr, bias_ptr,
+    batch, n_layer, Dm: tl.constexpr, Di, N, R, W, V, eps, CAP,
     ADT: tl.constexpr, CONV_DT: tl.constexpr, A_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
     CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_DM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -638,7 +669,7 @@ def _decode_split_kernel(
     TRACE: tl.constexpr = False, ASM: tl.constexpr = False, PREFETCHERS: tl.constexpr = 0, AHEAD: tl.constexpr = 1,
     WARP_CH: tl.constexpr = 0, KCH: tl.constexpr = 128, VW: tl.constexpr = 128, SUMS_1D: tl.constexpr = False,
     TMA_SUMS: tl.constexpr = False, oacc_desc=None, SPIN: tl.constexpr = False, BLOCKS: tl.constexpr = 0,
-    GATE_EARLY: tl.constexpr = False,
+    GATE_EARLY: tl.constexpr = False, GREEDY: tl.constexpr = False,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics
@@ -698,17 +729,23 @@ def _decode_split_kernel(
     _zero_share(oacc_ptr, (n_layer - 1) * COPIES * batch * Dm, pid, nprog, BLOCK_DM)
     hidden = _normed(r, norm_f, Dm, eps, ADT)
     n_head = tl.cdiv(V, ROWS_HEAD)
+    best = tl.full([BLOCK_B], -0x7FFFFFFFFFFFFFFF - 1, tl.int64)  # GREEDY: this program's argmax keys
     while item < n_head:
         rows_ok = rows < V
         lg = _rows_dot(tile, hidden)  # (B, ROWS_HEAD)
         if HAS_HEAD_BIAS:
             lg += tl.load(head_bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(logits_ptr + offs_b[:, None] * V + rows[None, :], _round(lg, ADT),
-                 mask=b_ok[:, None] & rows_ok[None, :])
+        lg = _round(lg, ADT)
+        tl.store(logits_ptr + offs_b[:, None] * V + rows[None, :], lg, mask=b_ok[:, None] & rows_ok[None, :])
+        if GREEDY:  # the token is picked from the logits as stored, plus the bias (-inf for suppressed tokens)
+            lg += tl.load(bias_ptr + rows, mask=rows_ok, other=0.0)[None, :]
+            best = tl.maximum(best, tl.max(_argmax_keys(lg, rows, rows_ok, b_ok, V), axis=1))
         item += nprog
         rows = item * ROWS_HEAD + tl.arange(0, ROWS_HEAD)
         tile = tl.load(head_ptr + rows.to(tl.int64)[:, None] * Dm + offs_m[None, :],
                        mask=(rows < V)[:, None] & m_ok[None, :], other=0.0)
+    if GREEDY:
+        _greedy_pick(greedy_ptr, best, tok_ptr, hist_ptr, offs_b, b_ok, nprog, V, CAP)
     if TRACE:
         tl.debug_barrier()
         clk, ns = _timestamps(pid, ASM)

@@ -341,9 +341,11 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
         raise SystemExit(f"--ptxas: no ptxas under {bin_dir}")
     pointers = {"tok_ptr": "*i64", "logits_ptr": "*fp32", "resid_ptr": "*fp32", "xz_ptr": "*fp32", "xc_ptr": "*fp32",
                 "part_ptr": "*fp32", "y_ptr": "*fp32", "bar_ptr": "*i64", "trace_ptr": "*i64", "z_ptr": "*fp32",
-                "xacc_ptr": "*fp32", "oacc_ptr": "*fp32"}
+                "xacc_ptr": "*fp32", "oacc_ptr": "*fp32", "greedy_ptr": "*i64", "hist_ptr": "*i64", "bias_ptr": "*fp32"}
     print(f"sm_90a ptxas, {programs} programs, sizes (Dm, Di, N, R, W, V) {sizes}, bf16")
     for label, tune in settings:
+        tune = dict(tune)
+        greedy = bool(tune.pop("GREEDY", 0))  # (called directly) the split kernel's greedy steps
         for batch in batch_sizes:
             consts = dict(ADT=tl.bfloat16, CONV_DT=tl.bfloat16, ALOG_DT=tl.bfloat16, D_DT=tl.bfloat16,
                           DTB_DT=tl.bfloat16, CB_DT=tl.bfloat16, HAS_CONV_BIAS=mixer.conv1d.bias is not None,
@@ -356,7 +358,7 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                 consts["A_DT"] = tl.float32  # FusedDecodeStep's A = -exp(A_log)
                 working = programs - consts["PREFETCHERS"]  # as FusedDecodeStep plans them:
                 consts.update(decode.plan_split_passes(consts, sizes[1], working, tune))
-                consts["ASM"] = True
+                consts.update(ASM=True, GREEDY=greedy)
             else:
                 fn = decode_triton._decode_step_kernel
                 consts.update(BLOCK_P=1 << (programs - 1).bit_length(), ASM=True)
@@ -436,8 +438,11 @@ def main() -> int:
     mixer = model.backbone.layers[0].mixer
     sizes = (args.d_model, mixer.d_inner, mixer.d_state, mixer.dt_rank, mixer.d_conv, model.head.weight.shape[0])
     for label, tune in [("--tune", {})] + variants:  # a bad setting fails here, not after minutes of GPU work
+        tune = {**decode.TUNE, **tune}
+        if torch.cuda.is_available():  # as FusedDecodeStep resolves it at batch 1 (the split kernel's default)
+            tune = decode.split_default(tune, torch.device("cuda"), sizes, 1, 132) or tune
         try:
-            decode.plan_any(*sizes, 1, 132, {**decode.TUNE, **tune})
+            decode.plan_any(*sizes, 1, 132, tune)
         except ValueError as exc:
             raise SystemExit(f"{label}: {exc}") from None
     if args.ptxas:

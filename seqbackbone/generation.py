@@ -209,6 +209,7 @@ class StepDecoder:
                 self.plain = PlainBackboneStep(self.parts.backbone, *self._states)
             self.logits: torch.Tensor | None = None
             self.graph: torch.cuda.CUDAGraph | None = None
+            self.greedy_graph: torch.cuda.CUDAGraph | None = None  # a greedy step (greedy_steps)
             if cuda_graph:
                 self._capture(warmup_steps)
 
@@ -234,11 +235,23 @@ class StepDecoder:
         with torch.cuda.stream(side):
             for _ in range(warmup_steps):
                 self._run_step()
+            if self.greedy:
+                for _ in range(warmup_steps):
+                    self.fused(greedy=True)
         current.wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self._run_step()
+        if self.greedy:
+            self.greedy_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.greedy_graph):
+                self.fused(greedy=True)
         self.cache.reset()
+
+    @property
+    def greedy(self) -> bool:
+        """Whether greedy_steps can run: the fused step picks the tokens itself (FusedDecodeStep.greedy_supported)."""
+        return self.fused is not None and self.fused.greedy_supported
 
     @torch.inference_mode()
     def prefill(self, codes: torch.Tensor) -> torch.Tensor:
@@ -253,6 +266,29 @@ class StepDecoder:
         if self._buffers() != before:
             raise RuntimeError("the backbone replaced the cache tensors during prefill; it must copy into them")
         return self.parts.head(hidden[:, -1]).float()
+
+    @torch.inference_mode()
+    def greedy_steps(self, tokens: torch.Tensor, bias: torch.Tensor | None = None, progress=None) -> None:
+        """Greedy decoding with no work between the steps: tokens (B, T) long holds the first new token in column 0
+        (picked from prefill's logits); each step feeds column t - 1 and the kernel itself writes the argmax of the
+        logits + bias (V,) into column t, t = 1 .. T - 1 (by way of its history, copied out every GREEDY_HISTORY
+        steps). `progress`: a tqdm bar advanced once a step."""
+        if not self.greedy:
+            raise RuntimeError("greedy_steps needs the fused step's split kernel (StepDecoder.greedy)")
+        fused = self.fused
+        fused.start_greedy(tokens[:, 0], bias)
+        per_copy = fused.history.shape[1]
+        for t in range(1, tokens.shape[1]):
+            if self.greedy_graph is not None:
+                self.greedy_graph.replay()
+            else:
+                fused(greedy=True)
+            self.cache.seqlen_offset += 1
+            column = (t - 1) % per_copy
+            if column == per_copy - 1 or t == tokens.shape[1] - 1:  # before the next step overwrites the history
+                tokens[:, t - column:t + 1] = fused.history[:, :column + 1]
+            if progress is not None:
+                progress.update(1)
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -273,9 +309,11 @@ _DECODERS: weakref.WeakKeyDictionary[nn.Module, StepDecoder] = weakref.WeakKeyDi
 
 def _decoder_key(model: nn.Module, batch_size: int, cuda_graph: bool, compile: bool) -> tuple:
     # the backend and the fused-step switch decide which step runs, so a change of either needs a new decoder
-    # and so does anything that decides between the plain step and the modules' (a hook added later, say)
+    # and so does anything that decides between the plain step and the modules' (a hook added later, say), or
+    # between the fused step's float and integer sums (torch.use_deterministic_algorithms)
     plain = plain_step_unsupported_reason(getattr(model, "backbone", None)) is None
-    return (batch_size, cuda_graph, compile, fused_decode_setting(), forced_backend(), plain, _param_key(model))
+    return (batch_size, cuda_graph, compile, fused_decode_setting(), forced_backend(), plain, _param_key(model),
+            torch.are_deterministic_algorithms_enabled())
 
 
 def _decoder_for(model: nn.Module, batch_size: int, cuda_graph: bool, compile: bool = False) -> StepDecoder:
@@ -376,20 +414,32 @@ def generate(
             if max_new_tokens > 0:
                 decoder = _decoder_for(model, batch, bool(cuda_graph), bool(compile))
                 logits = decoder.prefill(codes)
-                steps = range(max_new_tokens)
+                bar = None
                 if progress:
                     from tqdm.auto import tqdm
 
                     unit = "sample" if parts.waveform else "token"
-                    steps = tqdm(steps, desc="generate", unit=unit, disable=None, mininterval=0.5)
-                for t in steps:
-                    if t > 0:
-                        logits = decoder.step(new[:, t - 1])
-                    if all_logits is not None:
-                        all_logits[:, t] = logits
-                    if bias is not None:
-                        logits = logits + bias
-                    new[:, t] = sample_next_token(logits, temperature, top_k, top_p, generator)
+                    bar = tqdm(total=max_new_tokens, desc="generate", unit=unit, disable=None, mininterval=0.5)
+                if temperature == 0 and all_logits is None and decoder.greedy:
+                    # the kernel picks each token and feeds it to the next step itself: no work between the steps
+                    first = logits + bias if bias is not None else logits
+                    new[:, 0] = first.argmax(dim=-1)
+                    if bar is not None:
+                        bar.update(1)
+                    decoder.greedy_steps(new, bias, bar)
+                else:
+                    for t in range(max_new_tokens):
+                        if t > 0:
+                            logits = decoder.step(new[:, t - 1])
+                        if all_logits is not None:
+                            all_logits[:, t] = logits
+                        if bias is not None:
+                            logits = logits + bias
+                        new[:, t] = sample_next_token(logits, temperature, top_k, top_p, generator)
+                        if bar is not None:
+                            bar.update(1)
+                if bar is not None:
+                    bar.close()
     finally:
         model.train(was_training)
 

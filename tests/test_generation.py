@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import pytest
@@ -203,17 +204,21 @@ def test_progress_bar_counts_the_new_tokens(dna_lm: torch.nn.Module, monkeypatch
     bars = []
     real = tqdm.auto.tqdm
 
-    def recording(iterable, **kwargs):
-        bars.append((len(iterable), kwargs["unit"]))
-        return real(iterable, **kwargs)
+    def recording(*args, **kwargs):  # shown (into a buffer), so that it counts
+        bar = real(*args, **{**kwargs, "disable": False, "file": io.StringIO()})
+        bars.append(bar)
+        return bar
 
     monkeypatch.setattr(tqdm.auto, "tqdm", recording)
     prompt = torch.randint(4, 9, (2, 5), generator=torch.Generator().manual_seed(0))
     shown = generate(dna_lm, prompt, 12, generator=torch.Generator().manual_seed(5), progress=True)
     quiet = generate(dna_lm, prompt, 12, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(shown, quiet) and bars == [(12, "token")]
+    assert torch.equal(shown, quiet) and [(b.total, b.n, b.unit) for b in bars] == [(12, 12, "token")]
+    generate(dna_lm, prompt, 4, temperature=0, progress=True)  # greedy, whichever loop takes the steps
+    assert (bars[-1].total, bars[-1].n) == (4, 4)
+    bars.clear()
     generate(dna_lm, prompt, 3)
-    assert len(bars) == 1  # no bar unless asked
+    assert not bars  # no bar unless asked
 
 
 def test_compiled_step_on_the_cpu_matches_eager(dna_lm: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:

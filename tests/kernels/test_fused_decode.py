@@ -520,6 +520,73 @@ def test_prefetcher_settings():
             decode.plan_any(*args, 1, 132, {"PREFETCHERS": 4, **other})
 
 
+@pytest.mark.parametrize(("batch", "more"), [(1, {"PER_C": 48}), (2, {})])
+def test_greedy_steps_pick_the_tokens_in_the_kernel(forced, monkeypatch, batch, more):
+    """Greedy generate on the split kernel's greedy steps (each step picks its token and feeds the next itself)
+    gives what the step-by-step loop gives (return_logits takes that loop), with suppressed tokens and a history of 4
+    columns copied out every 4 steps; with the warp layout at batch 1 and the general tiles at batch 2."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, **more})
+    monkeypatch.setattr(decode, "GREEDY_HISTORY", 4)
+    model = _lm("mamba_dna_lm_tiny", seed=60 + batch, d_model=24, n_layer=2, d_state=6)
+    prompt = torch.randint(4, 9, (batch, 5), generator=torch.Generator().manual_seed(batch)).to(DEV)
+    banned = [4, 5]
+    fast = generate(model, prompt, 11, temperature=0, suppress_tokens=banned, cuda_graph=False, progress=True)
+    decoder = _decoder_for(model, batch, False)
+    assert decoder.greedy and decoder.fused.history.shape == (batch, 4)
+    slow, _ = generate(model, prompt, 11, temperature=0, suppress_tokens=banned, cuda_graph=False,
+                       return_logits=True)
+    assert torch.equal(fast, slow) and not torch.isin(fast[:, 5:], torch.tensor(banned, device=DEV)).any()
+    assert decoder.cache.seqlen_offset == 5 + 10
+    plain = generate(model, prompt, 11, temperature=0, cuda_graph=False)  # no bias: zeros again
+    assert torch.equal(plain, generate(model, prompt, 11, temperature=0, cuda_graph=False, return_logits=True)[0])
+
+
+def test_greedy_steps_need_the_split_kernel(forced, monkeypatch):
+    """The other kernel takes no greedy steps: generate keeps the step-by-step loop, and asking for one is refused."""
+    monkeypatch.setattr(decode, "TUNE", {})
+    model = _lm("mamba_dna_lm_tiny", seed=61, d_model=24, n_layer=2, d_state=6)
+    decoder = StepDecoder(model, 1)
+    assert decoder.fused is not None and not decoder.greedy
+    with pytest.raises(RuntimeError, match="split kernel"):
+        decoder.fused(greedy=True)
+    with pytest.raises(RuntimeError, match="split kernel"):
+        decoder.greedy_steps(torch.zeros(1, 3, dtype=torch.long, device=DEV))
+
+
+def test_split_kernel_is_the_gpu_default_at_batch_1(monkeypatch):
+    """On sm_90 at batch 1 the step runs the split kernel where its warp layout holds (36 of 132 programs prefetching),
+    with FIXED's integer sums (and TMA_SUMS) under torch.use_deterministic_algorithms; TUNE's settings apply over it,
+    and SPLIT in TUNE or a setting only the other kernel takes keeps that kernel, as do batch 2, an older GPU, the CPU
+    and a Triton without the layout."""
+    import triton
+
+    sizes, cuda = (768, 1536, 16, 48, 4, 256), torch.device("cuda", 0)
+    capability = [(9, 0)]
+    monkeypatch.setattr(decode.torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(decode, "interpreting", lambda: False)  # a GPU run
+    default = decode.split_default({}, cuda, sizes, 1, 132)
+    assert default == {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2, "PREFETCHERS": 36}
+    assert decode.split_default({}, cuda, sizes, 1, 114)["PREFETCHERS"] == 31
+    assert decode.split_default({"COPIES": 4, "AHEAD": 1}, cuda, sizes, 1, 132) == {**default, "COPIES": 4,
+                                                                                    "AHEAD": 1}
+    monkeypatch.setattr(decode.torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert decode.split_default({}, cuda, sizes, 1, 132) == {**default, "FIXED": 1, "TMA_SUMS": 1}
+    assert decode.split_default({}, cuda, (576, 1152, 16, 36, 4, 256), 1, 132)["TMA_SUMS"] == 0  # 576 % 128
+    monkeypatch.setattr(decode.torch, "are_deterministic_algorithms_enabled", lambda: False)
+    assert decode.split_default({"SPLIT": 0}, cuda, sizes, 1, 132) is None
+    assert decode.split_default({"SPLIT": 1}, cuda, sizes, 1, 132) is None  # TUNE's own choice
+    assert decode.split_default({"JOINT_READS": 1}, cuda, sizes, 1, 132) is None
+    assert decode.split_default({}, cuda, sizes, 2, 132) is None
+    assert decode.split_default({}, torch.device("cpu"), sizes, 1, 132) is None
+    assert decode.split_default({}, cuda, (64, 128, 16, 4, 4, 256), 1, 132) is None  # 2 channels a program < 8 warps
+    monkeypatch.setattr(triton, "__version__", "3.8.0")
+    assert decode.split_default({}, cuda, sizes, 1, 132) is None
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    capability[0] = (8, 0)
+    assert decode.split_default({}, cuda, sizes, 1, 132) is None
+
+
 def test_prefetchers_need_sm90(monkeypatch):
     """Below sm_90 (no bulk L2 prefetch) the default's prefetchers are left out and an explicit PREFETCHERS is refused
     by name; on sm_90 and on the interpreter TUNE is used as it is."""
@@ -750,6 +817,7 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 0, "SPIN": 0}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "COPIES": 4}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "GATE_EARLY": 0}, 1),
+    ({"SPLIT": 0}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 20, "AHEAD": 2}, 1),  # 14 channels in 16-lane blocks
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 2, "SPIN": 1, "TRACE": 1}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2, "SPIN": 1}, 1),
@@ -769,6 +837,45 @@ def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     if variant.get("TRACE"):  # every working program's every barrier: left (global time) after it arrived
         trace = step.trace[:step.grid - step._constexprs["PREFETCHERS"], 1:-1].cpu()
         assert (trace[..., 2] > 0).all() and (trace[..., 3] >= trace[..., 2]).all()
+
+
+def _split_layout_on_this_gpu() -> bool:
+    import triton
+
+    on_sm90 = torch.cuda.is_available() and torch.cuda.get_device_capability() >= (9, 0)
+    return on_sm90 and triton.__version__.startswith("3.6.")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_gpu_default_step_at_batch_1_is_the_split_kernel(monkeypatch, deterministic):
+    """On sm_90 (Triton 3.6) the default step at batch 1 is the split kernel (it matches the reference), with integer
+    sums under torch.use_deterministic_algorithms(True): there two runs from the same states give the same bits, and
+    greedy steps pick what torch.argmax picks from the logits they write."""
+    if not _split_layout_on_this_gpu():
+        pytest.skip("the split kernel's warp layout needs sm_90 and Triton 3.6")
+    monkeypatch.delenv("SEQBACKBONE_KERNELS", raising=False)
+    monkeypatch.setattr(decode, "TUNE", {})
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+    step = _gpu_steps_match_reference(1)
+    assert step.split and step.tune["PREFETCHERS"] > 0 and bool(step._constexprs["FIXED"]) == deterministic
+    model = _lm("mamba_wave_lm_base", seed=3, device="cuda", dtype=torch.bfloat16, d_model=768, n_layer=2)
+    cache, _ = _random_caches(model, 1, seed=3)
+    states = [t for c in cache.layers for t in (c.conv_state, c.ssm_state)]
+    saved = [t.clone() for t in states]
+    step = FusedDecodeStep(model, torch.zeros(1, dtype=torch.long, device="cuda"),
+                           [c.conv_state for c in cache.layers], [c.ssm_state for c in cache.layers])
+    runs = []
+    for _ in range(2):
+        for t, first in zip(states, saved, strict=True):
+            t.copy_(first)
+        step.start_greedy(torch.tensor([7], device="cuda"))
+        logits = [step(greedy=True).clone() for _ in range(4)]
+        runs.append((torch.stack(logits), step.history[:, :4].clone()))
+    picked = runs[0][0].argmax(dim=-1).T  # (1, 4): the token each step picked from its own logits
+    assert torch.equal(runs[0][1], picked) and torch.equal(step.token, picked[:, -1])
+    if deterministic:
+        assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
 @pytest.mark.gpu
