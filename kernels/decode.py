@@ -99,8 +99,8 @@ _NUM_WARPS = 8
 #   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
 #   (as below), FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical; a contribution that is
 #   not finite or reaches 2^20 makes its sum NaN), TRACE=1 (with ARRIVE_FIRST: its arrivals and departures timed,
-#   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS, SUMS_1D, TMA_SUMS, SPIN and BLOCKS (batch 1,
-#   below), no other. With one
+#   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS, SUMS_1D, TMA_SUMS, SPIN, BLOCKS and GATE_EARLY
+#   (batch 1, below), no other. With one
 #   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
 #   H200, batch 1 (2026-11-29, BENCHMARKS.md): first 251-258 us with ARRIVE_FIRST and 2 copies (263 with FIXED) against
 #   267 us for the default; then with 36 prefetchers (PREFETCHERS=36, AHEAD=2) and at batch 1 the phases in a layout
@@ -110,8 +110,13 @@ _NUM_WARPS = 8
 #   SUMS_1D=0 for the per-warp reads): 174.6 us against 197.0 us, and 214.2 us with FIXED (bit-identical runs) against
 #   273.1 us with FIXED's int64 sums read and converted in every warp, 262.8 us for the default kernel in the same run;
 #   then 4 copies of each accumulator there: 164.4-165.0 us, 3.8x the floor, against 170.0-171.3 us with 2 (2 again
-#   since 2026-11-30, _SPLIT_COPIES). Not the default: without FIXED its runs are not bit-identical, and with FIXED it
-#   loses to the default kernel at other sizes (d_model 512 x 12 layers: 126 against 98 us; 1024 x 16: 338 against 244).
+#   since 2026-11-30, _SPLIT_COPIES). At first not the default: without FIXED its runs are not bit-identical, and with
+#   FIXED it lost to the other kernel at other sizes (d_model 512 x 12 layers: 126 against 98 us; 1024 x 16: 338
+#   against 244). Since 2026-11-30 the default at batch 1 on sm_90 where its warp layout holds (split_default; TUNE's
+#   SPLIT=0 keeps the other kernel): it then won at every size measured, with FIXED too (SPLIT_DEFAULT_TUNE's note),
+#   and under torch.use_deterministic_algorithms(True) it runs with FIXED. GREEDY (FusedDecodeStep's greedy steps,
+#   not a TUNE setting): the head also takes each row's argmax and the last program to finish writes the token into
+#   the next launch's input and a history, so that greedy generate runs nothing between its steps.
 #   TMA_SUMS=1 (there, on sm_90, d_model a multiple of 128): each program adds its out_proj sums by one TMA bulk
 #   reduction (cp.reduce.async.bulk) instead of 192 four-wide float atomics (768 int64 ones under FIXED), waited for
 #   before the barrier's arrival: with FIXED 197.8 against 214.4 us; with float sums slower (174.2-180.6 against 165.7
@@ -126,7 +131,8 @@ _NUM_WARPS = 8
 #   barrier from the first warp in one PTX loop (decode_triton._spin_wait): at first slower with float sums
 #   (161.2-163.6 us) and faster with FIXED and TMA_SUMS (187.8-188.0 against 192.8-192.9; 209.0 with neither
 #   setting); since the fast math of 2026-11-30 faster with float sums too (with 2 copies 140.6-142.5 against
-#   145.0 us).
+#   145.0 us). GATE_EARLY (default on where a warp's gate rows are at most _GATE_EARLY_MAX_ELEMS elements) loads
+#   in_proj's gate rows right after phase A's sums instead of after its arrival.
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
@@ -192,8 +198,8 @@ SPLIT_SETTINGS = frozenset({"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", 
                             "GATE_EARLY", "num_warps"})
 # the split kernel as the default step (split_default): batch 1 on sm_90 or newer in its warp layout, with this share
 # of the programs as prefetchers (36 of the H200's 132). H200, batch 1 (2026-11-30, BENCHMARKS.md), against the other
-# kernel: d_model 512 x 12 layers 67.6 against 95.9 us a step, 768 x 24 132.8-135.0 against 258.2, 1024 x 16 178.3
-# against 247.1; with FIXED and TMA_SUMS 74.8, 158.5 and 218.0
+# kernel: d_model 256 x 8 layers 36.9 against 60.7 us a step, 512 x 12 67.6 against 95.9, 768 x 24 132.8-135.0
+# against 258.2, 1024 x 16 178.3 against 247.1; with FIXED and TMA_SUMS 74.8, 158.5 and 218.0 at 512, 768 and 1024
 SPLIT_DEFAULT_TUNE: dict[str, int] = {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2}
 _SPLIT_DEFAULT_PREFETCH_SHARE = 36 / 132
 # GATE_EARLY's default holds up to this many gate-row elements a warp (WARP_CH x BLOCK_DM): the rows then stay in

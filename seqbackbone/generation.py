@@ -12,7 +12,10 @@ holds (a plain causal Mamba LM on CUDA; by default at batch 1 only, where it mea
 SEQBACKBONE_FUSED_DECODE=1 forces it up to batch 8, =0 turns it off) the whole step is one persistent Triton kernel
 (seqbackbone.kernels.decode). On the CPU a plain Mamba LM steps through `PlainBackboneStep` (seqbackbone.plain_step):
 the same PyTorch arithmetic without the modules' per-op argument checks, about twice as fast for small models.
-Sampling (temperature, top-k, top-p) happens outside the graph so that any `torch.Generator` can drive it.
+Sampling (temperature, top-k, top-p) happens outside the graph so that any `torch.Generator` can drive it. Greedy
+decoding (temperature 0) on the fused step's split kernel (the default at batch 1 on sm_90 GPUs) takes the argmax in
+the kernel itself: each step writes its token into the next step's input and into a history, so that nothing runs
+between the steps (`StepDecoder.greedy_steps`), unless the logits are to be returned.
 
 Waveform language models take and return float waveforms in [-1, 1]: the prompt is mu-law encoded into the model's
 codes, codes are generated, and the new codes are decoded back with `torchaudio.functional.mu_law_decoding`.
