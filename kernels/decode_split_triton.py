@@ -48,7 +48,8 @@ them, with or without a pause between polls (250-252 against 230 us).
 With prefetchers (decode.TUNE's PREFETCHERS, decode_triton._prefetch_layers) the weights wait in L2 when a phase
 loads them: 36 of them, leaving 96 working programs of 16 channels (aligned vector loads; 15 or 18 channels an item
 took 318 and 449 us), 225-230 us a step against 250-255 us without, two layers ahead; the arrivals' spread fell from
-~4 to ~1.2 us. Kept as an opt-in variant (decode.TUNE's SPLIT=1), as its runs are not bit-identical without FIXED.
+~4 to ~1.2 us. Kept then as an opt-in variant (decode.TUNE's SPLIT=1), as its runs are not bit-identical without
+FIXED; since 2026-11-30 the default at batch 1 on sm_90 (decode.split_default; FIXED under deterministic algorithms).
 
 At batch 1 with one channel block a program (_layers_in_warps, below) every sum over d_model stays in one warp:
 192-194 us a step with 36 prefetchers against 229 us with the general tiles; with the residual stream read and kept
@@ -62,6 +63,11 @@ from FusedDecodeStep's fp32 copy (no exp in the kernel), and on a GPU softplus, 
 ex2.approx.ftz and lg2.approx (decode_triton._softplus, _silu, _fast_exp; tl.log alone is a 25-instruction polynomial),
 relative error ~1e-7 against the bf16 roundings around them. H200, batch 1, alternating runs (2026-11-30,
 BENCHMARKS.md): 147.4-150.2 against 156.9-158.1 us a step; with FIXED, TMA_SUMS and SPIN 160.3 against 184.2-184.5.
+
+Greedy steps (GREEDY, FusedDecodeStep.__call__(greedy=True)) pick each row's token in the head phase: every program
+keeps the largest of its logits' argmax keys (_argmax_keys) and adds it to the launch's by an atomic maximum, and the
+last program to count itself in writes the token where the next launch reads its input (_greedy_pick), so that
+greedy generation runs nothing between its steps.
 """
 
 from __future__ import annotations
