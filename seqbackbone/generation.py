@@ -393,6 +393,9 @@ def generate(
     Returns prompt + new tokens: (B, L + max_new_tokens) long, or for waveform models (B, T + max_new_tokens)
     float (the prompt as given, then the decoded new samples). With return_logits, also the fp32 logits that each
     new token was drawn from (before temperature and filters): (B, max_new_tokens, V).
+    Repeat runs give the same bits, except at batch 1 on an sm_90 GPU, where the fused step's split kernel adds its
+    sums by float atomics in a varying order; torch.use_deterministic_algorithms(True) makes it add them as integers
+    (bit-identical runs, ~20 % slower there).
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
