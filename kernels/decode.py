@@ -736,7 +736,7 @@ class FusedDecodeStep:
         tune = _device_tune(self.device)
         if on_gpu:
             tune = split_default(tune, self.device, (Dm, Di, N, R, W, V), batch, programs or self.grid) or tune
-        self.tune = tune  # the settings the step runs with
+        self.tune = dict(tune)  # the settings the step runs with
         prefetch_only = tune.get("PREFETCHERS", 0)  # (checked by the plan)
         if not on_gpu and isinstance(prefetch_only, int):
             self.grid += prefetch_only  # the interpreter's one working program, then the prefetchers (idle there)
@@ -894,6 +894,12 @@ class FusedDecodeStep:
         if not self.greedy_supported:
             raise RuntimeError("greedy steps run on the split kernel (decode.TUNE's SPLIT=1, the default at batch 1 "
                                "on sm_90 or newer)")
+        if token.shape != self.token.shape or token.dtype != torch.long:
+            raise ValueError(f"token must be int64 token ids of shape {tuple(self.token.shape)}, got "
+                             f"{token.dtype} {tuple(token.shape)}")
+        if bias is not None and (bias.shape != self.greedy_bias.shape or not bias.is_floating_point()):
+            raise ValueError(f"bias must be a float tensor of shape {tuple(self.greedy_bias.shape)} (one per token), "
+                             f"got {bias.dtype} {tuple(bias.shape)}")
         self.token.copy_(token)
         self._greedy_words[1] = 0
         if bias is None:

@@ -539,6 +539,10 @@ def test_greedy_steps_pick_the_tokens_in_the_kernel(forced, monkeypatch, batch, 
     assert decoder.cache.seqlen_offset == 5 + 10
     plain = generate(model, prompt, 11, temperature=0, cuda_graph=False)  # no bias: zeros again
     assert torch.equal(plain, generate(model, prompt, 11, temperature=0, cuda_graph=False, return_logits=True)[0])
+    with pytest.raises(ValueError, match="token must be int64"):
+        decoder.fused.start_greedy(torch.zeros(batch + 1, dtype=torch.long, device=DEV))
+    with pytest.raises(ValueError, match="bias must be a float tensor of shape"):
+        decoder.fused.start_greedy(prompt[:, 0], torch.zeros(3, device=DEV))
 
 
 def test_greedy_steps_need_the_split_kernel(forced, monkeypatch):
