@@ -804,6 +804,7 @@ class FusedDecodeStep:
             self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._bar_words,
                           self.trace if self.trace is not None else self._barrier, self._greedy_words, self.history,
                           self.greedy_bias, *sizes, GREEDY_HISTORY)
+            self._launch_constexprs = {False: self._constexprs, True: {**self._constexprs, "GREEDY": True}}
             return
         tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, tune)
         n_conv = -(-Di // tiles["PER_CONV"])
@@ -915,7 +916,7 @@ class FusedDecodeStep:
         if self.split:
             from .decode_split_triton import launch
 
-            launch(self.grid, self._args, {**self._constexprs, "GREEDY": greedy}, self._num_warps)
+            launch(self.grid, self._args, self._launch_constexprs[bool(greedy)], self._num_warps)
             return self.logits
         if greedy:
             raise RuntimeError("greedy steps run on the split kernel (decode.TUNE's SPLIT=1)")

@@ -344,8 +344,6 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                 "xacc_ptr": "*fp32", "oacc_ptr": "*fp32", "greedy_ptr": "*i64", "hist_ptr": "*i64", "bias_ptr": "*fp32"}
     print(f"sm_90a ptxas, {programs} programs, sizes (Dm, Di, N, R, W, V) {sizes}, bf16")
     for label, tune in settings:
-        tune = dict(tune)
-        greedy = bool(tune.pop("GREEDY", 0))  # (called directly) the split kernel's greedy steps
         for batch in batch_sizes:
             consts = dict(ADT=tl.bfloat16, CONV_DT=tl.bfloat16, ALOG_DT=tl.bfloat16, D_DT=tl.bfloat16,
                           DTB_DT=tl.bfloat16, CB_DT=tl.bfloat16, HAS_CONV_BIAS=mixer.conv1d.bias is not None,
@@ -358,7 +356,7 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                 consts["A_DT"] = tl.float32  # FusedDecodeStep's A = -exp(A_log)
                 working = programs - consts["PREFETCHERS"]  # as FusedDecodeStep plans them:
                 consts.update(decode.plan_split_passes(consts, sizes[1], working, tune))
-                consts.update(ASM=True, GREEDY=greedy)
+                consts["ASM"] = True
             else:
                 fn = decode_triton._decode_step_kernel
                 consts.update(BLOCK_P=1 << (programs - 1).bit_length(), ASM=True)
