@@ -96,7 +96,8 @@ _NUM_WARPS = 8
 # - SPLIT=1: the other kernel, kernels/decode_split_triton.py: every phase on channel blocks, x_proj's and out_proj's
 #   sums split over them and added with float atomics, two grid barriers per layer (runs agree to rounding, not bit
 #   for bit); its own settings PER_C (channels per item), ROWS_HEAD, COPIES (of each accumulator), num_warps and the
-#   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither), ARRIVE_FIRST
+#   timing flags NO_WAIT and SKIP_ATOMICS (1: no out_proj atomics, 2: no x_proj atomics, 3: neither; in the warp
+#   layout also 4 and 8: phase A's and phase B's arrivals without their release fence), ARRIVE_FIRST
 #   (as below), FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical; a contribution that is
 #   not finite or reaches 2^20 makes its sum NaN), TRACE=1 (with ARRIVE_FIRST: its arrivals and departures timed,
 #   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS, SUMS_1D, TMA_SUMS, SPIN, BLOCKS and GATE_EARLY

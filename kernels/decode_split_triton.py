@@ -559,7 +559,8 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         # after the atomics: the store's layout conversion is not on their way
         tl.store(conv_st + ch3 * W + w3, window, mask=c_ok3 & (w3 < W))
         if ARRIVE_FIRST:
-            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM,
+                                    SKIP_ATOMICS & 4 != 0)
         # ---- B's reads (before the wait) -------------------------------------------------------------------------
         wout_cols = _columns(offs_d.to(tl.int64)[:, None], lane_c[None, :], pid, Dm, Di, PER_C, BLOCK_C,
                              BLOCKS & 1 != 0)
@@ -620,7 +621,8 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         elif SKIP_ATOMICS & 1 == 0:
             _acc_add(oacc_ptr + (layer * COPIES + pid % COPIES) * batch * Dm + offs_d, part, d_ok, FIXED)
         if ARRIVE_FIRST:
-            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM)
+            ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM,
+                                    SKIP_ATOMICS & 8 != 0)
     if SUMS_1D:
         r_out = tl.reshape(r, (1, BLOCK_DM))
     else:
@@ -678,7 +680,7 @@ def _decode_split_kernel(
     GATE_EARLY: tl.constexpr = False, GREEDY: tl.constexpr = False,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
-    # atomics
+    # atomics; in the warp layout, phase A's (bit 4) or phase B's (bit 8) arrivals without their release fence
     pid = tl.program_id(0)
     nprog = tl.num_programs(0) - PREFETCHERS  # the programs that work and meet at the barriers
     if PREFETCHERS > 0 and pid >= nprog:

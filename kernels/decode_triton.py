@@ -116,15 +116,19 @@ def _wait_flags(flags, target, ASM: tl.constexpr):
 
 
 @triton.jit
-def _arrive(bar_ptr, target, nprog, NO_WAIT: tl.constexpr):
+def _arrive(bar_ptr, target, nprog, NO_WAIT: tl.constexpr, RELAXED: tl.constexpr = False):
     """The first half of _grid_barrier (decode.TUNE's ARRIVE_FIRST=1): publishes this program's writes and counts it
     in; returns the count to wait for (_wait), the previous barrier's `target` + nprog (the launch's first from the
     count at its start), so the arrival's result is not waited for. The release fence before the arrival waits for
     every load the program has in flight, so weight loads issued before it do not overlap the barrier: with the
-    halves apart they go between, after the fence and before the polls."""
+    halves apart they go between, after the fence and before the polls. RELAXED (timing only): no fence, so the
+    pollers may read the sums before they are complete."""
     if not NO_WAIT:
         tl.debug_barrier()
-        tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
+        if RELAXED:
+            tl.atomic_add(bar_ptr, 1, sem="relaxed", scope="gpu")
+        else:
+            tl.atomic_add(bar_ptr, 1, sem="release", scope="gpu")
         target += nprog
     return target
 
@@ -191,7 +195,7 @@ def _prefetch_layer(layer, in_tab, xproj_tab, dtw_tab, out_tab, pid, nprog, Dm, 
 
 @triton.jit
 def _traced_arrive(bar_ptr, target, nprog, NO_WAIT: tl.constexpr, pid, trace_ptr, base, n_slots,
-                   TRACE: tl.constexpr, ASM: tl.constexpr):
+                   TRACE: tl.constexpr, ASM: tl.constexpr, RELAXED: tl.constexpr = False):
     """_arrive; under TRACE it first records when this program arrived (the clock and the global time of the
     barrier's row: slot 1 + its number in the launch, from `target`, the count of the barriers before it)."""
     if TRACE:
@@ -200,7 +204,7 @@ def _traced_arrive(bar_ptr, target, nprog, NO_WAIT: tl.constexpr, pid, trace_ptr
         row = trace_ptr + (pid * n_slots + target // nprog - base + 1) * 4
         tl.store(row, clk)
         tl.store(row + 2, ns)
-    return _arrive(bar_ptr, target, nprog, NO_WAIT)
+    return _arrive(bar_ptr, target, nprog, NO_WAIT, RELAXED)
 
 
 @triton.jit

@@ -321,7 +321,7 @@ def test_variant_plans_at_the_benchmark_size():
                           (1, 1, 1, 0, {"PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48}),
                           (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48, "SUMS_1D": 0}),
                           (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48, "SUMS_1D": 0}),
-                          (1, 1, 2, 1, {"PER_C": 48, "GATE_EARLY": 0}),
+                          (1, 1, 2, 1, {"PER_C": 48, "GATE_EARLY": 0}), (1, 1, 2, 1, {"PER_C": 48, "SKIP_ATOMICS": 12}),
                           (1, 1, 2, 1, {"PER_C": 48, "WARP_SUMS": 0}), (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48,
                                                                                     "WARP_SUMS": 0})])
 def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies, arrive_first, more):
@@ -330,7 +330,8 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
     adding into its copy of the accumulators; PER_C=48 makes one block, which the one program keeps in registers
     (ONE_PASS), at batch 1 in the warp layout (WARP_CH: 8 channels a warp of the 64-lane block) unless WARP_SUMS=0,
     there with the sums read once a program (SUMS_1D) unless SUMS_1D=0 and the gate rows loaded in phase A
-    (GATE_EARLY) unless GATE_EARLY=0.
+    (GATE_EARLY) unless GATE_EARLY=0; the timing flag SKIP_ATOMICS=12 (arrivals without their fence) changes
+    nothing for one program.
     Between launches every accumulator is zero but the last layer's out_proj sums (zeroed at the start of
     the next launch); FIXED (int64 fixed-point sums) changes neither."""
     monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies, "ARRIVE_FIRST": arrive_first, **more})
