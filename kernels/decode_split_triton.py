@@ -560,7 +560,8 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         tl.store(conv_st + ch3 * W + w3, window, mask=c_ok3 & (w3 < W))
         if ARRIVE_FIRST:
             # its release fence waits one L2 round trip for the atomics and the store above: ~0.19 us a layer (H200,
-            # timing only, without it: 129.3 against 133.9 us a step; the same with no weight loads in flight)
+            # timing only, without it: 129.3 against 133.9 us a step, and 135.9 against 142.3 with no weight loads in
+            # flight at it, GATE_EARLY=0)
             ticket = _traced_arrive(bar_ptr, ticket, nprog, NO_WAIT, pid, trace_ptr, trace_base, n_slots, TRACE, ASM,
                                     SKIP_ATOMICS & 4 != 0)
         # ---- B's reads (before the wait) -------------------------------------------------------------------------
