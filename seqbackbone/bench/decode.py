@@ -7,13 +7,14 @@ For each batch size, with and without CUDA graphs (under CUDA graphs both the de
 one kernel, seqbackbone.kernels.decode, at batch 1 and layer by layer above, and the other one where it exists: layer
 by layer with SEQBACKBONE_FUSED_DECODE=0 at batch 1, one kernel forced with SEQBACKBONE_FUSED_DECODE=1 at batches 2
 to 8; and with the step through torch.compile inside the graph, last, since compiling takes a while), greedy
-`generate` is timed at two lengths after a warm-up call (which also captures the graph); the difference divided by
-the extra tokens is the steady per-step time, free of the prefill and the capture. The floor is one read of every
-weight per step: 2 bytes x parameters / copy bandwidth, where the bandwidth is a device-to-device copy measured in the
-same run (bytes read + written per second). The header also gives the kernels one step launches at batch 1 (what a
-CUDA graph replays per token): as one kernel, layer by layer, and on the op-by-op PyTorch path
-(SEQBACKBONE_KERNELS=torch): profiled on CUDA, counted op by op elsewhere.
-A configuration that fails is reported as such and the rest still run; the table file is rewritten after every row.
+`generate` is timed at two lengths after a warm-up call (which also captures the graph), the fastest of alternating
+runs of each; the difference divided by the extra tokens is the steady per-step time, free of the prefill and the
+capture. The floor is one read of every weight per step: 2 bytes x parameters / copy bandwidth, where the bandwidth
+is a device-to-device copy measured in the same run (bytes read + written per second, the fastest of its copies).
+The header also gives the kernels one step launches at batch 1 (what a CUDA graph replays per token): as one kernel,
+layer by layer, and on the op-by-op PyTorch path (SEQBACKBONE_KERNELS=torch): profiled on CUDA, counted op by op
+elsewhere. A configuration that fails is reported as such and the rest still run; the table file is rewritten after
+every row.
 """
 
 from __future__ import annotations
