@@ -527,17 +527,13 @@ def main() -> int:
 
 
 def _parse_settings(items: list[str], option: str) -> dict[str, int]:
-    """KEY=VALUE strings -> decode.TUNE entries (ints)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        try:
-            out[key.strip()] = int(value)
-        except ValueError:
-            sep = ""
-        if not sep or not key.strip():
-            raise SystemExit(f"{option}: expected KEY=INT (comma-joined in one variant), got {item!r}")
-    return out
+    """KEY=VALUE strings -> decode.TUNE entries (ints), by the decoding benchmark's parser."""
+    from seqbackbone.bench.decode import parse_tune
+
+    try:
+        return parse_tune(items, option)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -380,13 +380,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def parse_tune(items: list[str]) -> dict[str, int]:
-    """["KEY=VALUE", ...] (integer values) -> decode.TUNE's overrides."""
+def parse_tune(items: list[str], option: str = "--tune") -> dict[str, int]:
+    """["KEY=VALUE", ...] (integer values) -> decode.TUNE's overrides; `option` names them in the error."""
     tune = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key or not value.lstrip("-").isdigit():
-            raise ValueError(f"--tune takes KEY=VALUE with an integer value, got {item!r}")
+            raise ValueError(f"{option} takes KEY=VALUE with an integer value, got {item!r}")
         tune[key] = int(value)
     return tune
 
