@@ -429,7 +429,7 @@ def generate(
                 if temperature == 0 and all_logits is None and decoder.greedy:
                     # the kernel picks each token and feeds it to the next step itself: no work between the steps
                     first = logits + bias if bias is not None else logits
-                    new[:, 0] = first.argmax(dim=-1)
+                    new[:, 0] = sample_next_token(first, temperature, top_k, top_p, generator)
                     if bar is not None:
                         bar.update(1)
                     decoder.greedy_steps(new, bias, bar)
