@@ -138,8 +138,8 @@ _NUM_WARPS = 8
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
 #   after each wait for other programs' values, in the slot of the barrier it replaces, the two equal where the
-#   program has no item to wait for), and at its end, into FusedDecodeStep.trace (programs, barriers + 2, 4) int64
-#   (scripts/decode_gpu_check.py --trace); same results.
+#   program has no item to wait for), and at its end, into FusedDecodeStep.trace (programs, barriers + 2, 4) int64,
+#   and its SM (%smid) beside the start (scripts/decode_gpu_check.py --trace); same results.
 # - PREFETCHERS=k (either kernel; the counter barrier only): the grid's last k programs do no work and meet no
 #   barrier; they ask L2 (cp.async.bulk.prefetch.L2, sm_90) for every tensor of each layer once the working
 #   programs have begun the layer AHEAD=a layers before it (the first a + 1 at once), so that the working programs'

@@ -86,6 +86,7 @@ from .decode_triton import (
     _round,
     _rows_dot,
     _silu,
+    _sm_id,
     _softplus,
     _ssm_state_ptrs,
     _stamp,
@@ -704,13 +705,13 @@ def _decode_split_kernel(
     if ARRIVE_FIRST:
         ticket = _barriers_done(bar_ptr, nprog) * nprog
     # TRACE (with ARRIVE_FIRST): when each program started, arrived at and left each barrier, and ended (trace_ptr:
-    # (programs, n_slots, 4) int64, decode_triton's layout; slot 0 the start, 1 + i the launch's i-th barrier, the
-    # last slot the end)
+    # (programs, n_slots, 4) int64, decode_triton's layout; slot 0 the start (its second entry the program's SM), 1 + i
+    # the launch's i-th barrier, the last slot the end)
     n_slots = 2 * n_layer + 2
     trace_base = ticket // nprog
     if TRACE:
         clk, ns = _timestamps(pid, ASM)
-        _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
+        _stamp(trace_ptr, pid, 0, n_slots, clk, _sm_id(pid, ASM), ns, ns)
     if WARP_CH > 0:
         r, ticket = _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab,
                                      dtb_tab, a_tab, d_tab, out_tab, conv_tab, ssm_tab, xacc_ptr, oacc_ptr, bar_ptr,

@@ -228,6 +228,16 @@ def _barriers_done(bar_ptr, nprog):
 
 
 @triton.jit
+def _sm_id(pid, ASM: tl.constexpr):
+    """The SM this program runs on (PTX %smid), int64; 0 under the interpreter. `pid` only gives the asm an
+    operand."""
+    if ASM:
+        return tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r,r", [pid], dtype=tl.int32, is_pure=False,
+                                         pack=1).to(tl.int64)
+    return pid.to(tl.int64) * 0
+
+
+@triton.jit
 def _timestamps(pid, ASM: tl.constexpr):
     """(SM clock cycles, global timer ns) now, int64: PTX %clock64 and %globaltimer; (0, 0) under the interpreter.
     `pid` only gives the asm an operand (its value is unused)."""
@@ -630,7 +640,8 @@ def _decode_step_kernel(
     else:
         epoch = pid.to(tl.int64)  # unused
     # TRACE: when each program started, arrived at and left each barrier, and ended (trace_ptr: (programs, n_slots,
-    # 4) int64; slot 0 the start, 1 + i the launch's i-th barrier, the last slot the end)
+    # 4) int64; slot 0 the start (its second entry the program's SM), 1 + i the launch's i-th barrier, the last slot
+    # the end)
     n_slots = 4 * n_layer + 2
     if MERGE_IN_CONV:  # three barriers a layer
         n_slots = 3 * n_layer + 2
@@ -638,7 +649,7 @@ def _decode_step_kernel(
     if TRACE:
         trace_base = _barriers_done(bar_ptr, nprog)
         clk, ns = _timestamps(pid, ASM)
-        _stamp(trace_ptr, pid, 0, n_slots, clk, clk, ns, ns)
+        _stamp(trace_ptr, pid, 0, n_slots, clk, _sm_id(pid, ASM), ns, ns)
 
     # ARRIVE_FIRST: the count the current barrier waits for, from the barriers completed before the launch
     ticket = nprog.to(tl.int64) * 0

@@ -842,6 +842,10 @@ def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
     if variant.get("TRACE"):  # every working program's every barrier: left (global time) after it arrived
         trace = step.trace[:step.grid - step._constexprs["PREFETCHERS"], 1:-1].cpu()
         assert (trace[..., 2] > 0).all() and (trace[..., 3] >= trace[..., 2]).all()
+        # beside the start, each program's SM: one program an SM, as the grid barriers need
+        sms = step.trace[:step.grid - step._constexprs["PREFETCHERS"], 0, 1].tolist()
+        n_sm = torch.cuda.get_device_properties(0).multi_processor_count
+        assert len(set(sms)) == len(sms) and 0 <= min(sms) and max(sms) < n_sm
 
 
 def _split_layout_on_this_gpu() -> bool:
