@@ -29,10 +29,11 @@ no phase to drop (nan; the rows that skip every phase leave it out).
 leaving each grid barrier): per phase, the slowest and the median program's work, the spread of the arrivals, the
 median wait and the release after the last arrival, averaged over the layers (summarise_trace; three phases a layer
 where in_proj runs inside the conv phase, MERGE_IN_CONV, the default at batch 1; two with --tune SPLIT=1
-ARRIVE_FIRST=1). With --tune
-FLAGGED=1 it traces the kernel without barriers: "arriving" is beginning to poll for the values the phase reads and
-"leaving" is having them all (a program with nothing to read in a phase arrives and leaves at once), so the work
-column is a phase's own time and the release the time from the last program's start of a wait to the median end.
+ARRIVE_FIRST=1). Then, per phase, the programs that arrive last on average, with their SMs (lateness): whether the
+same ones hold every barrier up. With --tune FLAGGED=1 it traces the kernel without barriers: "arriving" is
+beginning to poll for the values the phase reads and "leaving" is having them all (a program with nothing to read
+in a phase arrives and leaves at once), so the work column is a phase's own time and the release the time from the
+last program's start of a wait to the median end.
 
 --ptxas needs no GPU: it compiles the kernel for sm_90a (Triton's bundled ptxas) at the model's sizes on 132
 programs, default and each --variants setting at each batch size, and prints registers and spill bytes.
@@ -269,6 +270,27 @@ def summarise_trace(trace: torch.Tensor, n_layer: int) -> tuple[dict[str, list[f
         resolution
 
 
+def lateness(trace: torch.Tensor, n_layer: int) -> dict[str, torch.Tensor]:
+    """Who arrives last, from one step's trace (as summarise_trace's; slot 0's second entry is each program's SM):
+    per phase name a (programs, 4) float64 of each program's SM id, its mean arrival after the phase's first arrival
+    (ns), the share of the layers in which it arrived last (ties count for each), and its mean start of the phase
+    (leaving the barrier before, or the launch's start for layer 0's first phase) after the first program's (ns)."""
+    t = trace.double()
+    nb = trace.shape[1] - 2
+    phases = {2: SPLIT_PHASES, 3: MERGED_PHASES}.get(nb // n_layer, PHASES)
+    arrive = t[:, 1:nb + 1, 2]
+    began = torch.cat([t[:, :1, 2], t[:, 1:nb, 3]], dim=1)
+    late = arrive - arrive.min(0).values
+    last = (arrive == arrive.max(0).values).double()
+    behind = began - began.min(0).values
+    out = {}
+    for k, name in enumerate(phases):
+        cols = list(range(k, nb, len(phases)))  # barrier i ends phase i % len(phases)
+        out[name] = torch.stack([t[:, 0, 1], late[:, cols].mean(1), last[:, cols].mean(1), behind[:, cols].mean(1)],
+                                dim=1)
+    return out
+
+
 @torch.inference_mode()
 def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
     """Times every phase of the counter-barrier kernel from inside it (decode.TUNE's TRACE=1): per program, the clock on
@@ -292,6 +314,7 @@ def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
     for _ in range(20):
         step()
     rows: dict[str, list[list[float]]] = {}
+    late: dict[str, torch.Tensor] = {}
     totals, resolution = [], []
     for _ in range(steps):
         step.trace.zero_()
@@ -299,6 +322,8 @@ def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
         torch.cuda.synchronize()
         working = step.grid - step._constexprs.get("PREFETCHERS", 0)  # prefetchers meet no barrier: no trace
         per_phase, total, res = summarise_trace(step.trace[:working].cpu(), n_layer)
+        for name, per_program in lateness(step.trace[:working].cpu(), n_layer).items():
+            late[name] = late.get(name, 0) + per_program / steps
         totals.append(total)
         resolution.append(res)
         for name, vals in per_phase.items():
@@ -315,6 +340,14 @@ def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
         count = 1 if name == "head" else n_layer
         print(f"{name:<18}{vals[0]:15.2f}{vals[1]:14.2f}{vals[2]:16.2f}{vals[3]:14.2f}{vals[4]:9.2f}{count:10d}",
               flush=True)
+    print("the latest arrivals per phase (means over the layers and steps): the median program's arrival after the "
+          "first; then the four latest programs: program (SM), arrival after the first, share of the layers it came "
+          "last, its start of the phase after the first program's")
+    for name, per_program in late.items():
+        order = torch.argsort(per_program[:, 1], descending=True)[:4].tolist()
+        latest = "; ".join(f"{p} (SM {int(per_program[p, 0])}) {per_program[p, 1]:.0f} ns, {per_program[p, 2]:.0%}, "
+                           f"{per_program[p, 3]:.0f} ns" for p in order)
+        print(f"{name}: median {per_program[:, 1].median():.0f} ns; {latest}", flush=True)
 
 
 def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int]]], batch_sizes: list[int],

@@ -45,3 +45,20 @@ def test_phases_per_layer_follow_the_trace(check, per_layer, names):
     assert summary["head"][0] == pytest.approx(1.2)  # from leaving the last barrier to the end
     assert total == pytest.approx((1000 * (per_layer * n_layer + 1) + 500) / 1e3)
     assert resolution > 0
+
+
+@pytest.mark.parametrize(("per_layer", "names"), [(4, "PHASES"), (2, "SPLIT_PHASES")])
+def test_lateness_names_the_program_that_comes_last(check, per_layer, names):
+    n_layer = 2
+    trace = _trace(3, per_layer * n_layer)
+    trace[:, 0, 1] = torch.tensor([40, 7, 13])  # each program's SM beside its start
+    trace[2, 1 + per_layer, 3] += 250  # program 2 leaves layer 1's first barrier 250 ns after the others
+    late = check.lateness(trace, n_layer)
+    assert list(late) == list(getattr(check, names))
+    for k, name in enumerate(getattr(check, names)):
+        rows = late[name]
+        assert rows[:, 0].tolist() == [40, 7, 13]
+        assert rows[:, 1].tolist() == pytest.approx([0.0, 100.0, 200.0])  # 100 p ns after program 0, every layer
+        assert rows[:, 2].tolist() == [0.0, 0.0, 1.0]  # program 2 is last at every barrier
+        # the phase after layer 1's first barrier began 250 ns late for program 2, in one layer of two
+        assert rows[:, 3].tolist() == pytest.approx([0.0, 0.0, 125.0 if k == 1 else 0.0])
