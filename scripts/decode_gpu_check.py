@@ -240,6 +240,12 @@ MERGED_PHASES = ("P1+P2 in_proj, conv, x_proj", "P3 SSM", "P4 out_proj")  # MERG
 SPLIT_PHASES = ("A in_proj, conv, x_proj", "B SSM, out_proj")  # SPLIT=1: two barriers a layer
 
 
+def _phase_names(barriers: int, n_layer: int) -> tuple[str, ...]:
+    """The phases of a layer, by the trace's barriers a layer: 2 in the split kernel, 3 with in_proj merged into the
+    conv phase, else 4."""
+    return {2: SPLIT_PHASES, 3: MERGED_PHASES}.get(barriers // n_layer, PHASES)
+
+
 def summarise_trace(trace: torch.Tensor, n_layer: int) -> tuple[dict[str, list[float]], float, float]:
     """One step's trace (programs, barriers + 2, 4) int64 of FusedDecodeStep (TRACE=1; 4 or, with in_proj merged into
     the conv phase, 3 barriers a layer; 2 in the split kernel) -> per phase name the means over the layers of [slowest
@@ -247,7 +253,7 @@ def summarise_trace(trace: torch.Tensor, n_layer: int) -> tuple[dict[str, list[f
     the global timer in us, and the global timer's smallest step seen (ns)."""
     t = trace.double()
     nb = trace.shape[1] - 2
-    phases = {2: SPLIT_PHASES, 3: MERGED_PHASES}.get(nb // n_layer, PHASES)
+    phases = _phase_names(nb, n_layer)
     clk, ns = t[:, :, 0:2], t[:, :, 2:4]  # (programs, slots, arrived / left)
     scale = (ns[:, -1, 0] - ns[:, 0, 0]) / (clk[:, -1, 0] - clk[:, 0, 0])  # ns per cycle, per program
     leave_prev = torch.cat([clk[:, :1, 0], clk[:, 1:nb, 1]], dim=1)  # (programs, nb)
@@ -277,7 +283,7 @@ def lateness(trace: torch.Tensor, n_layer: int) -> dict[str, torch.Tensor]:
     (leaving the barrier before, or the launch's start for layer 0's first phase) after the first program's (ns)."""
     t = trace.double()
     nb = trace.shape[1] - 2
-    phases = {2: SPLIT_PHASES, 3: MERGED_PHASES}.get(nb // n_layer, PHASES)
+    phases = _phase_names(nb, n_layer)
     arrive = t[:, 1:nb + 1, 2]
     began = torch.cat([t[:, :1, 2], t[:, 1:nb, 3]], dim=1)
     late = arrive - arrive.min(0).values
@@ -321,8 +327,9 @@ def trace_report(model: torch.nn.Module, batch: int, steps: int) -> None:
         step()
         torch.cuda.synchronize()
         working = step.grid - step._constexprs.get("PREFETCHERS", 0)  # prefetchers meet no barrier: no trace
-        per_phase, total, res = summarise_trace(step.trace[:working].cpu(), n_layer)
-        for name, per_program in lateness(step.trace[:working].cpu(), n_layer).items():
+        trace = step.trace[:working].cpu()
+        per_phase, total, res = summarise_trace(trace, n_layer)
+        for name, per_program in lateness(trace, n_layer).items():
             late[name] = late.get(name, 0) + per_program / steps
         totals.append(total)
         resolution.append(res)
