@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 
 import torch
 from torch import nn
@@ -134,6 +135,9 @@ _NUM_WARPS = 8
 #   setting); since the fast math of 2026-11-30 faster with float sums too (with 2 copies 140.6-142.5 against
 #   145.0 us). GATE_EARLY (default on where a warp's gate rows are at most _GATE_EARLY_MAX_ELEMS elements) loads
 #   in_proj's gate rows right after phase A's sums instead of after its arrival.
+#   ROLES=1 (on in split_default): each program takes the role (channel block or prefetcher share) that
+#   FusedDecodeStep.roles gives the SM it runs on (PTX %smid), a fixed permutation (sm_roles), where the GPU numbers
+#   its SMs 0..grid-1 (%nsmid) and the compiled kernel keeps to one program an SM; else its program id.
 # - TRACE=1 (the counter barrier, whole or split by ARRIVE_FIRST, three or four a layer; or FLAGGED): each
 #   program records its clock (%clock64) and the global timer (%globaltimer) at its start, on arriving at and leaving
 #   each barrier (under ARRIVE_FIRST the next phase's weight loads are issued in between; under FLAGGED before and
@@ -196,13 +200,20 @@ GREEDY_HISTORY = 1024
 # every setting the split kernel takes (plan_split_constexprs refuses others)
 SPLIT_SETTINGS = frozenset({"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED",
                             "TRACE", "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "TMA_SUMS", "SPIN", "BLOCKS",
-                            "GATE_EARLY", "num_warps"})
+                            "GATE_EARLY", "ROLES", "num_warps"})
 # the split kernel as the default step (split_default): batch 1 on sm_90 or newer in its warp layout, with this share
 # of the programs as prefetchers (36 of the H200's 132). H200, batch 1 (2026-11-30, BENCHMARKS.md), against the other
 # kernel: d_model 256 x 8 layers 36.9 against 60.7 us a step, 512 x 12 67.6 against 95.9, 768 x 24 132.8-135.0
 # against 258.2, 1024 x 16 178.3 against 247.1; with FIXED and TMA_SUMS 74.8, 158.5 and 218.0 at 512, 768 and 1024
-SPLIT_DEFAULT_TUNE: dict[str, int] = {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2}
+# ROLES: each program takes its work (a channel block, or a prefetcher's share) from a table by SM (sm_roles), not
+# from its program id, whose placement on the SMs the block scheduler chooses and which changes from process to
+# process. H200, 768 x 24, twelve processes on three machines (2026-11-30, BENCHMARKS.md): the step 1.5 us faster on
+# average (paired medians: from 6.2 us faster to 1.3 us slower), the slowest process 138.3 against 143.9 us: it cuts
+# the slow placements and costs up to ~1 us where the scheduler's was a good one
+SPLIT_DEFAULT_TUNE: dict[str, int] = {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2, "ROLES": 1}
 _SPLIT_DEFAULT_PREFETCH_SHARE = 36 / 132
+# the seed of sm_roles' permutation (the table measured above)
+_ROLES_SEED = 1
 # GATE_EARLY's default holds up to this many gate-row elements a warp (WARP_CH x BLOCK_DM): the rows then stay in
 # registers from phase A's sums to phase B's polls. H200, batch 1 (2026-11-30, BENCHMARKS.md): d_model 768 (2 x 1024)
 # 132.8-135.0 us against 136.6 with the rows loaded after phase A's arrival; d_model 1024 (4 x 1024, 56 bytes of
@@ -354,6 +365,22 @@ def resident_programs(sm_count: int, mps_percentage: str | None) -> int:
     if share >= 100.0:
         return sm_count
     return max(1, int(sm_count * share / 100.0) // 2 * 2)
+
+
+def sm_roles(programs: int) -> torch.Tensor:
+    """The split kernel's table of roles by SM id (ROLES): a fixed permutation of range(programs), int32; entry s is
+    the role (program id) of the program that runs on SM s."""
+    order = list(range(programs))
+    random.Random(_ROLES_SEED).shuffle(order)  # order[role] = SM
+    roles = torch.empty(programs, dtype=torch.int32)
+    roles[torch.tensor(order)] = torch.arange(programs, dtype=torch.int32)
+    return roles
+
+
+def one_program_an_sm(n_regs: int, shared: int, num_warps: int, regs_per_sm: int, shared_per_sm: int) -> bool:
+    """Whether a kernel with these resources runs at most one program on an SM (ROLES needs it: two programs on one SM
+    would take the same role)."""
+    return 2 * n_regs * num_warps * 32 > regs_per_sm or 2 * shared > shared_per_sm
 
 
 @functools.cache
@@ -562,7 +589,7 @@ def plan_split_constexprs(Dm: int, Di: int, N: int, R: int, W: int, V: int, batc
         COPIES=int(tune.get("COPIES") or _SPLIT_COPIES), NO_WAIT=int(tune.get("NO_WAIT", 0)),
         SKIP_ATOMICS=int(tune.get("SKIP_ATOMICS", 0)), ARRIVE_FIRST=bool(tune.get("ARRIVE_FIRST", 0)),
         FIXED=bool(tune.get("FIXED", 0)), TRACE=bool(tune.get("TRACE", 0)), PREFETCHERS=prefetchers,
-        AHEAD=_ahead(tune), TMA_SUMS=bool(tune.get("TMA_SUMS", 0)),
+        AHEAD=_ahead(tune), TMA_SUMS=bool(tune.get("TMA_SUMS", 0)), ROLES=bool(tune.get("ROLES", 0)),
     )
     if int(tune.get("BLOCKS", 0)) not in (0, 1, 2, 3):
         raise ValueError(f"TUNE: BLOCKS is a bit mask (1: out_proj's columns, 2: x_proj's), 0..3, got "
@@ -802,10 +829,13 @@ class FusedDecodeStep:
             self._greedy_words[2:] = torch.iinfo(torch.int64).min
             self.history = torch.zeros(batch, GREEDY_HISTORY, dtype=torch.long, device=self.device)
             self.greedy_bias = torch.zeros(V, **f32)
+            # ROLES: the role of the program on each SM (read where the SMs are numbered 0..grid-1)
+            self.roles = sm_roles(self.grid).to(self.device)
             self._args = (*head_args, *self._tables, self._xc, self._z, self._xacc, self._oacc, self._bar_words,
                           self.trace if self.trace is not None else self._barrier, self._greedy_words, self.history,
-                          self.greedy_bias, *sizes, GREEDY_HISTORY)
+                          self.greedy_bias, self.roles, *sizes, GREEDY_HISTORY)
             self._launch_constexprs = {False: self._constexprs, True: {**self._constexprs, "GREEDY": True}}
+            self._roles_checked: set[bool] = set()  # the launch kinds (greedy or not) whose ROLES was checked
             return
         tiles = plan_constexprs(Dm, Di, N, R, W, V, batch, plan, tune)
         n_conv = -(-Di // tiles["PER_CONV"])
@@ -846,6 +876,27 @@ class FusedDecodeStep:
         )
         self._args = (*head_args, *self._tables, self._resid, self._xz, self._xc, self._part, self._y,
                       self._bar_words, self.trace if self.trace is not None else self._barrier, *sizes)
+
+    def _check_roles(self, greedy: bool) -> None:
+        """Before a kind of launch first runs: keeps ROLES only where the split kernel, compiled as it will run (the
+        compile is cached for the launch), keeps to one program an SM, and only on a GPU (the interpreter ignores
+        it)."""
+        self._roles_checked.add(greedy)
+        constexprs = self._launch_constexprs[greedy]
+        if not constexprs["ROLES"]:
+            return
+        holds = self.device.type == "cuda"
+        if holds:
+            from .decode_split_triton import compiled
+
+            props = torch.cuda.get_device_properties(self.device)
+            kernel = compiled(self.grid, self._args, constexprs, self._num_warps)
+            holds = one_program_an_sm(kernel.n_regs, kernel.metadata.shared, self._num_warps,
+                                      getattr(props, "regs_per_multiprocessor", 65536),
+                                      getattr(props, "shared_memory_per_multiprocessor", 228 * 1024))
+        if not holds:
+            constexprs["ROLES"] = False
+            self.tune["ROLES"] = 0
 
     def _bulk_sums_descriptor(self, Dm: int, on_gpu: bool):
         """TMA_SUMS: a TMA descriptor of the out_proj accumulators as (layers x copies, Dm / KCH, KCH) rows, for the
@@ -917,6 +968,8 @@ class FusedDecodeStep:
         if self.split:
             from .decode_split_triton import launch
 
+            if bool(greedy) not in self._roles_checked:
+                self._check_roles(bool(greedy))
             launch(self.grid, self._args, self._launch_constexprs[bool(greedy)], self._num_warps)
             return self.logits
         if greedy:

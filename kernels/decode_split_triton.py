@@ -50,6 +50,9 @@ loads them: 36 of them, leaving 96 working programs of 16 channels (aligned vect
 took 318 and 449 us), 225-230 us a step against 250-255 us without, two layers ahead; the arrivals' spread fell from
 ~4 to ~1.2 us. Kept then as an opt-in variant (decode.TUNE's SPLIT=1), as its runs are not bit-identical without
 FIXED; since 2026-11-30 the default at batch 1 on sm_90 (decode.split_default; FIXED under deterministic algorithms).
+Which SM does which work is then left to a table (decode.TUNE's ROLES, decode_triton._role): the block scheduler puts
+consecutive programs on the two SMs of a TPC and the last 36, the prefetchers, on a few TPCs of each GPC, differently
+from process to process, and some of those placements cost 3-6 us a step (H200, BENCHMARKS.md).
 
 At batch 1 with one channel block a program (_layers_in_warps, below) every sum over d_model stays in one warp:
 192-194 us a step with 36 prefetchers against 229 us with the general tiles; with the residual stream read and kept
@@ -83,6 +86,7 @@ from .decode_triton import (
     _grid_barrier,
     _layer_ptr,
     _prefetch_layers,
+    _role,
     _round,
     _rows_dot,
     _silu,
@@ -670,7 +674,7 @@ def _decode_split_kernel(
     tok_ptr, emb_ptr, head_ptr, head_bias_ptr, norm_f_ptr, logits_ptr,
     norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, a_tab, d_tab, out_tab,
     conv_tab, ssm_tab,
-    xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr, greedy_ptr, hist_ptr, bias_ptr,
+    xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr, greedy_ptr, hist_ptr, bias_ptr, role_ptr,
     batch, n_layer, Dm: tl.constexpr, Di, N, R, W, V, eps, CAP,
     ADT: tl.constexpr, CONV_DT: tl.constexpr, A_DT: tl.constexpr, D_DT: tl.constexpr, DTB_DT: tl.constexpr,
     CB_DT: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_HEAD_BIAS: tl.constexpr,
@@ -681,11 +685,13 @@ def _decode_split_kernel(
     TRACE: tl.constexpr = False, ASM: tl.constexpr = False, PREFETCHERS: tl.constexpr = 0, AHEAD: tl.constexpr = 1,
     WARP_CH: tl.constexpr = 0, KCH: tl.constexpr = 128, VW: tl.constexpr = 128, SUMS_1D: tl.constexpr = False,
     TMA_SUMS: tl.constexpr = False, oacc_desc=None, SPIN: tl.constexpr = False, BLOCKS: tl.constexpr = 0,
-    GATE_EARLY: tl.constexpr = False, GREEDY: tl.constexpr = False,
+    GATE_EARLY: tl.constexpr = False, GREEDY: tl.constexpr = False, ROLES: tl.constexpr = False,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics; in the warp layout, phase A's (bit 4) or phase B's (bit 8) arrivals without their release fence
     pid = tl.program_id(0)
+    if ROLES:  # the work and the prefetching by a table of the SMs, not by where the scheduler put each program
+        pid = _role(pid, role_ptr, tl.num_programs(0), ASM)
     nprog = tl.num_programs(0) - PREFETCHERS  # the programs that work and meet at the barriers
     if PREFETCHERS > 0 and pid >= nprog:
         _prefetch_layers(bar_ptr, pid - nprog, PREFETCHERS, nprog, head_ptr, norm_tab, in_tab, convw_tab, convb_tab,
@@ -767,3 +773,11 @@ def _decode_split_kernel(
 def launch(grid: int, args: tuple, constexprs: dict, num_warps: int) -> None:
     """Runs the split step kernel on `grid` programs (at most one per SM: they meet at grid barriers)."""
     _decode_split_kernel[(grid,)](*args, **constexprs, num_warps=num_warps)
+
+
+def compiled(grid: int, args: tuple, constexprs: dict, num_warps: int):
+    """The split step kernel compiled for these arguments, without running it (Triton's CompiledKernel, its handles
+    loaded: n_regs, metadata.shared)."""
+    kernel = _decode_split_kernel.warmup(*args, grid=(grid,), **constexprs, num_warps=num_warps)
+    kernel._init_handles()
+    return kernel

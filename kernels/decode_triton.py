@@ -238,6 +238,19 @@ def _sm_id(pid, ASM: tl.constexpr):
 
 
 @triton.jit
+def _role(pid, role_ptr, n, ASM: tl.constexpr):
+    """Program pid's role (decode.TUNE's ROLES): role_ptr[the SM it runs on], a permutation of range(n) by SM id,
+    where the GPU numbers its SMs 0..n-1 (PTX %nsmid == n, the grid: one program an SM); else, and under the
+    interpreter, pid. The block scheduler's own placement puts consecutive programs on the two SMs of a TPC and
+    the last ones (the prefetchers) on a few TPCs of each GPC; a table spreads them over the chip."""
+    if ASM:
+        n_sm = tl.inline_asm_elementwise("mov.u32 $0, %nsmid;", "=r,r", [pid], dtype=tl.int32, is_pure=True, pack=1)
+        if n_sm == n:
+            pid = tl.load(role_ptr + _sm_id(pid, ASM)).to(tl.int32)
+    return pid
+
+
+@triton.jit
 def _timestamps(pid, ASM: tl.constexpr):
     """(SM clock cycles, global timer ns) now, int64: PTX %clock64 and %globaltimer; (0, 0) under the interpreter.
     `pid` only gives the asm an operand (its value is unused)."""

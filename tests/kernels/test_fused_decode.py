@@ -323,7 +323,8 @@ def test_variant_plans_at_the_benchmark_size():
                           (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48}), (1, 1, 2, 1, {"PER_C": 48, "SUMS_1D": 0}),
                           (1, 1, 2, 1, {"PER_C": 48, "GATE_EARLY": 0}), (1, 1, 2, 1, {"PER_C": 48, "SKIP_ATOMICS": 12}),
                           (1, 1, 2, 1, {"PER_C": 48, "WARP_SUMS": 0}), (1, 1, 2, 1, {"FIXED": 1, "PER_C": 48,
-                                                                                    "WARP_SUMS": 0})])
+                                                                                    "WARP_SUMS": 0}),
+                          (1, 1, 2, 1, {"PER_C": 48, "ROLES": 1})])
 def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, copies, arrive_first, more):
     """SPLIT=1 (kernels/decode_split_triton.py) against the layer-by-layer step over three steps from random states:
     programs=5 or 7 plans channel blocks of 10 or 7 (tiles of 16 and 8) that one interpreted program loops over, each
@@ -331,7 +332,7 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
     (ONE_PASS), at batch 1 in the warp layout (WARP_CH: 8 channels a warp of the 64-lane block) unless WARP_SUMS=0,
     there with the sums read once a program (SUMS_1D) unless SUMS_1D=0 and the gate rows loaded in phase A
     (GATE_EARLY) unless GATE_EARLY=0; the timing flag SKIP_ATOMICS=12 (arrivals without their fence) changes
-    nothing for one program.
+    nothing for one program, and ROLES (roles by SM) is left off where the kernel is not compiled for a GPU.
     Between launches every accumulator is zero but the last layer's out_proj sums (zeroed at the start of
     the next launch); FIXED (int64 fixed-point sums) changes neither."""
     monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "COPIES": copies, "ARRIVE_FIRST": arrive_first, **more})
@@ -355,6 +356,7 @@ def test_split_kernel_matches_reference(forced, monkeypatch, batch, programs, co
         _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
         assert not step._xacc.any() and not step._oacc[:-1].any() and step._oacc[-1].any()
         assert step._barrier.item() == (i + 1) * 2 * n_layer * step.grid  # two barriers a layer
+    assert not c["ROLES"] and step.tune.get("ROLES", 0) == 0
 
 
 @pytest.mark.parametrize("sums_1d", [0, 1])
@@ -571,7 +573,7 @@ def test_split_kernel_is_the_gpu_default_at_batch_1(monkeypatch):
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(decode, "interpreting", lambda: False)  # a GPU run
     default = decode.split_default({}, cuda, sizes, 1, 132)
-    assert default == {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2, "PREFETCHERS": 36}
+    assert default == {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2, "ROLES": 1, "PREFETCHERS": 36}
     assert decode.split_default({}, cuda, sizes, 1, 114)["PREFETCHERS"] == 31
     assert decode.split_default({"COPIES": 4, "AHEAD": 1}, cuda, sizes, 1, 132) == {**default, "COPIES": 4,
                                                                                     "AHEAD": 1}
@@ -590,6 +592,24 @@ def test_split_kernel_is_the_gpu_default_at_batch_1(monkeypatch):
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     capability[0] = (8, 0)
     assert decode.split_default({}, cuda, sizes, 1, 132) is None
+
+
+def test_sm_roles_are_a_fixed_permutation():
+    """ROLES' table: entry s is the role of the program on SM s, a permutation of the programs, the same every time
+    and not the identity (roles spread over the SMs however the block scheduler places the programs)."""
+    roles = decode.sm_roles(132)
+    assert roles.dtype == torch.int32 and sorted(roles.tolist()) == list(range(132))
+    assert torch.equal(roles, decode.sm_roles(132)) and not torch.equal(roles, torch.arange(132, dtype=torch.int32))
+    assert decode.sm_roles(1).tolist() == [0]
+
+
+@pytest.mark.parametrize(("n_regs", "shared", "num_warps", "alone"),
+                         [(224, 1024, 8, True), (224, 1024, 4, False), (128, 1024, 8, False), (129, 1024, 8, True),
+                          (64, 120 * 1024, 8, True)])
+def test_one_program_an_sm(n_regs, shared, num_warps, alone):
+    """ROLES needs a kernel of which two programs cannot share an SM (65,536 registers and 228 KB of shared memory):
+    by registers (224 a thread at 8 warps: 114,688 for two) or by shared memory (120 KB each)."""
+    assert decode.one_program_an_sm(n_regs, shared, num_warps, 65536, 228 * 1024) == alone
 
 
 def test_prefetchers_need_sm90(monkeypatch):
@@ -825,6 +845,7 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 0}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 20, "AHEAD": 2}, 1),  # 14 channels in 16-lane blocks
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "BLOCKS": 2, "SPIN": 1, "TRACE": 1}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "ROLES": 1, "TRACE": 1}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2, "SPIN": 1}, 1),
     ({"PREFETCHERS": 36, "AHEAD": 2}, 1),
     ({"PREFETCHERS": 4, "MERGE_IN_CONV": 0}, 8),
@@ -846,6 +867,9 @@ def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
         sms = step.trace[:step.grid - step._constexprs["PREFETCHERS"], 0, 1].tolist()
         n_sm = torch.cuda.get_device_properties(0).multi_processor_count
         assert len(set(sms)) == len(sms) and 0 <= min(sms) and max(sms) < n_sm
+        if variant.get("ROLES"):  # the trace's rows are roles: role p ran on an SM whose table entry is p
+            assert step._constexprs["ROLES"] and n_sm == step.grid
+            assert [step.roles[s].item() for s in sms] == list(range(len(sms)))
 
 
 def _split_layout_on_this_gpu() -> bool:
@@ -868,6 +892,7 @@ def test_gpu_default_step_at_batch_1_is_the_split_kernel(monkeypatch, determinis
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
     step = _gpu_steps_match_reference(1)
     assert step.split and step.tune["PREFETCHERS"] > 0 and bool(step._constexprs["FIXED"]) == deterministic
+    assert step.tune["ROLES"] == 1 and step._constexprs["ROLES"]  # one program an SM: the roles hold
     model = _lm("mamba_wave_lm_base", seed=3, device="cuda", dtype=torch.bfloat16, d_model=768, n_layer=2)
     cache, _ = _random_caches(model, 1, seed=3)
     states = [t for c in cache.layers for t in (c.conv_state, c.ssm_state)]
