@@ -890,8 +890,12 @@ class FusedDecodeStep:
             from .decode_split_triton import compiled
 
             props = torch.cuda.get_device_properties(self.device)
-            kernel = compiled(self.grid, self._args, constexprs, self._num_warps)
-            holds = one_program_an_sm(kernel.n_regs, kernel.metadata.shared, self._num_warps,
+            try:  # compiled() reaches into Triton's CompiledKernel: a Triton without it runs without ROLES
+                kernel = compiled(self.grid, self._args, constexprs, self._num_warps)
+                n_regs, shared = kernel.n_regs, kernel.metadata.shared
+            except AttributeError:
+                n_regs, shared = 0, 0
+            holds = one_program_an_sm(n_regs, shared, self._num_warps,
                                       getattr(props, "regs_per_multiprocessor", 65536),
                                       getattr(props, "shared_memory_per_multiprocessor", 228 * 1024))
         if not holds:
