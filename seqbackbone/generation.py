@@ -15,7 +15,8 @@ the same PyTorch arithmetic without the modules' per-op argument checks, about t
 Sampling (temperature, top-k, top-p) happens outside the graph so that any `torch.Generator` can drive it. Greedy
 decoding (temperature 0) on the fused step's split kernel (the default at batch 1 on sm_90 GPUs) takes the argmax in
 the kernel itself: each step writes its token into the next step's input and into a history, so that nothing runs
-between the steps (`StepDecoder.greedy_steps`), unless the logits are to be returned.
+between the steps (`StepDecoder.greedy_steps`, GREEDY_CHUNK steps a graph replay), unless the logits are to be
+returned.
 
 Waveform language models take and return float waveforms in [-1, 1]: the prompt is mu-law encoded into the model's
 codes, codes are generated, and the new codes are decoded back with `torchaudio.functional.mu_law_decoding`.
@@ -43,6 +44,11 @@ __all__ = [
     "top_k_filter",
     "top_p_filter",
 ]
+
+# greedy steps a CUDA graph of StepDecoder.greedy_steps replays at once: one replay a step leaves a launch gap and the
+# host's work between the steps (H200, 90M LM, batch 1: 133.6 us a step replayed one by one against 132.6-132.8 by 8 or
+# 32 at once, BENCHMARKS.md)
+GREEDY_CHUNK = 16
 
 
 # ----------------------------------------------------------------------------------------------------------- sampling
@@ -213,6 +219,8 @@ class StepDecoder:
             self.logits: torch.Tensor | None = None
             self.graph: torch.cuda.CUDAGraph | None = None
             self.greedy_graph: torch.cuda.CUDAGraph | None = None  # a greedy step (greedy_steps)
+            self.greedy_chunk = GREEDY_CHUNK
+            self.greedy_chunk_graph: torch.cuda.CUDAGraph | None = None  # greedy_chunk greedy steps
             if cuda_graph:
                 self._capture(warmup_steps)
 
@@ -249,6 +257,10 @@ class StepDecoder:
             self.greedy_graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.greedy_graph):
                 self.fused(greedy=True)
+            self.greedy_chunk_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.greedy_chunk_graph):
+                for _ in range(self.greedy_chunk):
+                    self.fused(greedy=True)
         self.cache.reset()
 
     @property
@@ -275,23 +287,37 @@ class StepDecoder:
         """Greedy decoding with no work between the steps: tokens (B, T) long holds the first new token in column 0
         (picked from prefill's logits); each step feeds column t - 1 and the kernel itself writes the argmax of the
         logits + bias (V,) into column t, t = 1 .. T - 1 (by way of its history, copied out every GREEDY_HISTORY
-        steps). `progress`: a tqdm bar advanced once a step."""
+        steps). The steps go `greedy_chunk` (GREEDY_CHUNK) at a time where they fit (one graph replay under CUDA
+        graphs), one at a time otherwise. `progress`: a tqdm bar advanced once a step."""
         if not self.greedy:
             raise RuntimeError("greedy_steps needs the fused step's split kernel (StepDecoder.greedy)")
         fused = self.fused
         fused.start_greedy(tokens[:, 0], bias)
         per_copy = fused.history.shape[1]
-        for t in range(1, tokens.shape[1]):
-            if self.greedy_graph is not None:
-                self.greedy_graph.replay()
-            else:
-                fused(greedy=True)
-            self.cache.seqlen_offset += 1
-            column = (t - 1) % per_copy
-            if column == per_copy - 1 or t == tokens.shape[1] - 1:  # before the next step overwrites the history
-                tokens[:, t - column:t + 1] = fused.history[:, :column + 1]
+        n, t = self.greedy_chunk, 1  # t: the column of `tokens` the next step writes
+        while t < tokens.shape[1]:
+            column = (t - 1) % per_copy  # of the history
+            # a chunk stays within one pass over the history, so that it is copied out before being overwritten
+            chunk = n if column + n <= per_copy and t + n <= tokens.shape[1] else 1
+            self._greedy_run(chunk)
+            self.cache.seqlen_offset += chunk
+            t += chunk
+            column += chunk - 1  # the last column written
+            if column == per_copy - 1 or t == tokens.shape[1]:
+                tokens[:, t - 1 - column:t] = fused.history[:, :column + 1]
             if progress is not None:
-                progress.update(1)
+                progress.update(chunk)
+
+    def _greedy_run(self, steps: int) -> None:
+        """`steps` greedy steps (1 or greedy_chunk): one replay of the captured chunk or step where there is one."""
+        if steps == self.greedy_chunk and self.greedy_chunk_graph is not None:
+            self.greedy_chunk_graph.replay()
+        elif self.greedy_graph is not None:
+            for _ in range(steps):
+                self.greedy_graph.replay()
+        else:
+            for _ in range(steps):
+                self.fused(greedy=True)
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

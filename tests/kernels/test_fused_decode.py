@@ -14,6 +14,7 @@ from seqbackbone.kernels import decode
 from seqbackbone.kernels.decode import FusedDecodeStep, fused_decode_supported, fused_decode_unsupported_reason
 
 import seqbackbone
+from seqbackbone import generation
 from seqbackbone.generation import StepDecoder, _decoder_for, generate
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -523,19 +524,23 @@ def test_prefetcher_settings():
             decode.plan_any(*args, 1, 132, {"PREFETCHERS": 4, **other})
 
 
-@pytest.mark.parametrize(("batch", "more"), [(1, {"PER_C": 48}), (2, {})])
-def test_greedy_steps_pick_the_tokens_in_the_kernel(forced, monkeypatch, batch, more):
+@pytest.mark.parametrize(("batch", "more", "chunk"), [(1, {"PER_C": 48}, 16), (2, {}, 16), (1, {"PER_C": 48}, 2),
+                                                     (1, {"PER_C": 48}, 3)])
+def test_greedy_steps_pick_the_tokens_in_the_kernel(forced, monkeypatch, batch, more, chunk):
     """Greedy generate on the split kernel's greedy steps (each step picks its token and feeds the next itself)
     gives what the step-by-step loop gives (return_logits takes that loop), with suppressed tokens and a history of 4
-    columns copied out every 4 steps; with the warp layout at batch 1 and the general tiles at batch 2."""
+    columns copied out every 4 steps; with the warp layout at batch 1 and the general tiles at batch 2; in chunks of
+    2 steps (which fill the history), of 3 (which fit in it only from its first two columns, else single steps) or
+    of 16 (never: single steps)."""
     monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, **more})
     monkeypatch.setattr(decode, "GREEDY_HISTORY", 4)
+    monkeypatch.setattr(generation, "GREEDY_CHUNK", chunk)
     model = _lm("mamba_dna_lm_tiny", seed=60 + batch, d_model=24, n_layer=2, d_state=6)
     prompt = torch.randint(4, 9, (batch, 5), generator=torch.Generator().manual_seed(batch)).to(DEV)
     banned = [4, 5]
     fast = generate(model, prompt, 11, temperature=0, suppress_tokens=banned, cuda_graph=False, progress=True)
     decoder = _decoder_for(model, batch, False)
-    assert decoder.greedy and decoder.fused.history.shape == (batch, 4)
+    assert decoder.greedy and decoder.fused.history.shape == (batch, 4) and decoder.greedy_chunk == chunk
     slow, _ = generate(model, prompt, 11, temperature=0, suppress_tokens=banned, cuda_graph=False,
                        return_logits=True)
     assert torch.equal(fast, slow) and not torch.isin(fast[:, 5:], torch.tensor(banned, device=DEV)).any()
@@ -919,7 +924,8 @@ def test_gpu_greedy_generation_same_both_ways(monkeypatch):
     model = _lm("mamba_wave_lm_base", seed=0, device="cuda", dtype=torch.bfloat16, d_model=768, n_layer=2)
     prompt = torch.rand(1, 16, generator=torch.Generator().manual_seed(0)).cuda() * 2 - 1
     assert fused_decode_supported(model, 1)
-    fused = generate(model, prompt, 64, temperature=0)
+    fused = generate(model, prompt, 64, temperature=0)  # 3 chunks of 16 steps, one graph replay each, then 15 steps
+    assert _decoder_for(model, 1, True).greedy_chunk_graph is not None
     monkeypatch.setenv("SEQBACKBONE_FUSED_DECODE", "0")
     reference = generate(model, prompt, 64, temperature=0)
     assert torch.equal(fused, reference)
