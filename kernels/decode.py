@@ -894,10 +894,11 @@ class FusedDecodeStep:
                 kernel = compiled(self.grid, self._args, constexprs, self._num_warps)
                 n_regs, shared = kernel.n_regs, kernel.metadata.shared
             except AttributeError:
-                n_regs, shared = 0, 0
-            holds = one_program_an_sm(n_regs, shared, self._num_warps,
-                                      getattr(props, "regs_per_multiprocessor", 65536),
-                                      getattr(props, "shared_memory_per_multiprocessor", 228 * 1024))
+                holds = False
+            else:
+                holds = one_program_an_sm(n_regs, shared, self._num_warps,
+                                          getattr(props, "regs_per_multiprocessor", 65536),
+                                          getattr(props, "shared_memory_per_multiprocessor", 228 * 1024))
         if not holds:
             constexprs["ROLES"] = False
             self.tune["ROLES"] = 0

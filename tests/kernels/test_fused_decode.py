@@ -885,6 +885,22 @@ def _split_layout_on_this_gpu() -> bool:
 
 
 @pytest.mark.gpu
+def test_gpu_split_step_without_register_counts_drops_roles(monkeypatch):
+    """A Triton whose compiled kernel does not show its registers: the split step cannot check that it keeps to one
+    program an SM, so it runs without ROLES, and still matches the reference."""
+    from seqbackbone.kernels import decode_split_triton
+
+    def no_counts(*args, **kwargs):
+        raise AttributeError("'CompiledKernel' object has no attribute 'n_regs'")
+
+    monkeypatch.delenv("SEQBACKBONE_KERNELS", raising=False)
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "ROLES": 1})
+    monkeypatch.setattr(decode_split_triton, "compiled", no_counts)
+    step = _gpu_steps_match_reference(1)
+    assert not step._constexprs["ROLES"] and step.tune["ROLES"] == 0
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_gpu_default_step_at_batch_1_is_the_split_kernel(monkeypatch, deterministic):
     """On sm_90 (Triton 3.6) the default step at batch 1 is the split kernel (it matches the reference), with integer
