@@ -200,7 +200,7 @@ GREEDY_HISTORY = 1024
 # every setting the split kernel takes (plan_split_constexprs refuses others)
 SPLIT_SETTINGS = frozenset({"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", "SKIP_ATOMICS", "ARRIVE_FIRST", "FIXED",
                             "TRACE", "PREFETCHERS", "AHEAD", "WARP_SUMS", "SUMS_1D", "TMA_SUMS", "SPIN", "BLOCKS",
-                            "GATE_EARLY", "ROLES", "num_warps"})
+                            "GATE_EARLY", "ROLES", "TALLY", "num_warps"})
 # the split kernel as the default step (split_default): batch 1 on sm_90 or newer in its warp layout, with this share
 # of the programs as prefetchers (36 of the H200's 132). H200, batch 1 (2026-11-30, BENCHMARKS.md), against the other
 # kernel: d_model 256 x 8 layers 36.9 against 60.7 us a step, 512 x 12 67.6 against 95.9, 768 x 24 132.8-135.0
@@ -210,7 +210,10 @@ SPLIT_SETTINGS = frozenset({"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", 
 # process. H200, 768 x 24, twelve processes on three machines (2026-11-30, BENCHMARKS.md): the step 1.5 us faster on
 # average (paired medians: from 6.2 us faster to 1.3 us slower), the slowest process 138.3 against 143.9 us: it cuts
 # the slow placements and costs up to ~1 us where the scheduler's was a good one
-SPLIT_DEFAULT_TUNE: dict[str, int] = {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2, "ROLES": 1}
+# TALLY: x_proj's sums count their own contributions, so phase B reads them without a grid barrier (one barrier a layer
+# instead of two); with it out_proj's sums take 4 copies. H200, 768 x 24 (2026-11-30, BENCHMARKS.md), in one process
+# each: 125.4-128.2 against 134.3-136.1 us a step
+SPLIT_DEFAULT_TUNE: dict[str, int] = {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2, "ROLES": 1, "TALLY": 4, "COPIES": 4}
 _SPLIT_DEFAULT_PREFETCH_SHARE = 36 / 132
 # the seed of sm_roles' permutation (the table measured above)
 _ROLES_SEED = 1
@@ -221,6 +224,8 @@ _ROLES_SEED = 1
 _GATE_EARLY_MAX_ELEMS = 2048
 # FIXED's int64 words hold at most this many contributions each (decode_split_triton._FIXED_POISON)
 _FIXED_MAX_ADDS = 256
+# TALLY's fp64 words hold at most this many contributions each (decode_split_triton._TALLY_LIMIT)
+_TALLY_MAX_ADDS = 64
 # largest weight tile (elements) of one ONE_ITEM item: in_proj at d_model 768 on 132 SMs is 24 rows of 768 (a 32 x
 # 1024 tile)
 _ONE_ITEM_TILE = 2 * _TILE
@@ -614,9 +619,10 @@ def split_default(tune: dict[str, int], device: torch.device, sizes: tuple[int, 
     """The split kernel's settings where it is the default step, else None: on a GPU of sm_90 or newer (bulk L2
     prefetch), at batch 1, where its warp layout holds (one channel block a program and at least a channel a warp;
     plan_split_passes), unless `tune` (decode.TUNE) says SPLIT or holds a setting the split kernel does not take.
-    SPLIT_DEFAULT_TUNE with a share of the programs as prefetchers, over which `tune` applies; under
+    SPLIT_DEFAULT_TUNE with a share of the programs as prefetchers, over which `tune` applies, without TALLY (and with
+    _SPLIT_COPIES copies) where `tune` leaves them unset and TALLY does not apply; under
     torch.use_deterministic_algorithms(True) with FIXED (integer sums: bit-identical runs) and TMA_SUMS where
-    d_model allows. sizes: (Dm, Di, N, R, W, V)."""
+    d_model allows, and so without TALLY. sizes: (Dm, Di, N, R, W, V)."""
     if "SPLIT" in tune or set(tune) - SPLIT_SETTINGS or batch != 1 or device.type != "cuda":
         return None
     if torch.cuda.get_device_capability(device) < _PREFETCHERS_MIN_CAPABILITY:
@@ -626,12 +632,19 @@ def split_default(tune: dict[str, int], device: torch.device, sizes: tuple[int, 
     if torch.are_deterministic_algorithms_enabled():
         settings.update(FIXED=1, TMA_SUMS=int(Dm % 128 == 0))
     settings.update(tune)
-    try:
-        c = plan_split_constexprs(*sizes, batch, programs, settings)
-        passes = plan_split_passes(c, Di, programs - c["PREFETCHERS"], settings)
-    except ValueError:
-        return None
-    return settings if passes["WARP_CH"] else None
+    # TALLY (and its 4 copies of out_proj's sums) where it applies: not with FIXED, TRACE, NO_WAIT, SUMS_1D=0 or
+    # more working programs than its words count
+    no_tally = {k: v for k, v in (("TALLY", 0), ("COPIES", _SPLIT_COPIES)) if k not in tune}
+    if torch.are_deterministic_algorithms_enabled():
+        settings.update(no_tally)
+    for attempt in (settings, {**settings, **no_tally}):
+        try:
+            c = plan_split_constexprs(*sizes, batch, programs, attempt)
+            passes = plan_split_passes(c, Di, programs - c["PREFETCHERS"], attempt)
+        except ValueError:
+            continue
+        return attempt if passes["WARP_CH"] else None
+    return None
 
 
 def _warp_layout_holds() -> bool:
@@ -661,10 +674,20 @@ def plan_split_passes(constexprs: dict[str, int], Di: int, working: int, tune: d
     sums_1d = bool(in_warps and tune.get("SUMS_1D", 1))
     warp_ch = c["BLOCK_C"] // warps if in_warps else 0
     gate_early = tune.get("GATE_EARLY", int(warp_ch * c["BLOCK_DM"] <= _GATE_EARLY_MAX_ELEMS))
-    return dict(ONE_PASS=one_pass, WARP_CH=warp_ch, KCH=min(128, c["BLOCK_DM"]),
-                VW=max(128, c["BLOCK_R"], c["BLOCK_N"]), SUMS_1D=sums_1d, COPIES=c["COPIES"],
+    tally = tune.get("TALLY", 0)
+    if isinstance(tally, bool) or not isinstance(tally, int) or tally < 0 or tally & (tally - 1):
+        raise ValueError(f"TUNE: TALLY is 0 or the copies of x_proj's counting sums, a power of two, got {tally!r}")
+    if tally and not (sums_1d and c["ARRIVE_FIRST"] and not c["NO_WAIT"] and not c["FIXED"] and not c["TRACE"]
+                      and -(-working // tally) <= _TALLY_MAX_ADDS):
+        raise ValueError(f"TUNE: TALLY (x_proj's sums read without a barrier) needs the batch-1 warp layout with "
+                         f"SUMS_1D, ARRIVE_FIRST=1, no NO_WAIT, FIXED or TRACE, and at most {_TALLY_MAX_ADDS} "
+                         f"contributions a word ({working} working programs in TALLY={tally} copies)")
+    vw = max(128, c["BLOCK_R"], c["BLOCK_N"])
+    return dict(ONE_PASS=one_pass, WARP_CH=warp_ch, KCH=min(128, c["BLOCK_DM"]), VW=vw, SUMS_1D=sums_1d,
+                COPIES=c["COPIES"],
                 BLOCKS=int(tune.get("BLOCKS", 3)) if in_warps else 0, SPIN=bool(in_warps and tune.get("SPIN", 1)),
-                GATE_EARLY=bool(in_warps and gate_early))
+                GATE_EARLY=bool(in_warps and gate_early), TALLY=tally,
+                TALLY_ROWS=min(vw, max(c["BLOCK_R"], c["BLOCK_N"], vw // 8, 32 * warps // max(1, tally))))
 
 
 def plan_any(Dm: int, Di: int, N: int, R: int, W: int, V: int, batch: int, programs: int,
@@ -812,7 +835,11 @@ class FusedDecodeStep:
                     self._blocks.append(blocks)
             copies = self._constexprs["COPIES"]
             acc = dict(f32, dtype=torch.int64) if self._constexprs["FIXED"] else f32
-            self._xacc = torch.zeros(len(mixers), copies, batch, X, **acc)
+            if self._constexprs["TALLY"]:  # x_proj's sums in fp64 words that count their contributions
+                self._xacc = torch.zeros(len(mixers), self._constexprs["TALLY"], batch, X,
+                                         **dict(f32, dtype=torch.float64))
+            else:
+                self._xacc = torch.zeros(len(mixers), copies, batch, X, **acc)
             self._oacc = torch.zeros(len(mixers), copies, batch, Dm, **acc)
             if self._constexprs["TMA_SUMS"]:
                 self._constexprs["oacc_desc"] = self._bulk_sums_descriptor(Dm, on_gpu)

@@ -109,6 +109,15 @@ _FIXED_LIMIT: tl.constexpr = tl.constexpr(2.0 ** 20)
 _FIXED_POISON: tl.constexpr = tl.constexpr(2 ** 53)
 _FIXED_BAD: tl.constexpr = tl.constexpr(2 ** 52)
 
+# TALLY: x_proj's sums count their own contributions, so phase B reads them without a grid barrier. Each contribution
+# adds its value plus _TALLY_ONE into an fp64 word; a word that received all n of its copy's contributions holds
+# n * _TALLY_ONE + the sum, and below (n - 1/2) * _TALLY_ONE it is still waiting. A contribution that is not finite or
+# not below _TALLY_LIMIT in magnitude adds NaN, which ends the wait and reads as NaN: at most _TALLY_MAX_ADDS (64)
+# contributions a word (decode.plan_split_passes) keep every partial sum below _TALLY_ONE / 2 in magnitude, so the
+# count is never misread. Near 2^30 an fp64 add rounds by at most 2^-23, finer than the fp32 sums it replaces.
+_TALLY_ONE: tl.constexpr = tl.constexpr(2.0 ** 24)
+_TALLY_LIMIT: tl.constexpr = tl.constexpr(2.0 ** 17)
+
 
 @triton.jit
 def _channels(item, BLOCK_C: tl.constexpr, PER_C: tl.constexpr, Di):
@@ -467,6 +476,77 @@ def _acc_sum(acc_ptr, layer, batch, offs, ok, n, COPIES: tl.constexpr, FIXED: tl
 
 
 @triton.jit
+def _tally_add(ptrs, part, mask):
+    """TALLY's contributions: the fp32 partial sums `part` plus _TALLY_ONE each, added as fp64 with relaxed atomics;
+    NaN for a contribution that is not finite or not below _TALLY_LIMIT (the note at _TALLY_ONE)."""
+    good = tl.abs(part) < _TALLY_LIMIT  # false for a NaN
+    tl.atomic_add(ptrs, tl.where(good, part, float("nan")).to(tl.float64) + _TALLY_ONE, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _doubled(v, n: tl.constexpr):
+    """(n,) -> (2n,): v, then n zeros."""
+    return tl.reshape(tl.trans(tl.join(v, tl.zeros([n], v.dtype))), (2 * n,))
+
+
+@triton.jit
+def _padded(v, ROWS: tl.constexpr, VW: tl.constexpr):
+    """(ROWS,) -> (VW,), zeros after v: VW is at most 8 ROWS (decode.plan_split_passes' TALLY_ROWS)."""
+    if ROWS < VW:
+        v = _doubled(v, ROWS)
+    if 2 * ROWS < VW:
+        v = _doubled(v, 2 * ROWS)
+    if 4 * ROWS < VW:
+        v = _doubled(v, 4 * ROWS)
+    return v
+
+
+@triton.jit
+def _tally_read(xacc_ptr, layer, nprog, R, N, X, ROWS: tl.constexpr, VW: tl.constexpr, COPIES: tl.constexpr,
+                ASM: tl.constexpr):
+    """Layer `layer`'s x_proj sums under TALLY (batch 1), each read once every contribution to it has landed:
+    (dt_low, B, C), each (VW,) fp32 with zeros past R or N. Lane j of a (ROWS, COPIES) tile polls copy c's words j of
+    dt_low, B and C; on a GPU in one PTX loop of relaxed loads (all three in flight each round), so that a thread waits
+    one round trip a round, not one a word. ROWS covers R and N; a tile of one word a thread polls fastest (H200, d_model
+    768: 64 x 4 lanes 125.4-128.2 against 129.9-133.5 us a step with 128 x 4)."""
+    j = tl.arange(0, ROWS)[:, None]
+    cp = tl.arange(0, COPIES)[None, :]
+    base = xacc_ptr + (layer * COPIES + cp) * X + j  # (ROWS, COPIES)
+    whole = ((nprog - cp + COPIES - 1) // COPIES).to(tl.float64) * _TALLY_ONE  # this copy's contributions, counted
+    ready = whole - 0.5 * _TALLY_ONE
+    dt_ok = (j < R) & (cp < COPIES)
+    bc_ok = (j < N) & (cp < COPIES)
+    if ASM:
+        flags = dt_ok.to(tl.int32) + 2 * bc_ok.to(tl.int32)
+        # fp64 goes through the asm as its bits: inline asm broadcasts its operands like a sum, and a pointer does
+        # not add to a float
+        limit = ready.to(tl.int64, bitcast=True) + tl.zeros([ROWS, COPIES], tl.int64)
+        dt, b, c = tl.inline_asm_elementwise(
+            "{ .reg .pred pd, pb, w; .reg .b32 f; .reg .f64 a, b, c, t; "
+            "and.b32 f, $7, 1; setp.ne.b32 pd, f, 0; and.b32 f, $7, 2; setp.ne.b32 pb, f, 0; "
+            "mov.b64 t, $6; mov.f64 a, t; mov.f64 b, t; mov.f64 c, t; "
+            "poll_${:uid}: @pd ld.relaxed.gpu.global.f64 a, [$3]; @pb ld.relaxed.gpu.global.f64 b, [$4]; "
+            "@pb ld.relaxed.gpu.global.f64 c, [$5]; "
+            "setp.lt.f64 w, a, t; setp.lt.or.f64 w, b, t, w; setp.lt.or.f64 w, c, t, w; @w bra poll_${:uid}; "
+            "mov.b64 $0, a; mov.b64 $1, b; mov.b64 $2, c; }",
+            "=l,=l,=l,l,l,l,l,r", [base, base + R, base + R + N, limit, flags],
+            dtype=(tl.int64, tl.int64, tl.int64), is_pure=False, pack=1)
+        dt, b, c = dt.to(tl.float64, bitcast=True), b.to(tl.float64, bitcast=True), c.to(tl.float64, bitcast=True)
+    else:
+        waiting = 1
+        while waiting > 0:
+            dt = tl.load(base, mask=dt_ok, other=0, volatile=True)
+            b = tl.load(base + R, mask=bc_ok, other=0, volatile=True)
+            c = tl.load(base + R + N, mask=bc_ok, other=0, volatile=True)
+            late = (dt_ok & (dt < ready)) | (bc_ok & ((b < ready) | (c < ready)))
+            waiting = tl.max(tl.max(late.to(tl.int32), axis=1), axis=0)
+    dt = _padded(tl.sum(tl.where(dt_ok, dt - whole, 0.0), axis=1).to(tl.float32), ROWS, VW)
+    b = _padded(tl.sum(tl.where(bc_ok, b - whole, 0.0), axis=1).to(tl.float32), ROWS, VW)
+    c = _padded(tl.sum(tl.where(bc_ok, c - whole, 0.0), axis=1).to(tl.float32), ROWS, VW)
+    return dt, b, c
+
+
+@triton.jit
 def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab, a_tab,
                      d_tab, out_tab, conv_tab, ssm_tab, xacc_ptr, oacc_ptr, bar_ptr, trace_ptr, ticket, trace_base,
                      n_slots, pid, nprog, batch, n_layer, Dm: tl.constexpr, Di, N, R, W, eps, ADT: tl.constexpr,
@@ -476,7 +556,8 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
                      KCH: tl.constexpr, VW: tl.constexpr, COPIES: tl.constexpr, NO_WAIT: tl.constexpr,
                      SKIP_ATOMICS: tl.constexpr, ARRIVE_FIRST: tl.constexpr, FIXED: tl.constexpr, TRACE: tl.constexpr,
                      ASM: tl.constexpr, SUMS_1D: tl.constexpr, TMA_SUMS: tl.constexpr, oacc_desc,
-                     SPIN: tl.constexpr, BLOCKS: tl.constexpr, GATE_EARLY: tl.constexpr):
+                     SPIN: tl.constexpr, BLOCKS: tl.constexpr, GATE_EARLY: tl.constexpr, TALLY: tl.constexpr,
+                     TALLY_ROWS: tl.constexpr):
     """Every layer of the split kernel for batch 1 with one channel block a program (its loop, same results), in the
     layout above: returns the residual stream entering the last layer's output, (1, BLOCK_DM) fp32, and the ticket."""
     WARPS: tl.constexpr = BLOCK_C // WARP_CH
@@ -559,11 +640,13 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         out = tl.sum(window.to(tl.float32) * taps, axis=2) + cbias
         xc = tl.where(c_ok, _round(_silu(out, ASM), ADT), 0.0)
         part = tl.sum(wx.to(tl.float32) * tl.reshape(xc, (BLOCK_C,))[None, :], axis=1)  # (BLOCK_X,)
-        if SKIP_ATOMICS & 2 == 0:
+        if TALLY:
+            _tally_add(xacc_ptr + (layer * TALLY + pid % TALLY) * X + offs_x, part, x_ok)
+        elif SKIP_ATOMICS & 2 == 0:
             _acc_add(xacc_ptr + (layer * COPIES + pid % COPIES) * batch * X + offs_x, part, x_ok, FIXED)
         # after the atomics: the store's layout conversion is not on their way
         tl.store(conv_st + ch3 * W + w3, window, mask=c_ok3 & (w3 < W))
-        if ARRIVE_FIRST:
+        if ARRIVE_FIRST and not TALLY:
             # its release fence waits one L2 round trip for the atomics and the store above: ~0.19 us a layer (H200,
             # timing only, without it: 129.3 against 133.9 us a step, and 135.9 against 142.3 with no weight loads in
             # flight at it, GATE_EARLY=0)
@@ -590,7 +673,11 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
         # for the rest of the phase (sm_90a: 185 against 225 registers; H200, FIXED with TMA_SUMS: 182.7 against
         # 197.6 us a step; float sums unchanged)
         z = _round(tl.sum(tl.sum(wz.to(tl.float32) * xn, axis=2), axis=2), ADT)
-        _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
+        if TALLY:
+            dt_low, Bv, Cv = _tally_read(xacc_ptr, layer, nprog, R, N, X, TALLY_ROWS, VW, TALLY, ASM)
+        else:
+            _meet(bar_ptr, ticket, nprog, NO_WAIT, ARRIVE_FIRST, pid, trace_ptr, trace_base, n_slots, TRACE, ASM,
+                  SPIN)
         if SUMS_1D:  # the next layer's in_proj u rows (the layout note above)
             # here, not after phase B's arrival: they arrive during phase B's work instead of in front of the next
             # phase A's polls and sums (H200, alternating measurements: 0.8-3.4 us a step less in each of three runs,
@@ -598,7 +685,11 @@ def _layers_in_warps(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, x
             # layer none, from the tables' spare row (FusedDecodeStep)
             wu = _in_rows(_layer_ptr(in_tab, layer + 1, ADT), 0, ch4, offs_m, row_ok & (layer + 1 < n_layer), Dm)
         # ---- B: dt, the SSM state, gate, out_proj's partial sums --------------------------------------------------
-        if SUMS_1D:
+        if TALLY:
+            dt_low = _round(_every_warp(dt_low, WARPS, 1, 1, VW), ADT)
+            Bv = _round(_every_warp(Bv, WARPS, 1, 1, VW), ADT)
+            Cv = _round(_every_warp(Cv, WARPS, 1, 1, VW), ADT)
+        elif SUMS_1D:
             lanes = tl.arange(0, VW)
             dt_low = _round(_every_warp(_acc_sum(xacc_ptr, layer, batch, lanes, lanes < R, X, COPIES, FIXED),
                                         WARPS, 1, 1, VW), ADT)
@@ -686,6 +777,7 @@ def _decode_split_kernel(
     WARP_CH: tl.constexpr = 0, KCH: tl.constexpr = 128, VW: tl.constexpr = 128, SUMS_1D: tl.constexpr = False,
     TMA_SUMS: tl.constexpr = False, oacc_desc=None, SPIN: tl.constexpr = False, BLOCKS: tl.constexpr = 0,
     GATE_EARLY: tl.constexpr = False, GREEDY: tl.constexpr = False, ROLES: tl.constexpr = False,
+    TALLY: tl.constexpr = 0, TALLY_ROWS: tl.constexpr = 128,
 ):
     # NO_WAIT, SKIP_ATOMICS (timing only, results wrong): no barrier waits; no out_proj (bit 1) or x_proj (bit 2)
     # atomics; in the warp layout, phase A's (bit 4) or phase B's (bit 8) arrivals without their release fence
@@ -696,7 +788,7 @@ def _decode_split_kernel(
     if PREFETCHERS > 0 and pid >= nprog:
         _prefetch_layers(bar_ptr, pid - nprog, PREFETCHERS, nprog, head_ptr, norm_tab, in_tab, convw_tab, convb_tab,
                          xproj_tab, dtw_tab, dtb_tab, a_tab, d_tab, out_tab, conv_tab, ssm_tab, batch, n_layer, Dm,
-                         Di, N, R, W, V, ADT, CONV_DT, A_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, 2, AHEAD,
+                         Di, N, R, W, V, ADT, CONV_DT, A_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, 2 - (TALLY > 0), AHEAD,
                          NO_WAIT, 256, 4096, ASM)
         return
     X = R + 2 * N
@@ -725,7 +817,7 @@ def _decode_split_kernel(
                                      W, eps, ADT, CONV_DT, A_DT, D_DT, DTB_DT, CB_DT, HAS_CONV_BIAS, BLOCK_DM,
                                      BLOCK_W, BLOCK_X, BLOCK_C, PER_C, WARP_CH, KCH, VW, COPIES, NO_WAIT,
                                      SKIP_ATOMICS, ARRIVE_FIRST, FIXED, TRACE, ASM, SUMS_1D, TMA_SUMS, oacc_desc,
-                                     SPIN, BLOCKS, GATE_EARLY)
+                                     SPIN, BLOCKS, GATE_EARLY, TALLY, TALLY_ROWS)
     else:
         r, ticket = _layers(tok_ptr, emb_ptr, norm_tab, in_tab, convw_tab, convb_tab, xproj_tab, dtw_tab, dtb_tab,
                             a_tab, d_tab, out_tab, conv_tab, ssm_tab, xc_ptr, z_ptr, xacc_ptr, oacc_ptr, bar_ptr,
@@ -743,7 +835,10 @@ def _decode_split_kernel(
     r = _after_phase_b(r, n_layer - 1, bar_ptr, ticket, nprog, oacc_ptr, batch, offs_b, b_ok, offs_m, m_ok, Dm, ADT,
                        COPIES, NO_WAIT, ARRIVE_FIRST, FIXED, pid, trace_ptr, trace_base, n_slots, TRACE, ASM, SPIN)
     # every program has read every accumulator but o_acc[L-1] (cleared at the next launch's start)
-    _zero_share(xacc_ptr, n_layer * COPIES * batch * X, pid, nprog, BLOCK_DM)
+    x_copies = COPIES
+    if TALLY:
+        x_copies = TALLY
+    _zero_share(xacc_ptr, n_layer * x_copies * batch * X, pid, nprog, BLOCK_DM)
     _zero_share(oacc_ptr, (n_layer - 1) * COPIES * batch * Dm, pid, nprog, BLOCK_DM)
     hidden = _normed(r, norm_f, Dm, eps, ADT)
     n_head = tl.cdiv(V, ROWS_HEAD)

@@ -417,6 +417,8 @@ def ptxas_report(model: torch.nn.Module, settings: list[tuple[str, dict[str, int
                         sig[name] = "*i64"  # tagged words
                     if consts.get("FIXED") and name in ("xacc_ptr", "oacc_ptr"):
                         sig[name] = "*i64"  # fixed-point sums
+                    if consts.get("TALLY") and name == "xacc_ptr":
+                        sig[name] = "*fp64"  # sums that count their contributions
                 else:
                     sig[name] = "fp32" if name == "eps" else "i32"
             # what the launcher specialises: pointers and integers divisible by 16 are marked so

@@ -379,6 +379,27 @@ def test_split_kernel_warp_layout_over_chunks(forced, monkeypatch, sums_1d):
         _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
 
 
+@pytest.mark.parametrize("copies", [1, 4])
+def test_tally_sums_match_reference(forced, monkeypatch, copies):
+    """TALLY: x_proj's sums as fp64 words that count their contributions, read by phase B without a barrier (one
+    barrier a layer): the same logits and states as the layer-by-layer step over three steps, every word zero again
+    after each launch (a copy nobody adds to is whole at zero contributions)."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PER_C": 48, "TALLY": copies})
+    n_layer = 3
+    model = _lm("mamba_dna_lm_tiny", seed=41, d_model=24, n_layer=n_layer, d_state=6)
+    fused_cache, ref_cache = _random_caches(model, 1, seed=51)
+    token = torch.zeros(1, dtype=torch.long, device=DEV)
+    step = FusedDecodeStep(model, token, [c.conv_state for c in fused_cache.layers],
+                           [c.ssm_state for c in fused_cache.layers], programs=1)
+    assert step._constexprs["TALLY"] == copies and step._xacc.dtype == torch.float64
+    assert tuple(step._xacc.shape) == (n_layer, copies, 1, 2 + 2 * 6)
+    gen = torch.Generator().manual_seed(1)
+    for i in range(3):
+        _step_and_compare(step, model, token, fused_cache, ref_cache, gen, monkeypatch)
+        assert not step._xacc.any()
+        assert step._barrier.item() == (i + 1) * n_layer * step.grid  # one barrier a layer
+
+
 @pytest.mark.parametrize(("batch", "per_c"), [(1, 48), (2, 16)])
 def test_fixed_sums_show_bad_values_as_nan(forced, monkeypatch, batch, per_c):
     """FIXED's int64 sums cannot hold a NaN, an infinity or a value past their range: such a contribution poisons its
@@ -406,6 +427,32 @@ def test_fixed_sums_show_bad_values_as_nan(forced, monkeypatch, batch, per_c):
         monkeypatch.setenv("SEQBACKBONE_KERNELS", "triton")
         assert torch.isnan(got).all()
         assert torch.isnan(want).all() if how == "nan" else torch.isfinite(want).all()
+
+
+@pytest.mark.parametrize("how", ["nan", "huge"])
+def test_tally_sums_show_bad_values_as_nan(forced, monkeypatch, how):
+    """TALLY's counting words hold a contribution that is not finite or reaches 2^17 (past which a partial sum could
+    be misread as a count) as NaN: a NaN x_proj weight gives NaN logits, as in the reference, and weights scaled by 2^22
+    give NaN logits too, never a finite wrong answer, nor a wait that never ends."""
+    monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PER_C": 48, "TALLY": 2})
+    model = _lm("mamba_dna_lm_tiny", seed=48, d_model=24, n_layer=2, d_state=6)
+    with torch.no_grad():
+        weight = model.backbone.layers[0].mixer.x_proj.weight
+        if how == "nan":
+            weight[1, 5] = float("nan")
+        else:
+            weight.mul_(2.0 ** 22)
+    cache, ref_cache = _random_caches(model, 1, seed=58)
+    token = torch.ones(1, dtype=torch.long, device=DEV)
+    step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers], [c.ssm_state for c in cache.layers],
+                           programs=1)
+    assert step._constexprs["TALLY"] == 2
+    got = step()
+    assert torch.isnan(got).all()
+    if how == "nan":
+        monkeypatch.setenv("SEQBACKBONE_KERNELS", "torch")
+        with torch.no_grad():
+            assert torch.isnan(_reference_step(model, token, ref_cache)).all()
 
 
 def test_tma_sums_need_a_gpu_and_the_warp_layout(forced, monkeypatch):
@@ -467,7 +514,8 @@ def test_split_warp_layout_plan(monkeypatch):
     """The warp layout's plan at the 90M LM's sizes on 132 programs with 36 prefetchers: at batch 1, one pass and
     8 warps it holds 2 channels a warp of the 16-lane block, the sums read once a program (SUMS_1D) unless
     SUMS_1D=0, from COPIES copies of each accumulator (2 unless set), with both weights' columns in blocks (BLOCKS=3)
-    and the spin poll (SPIN) unless set otherwise; off for batch 2, for more blocks than working programs, for
+    and the spin poll (SPIN) unless set otherwise, x_proj's sums counting themselves (TALLY) where set and
+    possible; off for batch 2, for more blocks than working programs, for
     WARP_SUMS=0, and on a GPU with a Triton other than 3.6, whose layouts it was checked with (the interpreter has
     no layouts)."""
     import triton
@@ -479,7 +527,16 @@ def test_split_warp_layout_plan(monkeypatch):
 
     monkeypatch.setattr(decode, "interpreting", lambda: True)
     assert plan() == dict(ONE_PASS=True, WARP_CH=2, KCH=128, VW=128, SUMS_1D=True, COPIES=2, BLOCKS=3, SPIN=True,
-                          GATE_EARLY=True)
+                          GATE_EARLY=True, TALLY=0, TALLY_ROWS=128)
+    # TALLY: its poll tile of one word a thread (64 rows of 4 copies), never fewer rows than dt_low's 48
+    assert (plan(TALLY=4, ARRIVE_FIRST=1)["TALLY"], plan(TALLY=4, ARRIVE_FIRST=1)["TALLY_ROWS"]) == (4, 64)
+    assert plan(TALLY=8, ARRIVE_FIRST=1)["TALLY_ROWS"] == 64 and plan(TALLY=2, ARRIVE_FIRST=1)["TALLY_ROWS"] == 128
+    with pytest.raises(ValueError, match="TALLY is 0 or the copies"):
+        plan(TALLY=3, ARRIVE_FIRST=1)
+    for bad in ({"TALLY": 4}, {"TALLY": 4, "ARRIVE_FIRST": 1, "FIXED": 1}, {"TALLY": 1, "ARRIVE_FIRST": 1},
+                {"TALLY": 4, "ARRIVE_FIRST": 1, "SUMS_1D": 0}, {"TALLY": 4, "ARRIVE_FIRST": 1, "TRACE": 1}):
+        with pytest.raises(ValueError, match="TALLY .x_proj's sums read without a barrier"):
+            plan(**bad)
     assert not plan(GATE_EARLY=0)["GATE_EARLY"] and not plan(num_warps=4)["GATE_EARLY"]  # 4 x 1024 elements a warp
     assert plan(BLOCKS=1)["BLOCKS"] == 1 and plan(BLOCKS=0)["BLOCKS"] == 0 and not plan(SPIN=0)["SPIN"]
     with pytest.raises(ValueError, match="BLOCKS is a bit mask"):
@@ -488,7 +545,7 @@ def test_split_warp_layout_plan(monkeypatch):
     assert plan(num_warps=4)["WARP_CH"] == 4
     assert plan(batch=2)["WARP_CH"] == 0 and plan(batch=2)["ONE_PASS"]
     assert plan(working=95) == dict(ONE_PASS=False, WARP_CH=0, KCH=128, VW=128, SUMS_1D=False, COPIES=2, BLOCKS=0,
-                                    SPIN=False, GATE_EARLY=False)
+                                    SPIN=False, GATE_EARLY=False, TALLY=0, TALLY_ROWS=128)
     assert plan(batch=2, BLOCKS=3, SPIN=1)["BLOCKS"] == 0 and not plan(batch=2, SPIN=1)["SPIN"]
     assert plan(WARP_SUMS=0)["WARP_CH"] == 0
     assert plan(FIXED=1)["WARP_CH"] == 2 and plan(FIXED=1)["SUMS_1D"] and not plan(SUMS_1D=0)["SUMS_1D"]
@@ -578,12 +635,19 @@ def test_split_kernel_is_the_gpu_default_at_batch_1(monkeypatch):
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(decode, "interpreting", lambda: False)  # a GPU run
     default = decode.split_default({}, cuda, sizes, 1, 132)
-    assert default == {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2, "ROLES": 1, "PREFETCHERS": 36}
+    assert default == {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2, "ROLES": 1, "TALLY": 4, "COPIES": 4,
+                       "PREFETCHERS": 36}
     assert decode.split_default({}, cuda, sizes, 1, 114)["PREFETCHERS"] == 31
-    assert decode.split_default({"COPIES": 4, "AHEAD": 1}, cuda, sizes, 1, 132) == {**default, "COPIES": 4,
+    assert decode.split_default({"COPIES": 2, "AHEAD": 1}, cuda, sizes, 1, 132) == {**default, "COPIES": 2,
                                                                                     "AHEAD": 1}
+    # TALLY where it applies: not with TRACE or SUMS_1D=0 (then 2 copies); asked for where it cannot count the
+    # contributions (96 programs into one copy: 64 at most), the other kernel
+    untallied = {**default, "TALLY": 0, "COPIES": 2}
+    assert decode.split_default({"TRACE": 1}, cuda, sizes, 1, 132) == {**untallied, "TRACE": 1}
+    assert decode.split_default({"SUMS_1D": 0}, cuda, sizes, 1, 132) == {**untallied, "SUMS_1D": 0}
+    assert decode.split_default({"TALLY": 1}, cuda, sizes, 1, 132) is None
     monkeypatch.setattr(decode.torch, "are_deterministic_algorithms_enabled", lambda: True)
-    assert decode.split_default({}, cuda, sizes, 1, 132) == {**default, "FIXED": 1, "TMA_SUMS": 1}
+    assert decode.split_default({}, cuda, sizes, 1, 132) == {**untallied, "FIXED": 1, "TMA_SUMS": 1}
     assert decode.split_default({}, cuda, (576, 1152, 16, 36, 4, 256), 1, 132)["TMA_SUMS"] == 0  # 576 % 128
     monkeypatch.setattr(decode.torch, "are_deterministic_algorithms_enabled", lambda: False)
     assert decode.split_default({"SPLIT": 0}, cuda, sizes, 1, 132) is None
@@ -853,6 +917,8 @@ def test_gpu_fused_step_matches_reference_bf16(monkeypatch, batch):
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "ROLES": 1, "TRACE": 1}, 1),
     ({"SPLIT": 1, "ARRIVE_FIRST": 1, "FIXED": 1, "TMA_SUMS": 1, "PREFETCHERS": 36, "AHEAD": 2, "SPIN": 1}, 1),
     ({"PREFETCHERS": 36, "AHEAD": 2}, 1),
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "TALLY": 2}, 1),  # 48 contributions a word
+    ({"SPLIT": 1, "ARRIVE_FIRST": 1, "PREFETCHERS": 36, "AHEAD": 2, "TALLY": 8, "COPIES": 2}, 1),
     ({"PREFETCHERS": 4, "MERGE_IN_CONV": 0}, 8),
 ], ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else f"batch{v}")
 def test_gpu_variants_match_reference_bf16(monkeypatch, variant, batch):
@@ -914,6 +980,8 @@ def test_gpu_default_step_at_batch_1_is_the_split_kernel(monkeypatch, determinis
     step = _gpu_steps_match_reference(1)
     assert step.split and step.tune["PREFETCHERS"] > 0 and bool(step._constexprs["FIXED"]) == deterministic
     assert step.tune["ROLES"] == 1 and step._constexprs["ROLES"]  # one program an SM: the roles hold
+    # x_proj's sums count themselves (4 copies, and 4 of out_proj's), except under FIXED's bit-identical sums
+    assert (step._constexprs["TALLY"], step._constexprs["COPIES"]) == ((0, 2) if deterministic else (4, 4))
     model = _lm("mamba_wave_lm_base", seed=3, device="cuda", dtype=torch.bfloat16, d_model=768, n_layer=2)
     cache, _ = _random_caches(model, 1, seed=3)
     states = [t for c in cache.layers for t in (c.conv_state, c.ssm_state)]
