@@ -101,8 +101,9 @@ _NUM_WARPS = 8
 #   layout also 4 and 8: phase A's and phase B's arrivals without their release fence), ARRIVE_FIRST
 #   (as below), FIXED=1 (the sums as int64 fixed point: exact, so runs are bit-identical; a contribution that is
 #   not finite or reaches 2^20 makes its sum NaN), TRACE=1 (with ARRIVE_FIRST: its arrivals and departures timed,
-#   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS, SUMS_1D, TMA_SUMS, SPIN, BLOCKS and GATE_EARLY
-#   (batch 1, below), no other. With one
+#   two barriers a layer), PREFETCHERS and AHEAD (below), WARP_SUMS, SUMS_1D, TMA_SUMS, SPIN, BLOCKS, GATE_EARLY and
+#   TALLY (batch 1, below; TALLY=k: x_proj's sums in k copies of fp64 words that count their contributions, read
+#   without a barrier), no other. With one
 #   channel block a program (132 SMs) a block's conv output and gate stay in registers between the phases.
 #   H200, batch 1 (2026-11-29, BENCHMARKS.md): first 251-258 us with ARRIVE_FIRST and 2 copies (263 with FIXED) against
 #   267 us for the default; then with 36 prefetchers (PREFETCHERS=36, AHEAD=2) and at batch 1 the phases in a layout
@@ -847,7 +848,7 @@ class FusedDecodeStep:
             self._bar_words = torch.zeros(16 + prefetchers, dtype=torch.int64, device=self.device)
             self._barrier = self._bar_words[:1]
             # TRACE: per program, the clock and global time at its start, at each barrier (arrived, left) and at its
-            # end (two barriers a layer)
+            # end (two barriers a layer: TRACE runs without TALLY)
             self.trace = torch.zeros(self.grid, 2 * len(mixers) + 2, 4, dtype=torch.int64,
                                      device=self.device) if self._constexprs["TRACE"] else None
             # greedy steps (__call__(greedy=True)): the launches counted in, the next history column and each row's

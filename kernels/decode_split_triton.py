@@ -1,4 +1,4 @@
-"""The decoding step of decode_triton.py with two grid barriers per layer instead of four (decode.TUNE's SPLIT=1).
+"""The decoding step of decode_triton.py with two grid exchanges per layer instead of four (decode.TUNE's SPLIT=1).
 
 Dimensions: as in decode_triton.py; B batch as a BLOCK_B tile dimension; C channels of Di per item (PER_C of them in
 a BLOCK_C tile).
@@ -11,7 +11,7 @@ added into per-layer fp32 accumulators with float atomics:
       A   r = r + round(o_acc[l-1])      (every program alike, in registers; r = the embedding at l = 0)
           xn = rmsnorm(r);  u = xn @ W_in[blk]^T, z = xn @ W_in[Di + blk]^T;  conv window step, xc = silu(...)
           x_acc[l] += xc @ W_x[:, blk]^T                                        (B, X)
-      --- grid barrier ---
+      --- grid barrier (TALLY: none; phase B polls x_acc[l]'s words until each counts all its contributions) ---
       B   dt_low, B, C = round(x_acc[l]);  dt = softplus(W_dt[blk] dt_low + bias);  h = exp(dt A) h + dt B xc
           y = (C . h + D xc) silu(z);  o_acc[l] += y @ W_out[:, blk]^T             (B, Dm)
       --- grid barrier ---
@@ -66,6 +66,13 @@ from FusedDecodeStep's fp32 copy (no exp in the kernel), and on a GPU softplus, 
 ex2.approx.ftz and lg2.approx (decode_triton._softplus, _silu, _fast_exp; tl.log alone is a 25-instruction polynomial),
 relative error ~1e-7 against the bf16 roundings around them. H200, batch 1, alternating runs (2026-11-30,
 BENCHMARKS.md): 147.4-150.2 against 156.9-158.1 us a step; with FIXED, TMA_SUMS and SPIN 160.3 against 184.2-184.5.
+
+With TALLY (the default at batch 1 since 2026-11-30) the first exchange has no grid barrier: x_proj's sums are fp64
+words into which each contribution adds its value plus 2^24, so a word shows how many contributions it holds, and
+phase B polls its words until every one is whole (no release fence, no counter, no second read). A phase A took its
+release fence ~4.6 us a step; H200, 768 x 24, in one process: 125.0-125.3 against 133.5-133.6 us a step, with TALLY's
+4 copies and 4 of out_proj's sums. The same for out_proj's sums (768 words a program, not 80) was much slower: 179-248
+us (BENCHMARKS.md).
 
 Greedy steps (GREEDY, FusedDecodeStep.__call__(greedy=True)) pick each row's token in the head phase: every program
 keeps the largest of its logits' argmax keys (_argmax_keys) and adds it to the launch's by an atomic maximum, and the
