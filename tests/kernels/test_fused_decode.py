@@ -400,6 +400,19 @@ def test_tally_sums_match_reference(forced, monkeypatch, copies):
         assert step._barrier.item() == (i + 1) * n_layer * step.grid  # one barrier a layer
 
 
+def _lm_with_bad_weight(seed: int, proj: str, where: tuple[int, int], scale: float | None) -> torch.nn.Module:
+    """A tiny DNA LM whose first layer's `proj` weight (out_proj or x_proj) has a NaN at `where`, or, given `scale`,
+    is scaled by it."""
+    model = _lm("mamba_dna_lm_tiny", seed=seed, d_model=24, n_layer=2, d_state=6)
+    with torch.no_grad():
+        weight = getattr(model.backbone.layers[0].mixer, proj).weight
+        if scale is None:
+            weight[where] = float("nan")
+        else:
+            weight.mul_(scale)
+    return model
+
+
 @pytest.mark.parametrize(("batch", "per_c"), [(1, 48), (2, 16)])
 def test_fixed_sums_show_bad_values_as_nan(forced, monkeypatch, batch, per_c):
     """FIXED's int64 sums cannot hold a NaN, an infinity or a value past their range: such a contribution poisons its
@@ -408,13 +421,7 @@ def test_fixed_sums_show_bad_values_as_nan(forced, monkeypatch, batch, per_c):
     batch 2 in the general tiles."""
     monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "FIXED": 1, "ARRIVE_FIRST": 1, "PER_C": per_c})
     for how in ("nan", "huge"):
-        model = _lm("mamba_dna_lm_tiny", seed=49, d_model=24, n_layer=2, d_state=6)
-        with torch.no_grad():
-            weight = model.backbone.layers[0].mixer.out_proj.weight
-            if how == "nan":
-                weight[3, 5] = float("nan")
-            else:
-                weight.mul_(2.0 ** 24)
+        model = _lm_with_bad_weight(49, "out_proj", (3, 5), 2.0 ** 24 if how == "huge" else None)
         cache, ref_cache = _random_caches(model, batch, seed=59)
         token = torch.ones(batch, dtype=torch.long, device=DEV)
         step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers],
@@ -435,13 +442,7 @@ def test_tally_sums_show_bad_values_as_nan(forced, monkeypatch, how):
     be misread as a count) as NaN: a NaN x_proj weight gives NaN logits, as in the reference, and weights scaled by 2^22
     give NaN logits too, never a finite wrong answer, nor a wait that never ends."""
     monkeypatch.setattr(decode, "TUNE", {"SPLIT": 1, "ARRIVE_FIRST": 1, "PER_C": 48, "TALLY": 2})
-    model = _lm("mamba_dna_lm_tiny", seed=48, d_model=24, n_layer=2, d_state=6)
-    with torch.no_grad():
-        weight = model.backbone.layers[0].mixer.x_proj.weight
-        if how == "nan":
-            weight[1, 5] = float("nan")
-        else:
-            weight.mul_(2.0 ** 22)
+    model = _lm_with_bad_weight(48, "x_proj", (1, 5), 2.0 ** 22 if how == "huge" else None)
     cache, ref_cache = _random_caches(model, 1, seed=58)
     token = torch.ones(1, dtype=torch.long, device=DEV)
     step = FusedDecodeStep(model, token, [c.conv_state for c in cache.layers], [c.ssm_state for c in cache.layers],
