@@ -212,8 +212,8 @@ SPLIT_SETTINGS = frozenset({"SPLIT", "PER_C", "ROWS_HEAD", "COPIES", "NO_WAIT", 
 # average (paired medians: from 6.2 us faster to 1.3 us slower), the slowest process 138.3 against 143.9 us: it cuts
 # the slow placements and costs up to ~1 us where the scheduler's was a good one
 # TALLY: x_proj's sums count their own contributions, so phase B reads them without a grid barrier (one barrier a layer
-# instead of two); with it out_proj's sums take 4 copies. H200, 768 x 24 (2026-11-30, BENCHMARKS.md), in one process
-# each: 125.4-128.2 against 134.3-136.1 us a step
+# instead of two); with it out_proj's sums take 4 copies. H200, 768 x 24 (2026-11-30, BENCHMARKS.md), four processes on
+# two machines: 124.9-127.0 against 133.4-134.9 us a step without TALLY (2 copies) in the same processes
 SPLIT_DEFAULT_TUNE: dict[str, int] = {"SPLIT": 1, "ARRIVE_FIRST": 1, "AHEAD": 2, "ROLES": 1, "TALLY": 4, "COPIES": 4}
 _SPLIT_DEFAULT_PREFETCH_SHARE = 36 / 132
 # the seed of sm_roles' permutation (the table measured above)

@@ -69,9 +69,9 @@ BENCHMARKS.md): 147.4-150.2 against 156.9-158.1 us a step; with FIXED, TMA_SUMS 
 
 With TALLY (the default at batch 1 since 2026-11-30) the first exchange has no grid barrier: x_proj's sums are fp64
 words into which each contribution adds its value plus 2^24, so a word shows how many contributions it holds, and
-phase B polls its words until every one is whole (no release fence, no counter, no second read). A phase A took its
-release fence ~4.6 us a step; H200, 768 x 24, in one process: 125.0-125.3 against 133.5-133.6 us a step, with TALLY's
-4 copies and 4 of out_proj's sums. The same for out_proj's sums (768 words a program, not 80) was much slower: 179-248
+phase B polls its words until every one is whole (no release fence, no counter, no second read). Phase A's release
+fence alone had taken ~4.6 us a step. H200, 768 x 24, four processes on two machines: 124.9-127.0 against 133.4-134.9
+us a step in the same processes, with TALLY's 4 copies and 4 of out_proj's sums. The same for out_proj's sums (768 words a program, not 80) was much slower: 179-248
 us (BENCHMARKS.md).
 
 Greedy steps (GREEDY, FusedDecodeStep.__call__(greedy=True)) pick each row's token in the head phase: every program
@@ -521,7 +521,7 @@ def _tally_read(xacc_ptr, layer, nprog, R, N, X, ROWS: tl.constexpr, VW: tl.cons
     base = xacc_ptr + (layer * COPIES + cp) * X + j  # (ROWS, COPIES)
     whole = ((nprog - cp + COPIES - 1) // COPIES).to(tl.float64) * _TALLY_ONE  # this copy's contributions, counted
     ready = whole - 0.5 * _TALLY_ONE
-    dt_ok = (j < R) & (cp < COPIES)
+    dt_ok = (j < R) & (cp < COPIES)  # (the second test only widens the mask to the tile)
     bc_ok = (j < N) & (cp < COPIES)
     if ASM:
         flags = dt_ok.to(tl.int32) + 2 * bc_ok.to(tl.int32)
