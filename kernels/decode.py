@@ -634,10 +634,8 @@ def split_default(tune: dict[str, int], device: torch.device, sizes: tuple[int, 
         settings.update(FIXED=1, TMA_SUMS=int(Dm % 128 == 0))
     settings.update(tune)
     # TALLY (and its 4 copies of out_proj's sums) where it applies: not with FIXED, TRACE, NO_WAIT, SUMS_1D=0 or
-    # more working programs than its words count
+    # more working programs than its words count (plan_split_passes refuses those)
     no_tally = {k: v for k, v in (("TALLY", 0), ("COPIES", _SPLIT_COPIES)) if k not in tune}
-    if torch.are_deterministic_algorithms_enabled():
-        settings.update(no_tally)
     for attempt in (settings, {**settings, **no_tally}):
         try:
             c = plan_split_constexprs(*sizes, batch, programs, attempt)
